@@ -1,0 +1,1 @@
+"""Custom kernels (Triton on GPU, fast PyTorch on CPU), installed as `minibridge.kernels`."""

@@ -1,0 +1,156 @@
+"""AutoBridge: the public entry point between Hugging Face folders and minibridge models.
+
+    bridge = AutoBridge.from_hf_pretrained("path/to/hf_dir")
+    model = bridge.to_model(dtype=torch.float32, device="cpu")
+    bridge.save_hf_pretrained(model, "out_dir")
+    for name, tensor in bridge.export_hf_weights(model): ...
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from ..models import CausalLM, ModelConfig
+from .exporting import atomic_folder, copy_side_files, write_config, write_weights
+from .hf_config import ARCHITECTURES, Architecture, architecture_of, config_from_hf, config_to_hf, read_config_json
+from .hf_folder import HFFolder, resolve_model_path
+from .loading import empty_model, load_hf_weights
+from .mappings import WeightMapping
+from .safetensors_io import DTYPE_NAMES, parse_size, read_tensor
+
+HF_DEFAULT_MAX_SHARD_SIZE = "50GB"  # transformers 5.x save_pretrained's default
+
+
+class AutoBridge:
+    """Holds a model configuration and, when it came from one, the source HF folder."""
+
+    def __init__(self, config: ModelConfig, hf_config: dict | None = None, source: Path | None = None):
+        self.config = config
+        self.hf_config = hf_config if hf_config is not None else config_to_hf(config)
+        self.architecture: Architecture = architecture_of(self.hf_config)
+        self.source = source
+        self._folder: HFFolder | None = None
+        self.mapping = WeightMapping.detect(self.architecture, self.folder.tensors if source else ())
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def from_hf_pretrained(cls, path: str | os.PathLike, **_ignored) -> "AutoBridge":
+        """From a local HF folder (or a hub id when online). Reads config.json and safetensors headers."""
+        folder = resolve_model_path(path)
+        hf_config = read_config_json(folder)
+        config = config_from_hf(hf_config, source=str(folder / "config.json"))
+        return cls(config, hf_config, folder)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "AutoBridge":
+        """No checkpoint: `to_model` initialises fresh weights (pretraining)."""
+        return cls(config)
+
+    @staticmethod
+    def list_supported_models() -> list[str]:
+        return sorted(ARCHITECTURES)
+
+    @classmethod
+    def supports(cls, hf_config: dict) -> bool:
+        return any(a in ARCHITECTURES for a in hf_config.get("architectures") or [])
+
+    @property
+    def folder(self) -> HFFolder | None:
+        if self._folder is None and self.source is not None:
+            self._folder = HFFolder(self.source)
+        return self._folder
+
+    def checkpoint_dtype(self) -> torch.dtype:
+        text = self.hf_config.get("text_config") or {}
+        name = self.hf_config.get("torch_dtype") or self.hf_config.get("dtype") or text.get("dtype")
+        return getattr(torch, name) if isinstance(name, str) and hasattr(torch, name) else torch.float32
+
+    # ----------------------------------------------------------------- import
+
+    def to_model(
+        self, dtype: torch.dtype | None = None, device: torch.device | str = "cpu", progress: bool = True
+    ) -> CausalLM:
+        """The single-process model with the HF weights loaded (or freshly initialised without a source).
+
+        `dtype` defaults to the checkpoint's, as transformers 5.x `from_pretrained` does.
+        """
+        model = empty_model(self.config, dtype or self.checkpoint_dtype(), device)
+        if self.source is None:
+            model.reset_parameters()
+        else:
+            self.passthrough = load_hf_weights(model, self.folder, self.mapping, progress=progress)
+        return model
+
+    # ----------------------------------------------------------------- export
+
+    def _hf_dtype(self, hf_name: str, model_dtype: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
+        if dtype is not None:
+            return dtype
+        info = self.folder.tensors.get(hf_name) if self.source else None
+        return info.dtype if info is not None else model_dtype
+
+    def export_hf_weights(
+        self, model: CausalLM, dtype: torch.dtype | None = None, cpu: bool = True
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (HF name, full tensor) for every model weight, in the source checkpoint's dtype
+        (or `dtype`), one at a time."""
+        for name, param in model.named_parameters():
+            hf_name = self.mapping.to_hf(name)
+            tensor = param.detach().to(self._hf_dtype(hf_name, param.dtype, dtype))
+            yield hf_name, tensor.cpu() if cpu else tensor
+
+    def _entries(self, model: CausalLM, dtype: torch.dtype | None):
+        entries = []
+        for name, param in model.named_parameters():
+            hf_name = self.mapping.to_hf(name)
+            entries.append((hf_name, self._hf_dtype(hf_name, param.dtype, dtype), tuple(param.shape)))
+        for hf_name in self._passthrough_names():
+            info = self.folder.tensors[hf_name]
+            entries.append((hf_name, info.dtype, info.shape))
+        return entries
+
+    def _passthrough_names(self) -> list[str]:
+        """Tensors of the source outside the text model (the vision tower of a multimodal Gemma)."""
+        if self.source is None:
+            return []
+        return [n for n in self.folder.tensors if self.mapping.to_local(n) is None and not self.mapping.is_text(n)]
+
+    def save_hf_pretrained(
+        self,
+        model: CausalLM,
+        out_dir: str | os.PathLike,
+        max_shard_size: int | str = HF_DEFAULT_MAX_SHARD_SIZE,
+        dtype: torch.dtype | None = None,
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> Path:
+        """Write an HF folder that `transformers.AutoModelForCausalLM.from_pretrained` reads.
+
+        config.json and the tokenizer / generation files are copied from the source folder when there
+        is one; a multimodal source keeps its vision weights, passed through byte for byte.
+        """
+        params = dict(model.named_parameters())
+        local_of = {self.mapping.to_hf(n): n for n in params}
+
+        def tensor_of(hf_name: str) -> torch.Tensor:
+            if hf_name in local_of:
+                param = params[local_of[hf_name]]
+                return param.detach().to(self._hf_dtype(hf_name, param.dtype, dtype))
+            return read_tensor(self.folder.tensors[hf_name])
+
+        entries = self._entries(model, dtype)
+        with atomic_folder(out_dir, overwrite=overwrite) as tmp:
+            write_weights(tmp, entries, tensor_of, parse_size(max_shard_size), progress=progress)
+            if self.source is not None:
+                copy_side_files(tmp, self.folder.side_files() + [self.source / "config.json"])
+            else:
+                write_config(tmp, config_to_hf(self.config, DTYPE_NAMES_TORCH[entries[0][1]]))
+        return Path(out_dir)
+
+
+DTYPE_NAMES_TORCH = {dtype: str(dtype).removeprefix("torch.") for dtype in DTYPE_NAMES}

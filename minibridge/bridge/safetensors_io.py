@@ -1,0 +1,192 @@
+"""A streaming safetensors reader and writer.
+
+The format (https://github.com/huggingface/safetensors): 8 bytes little-endian header length N, N bytes
+of JSON `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`, then the raw
+little-endian tensor bytes, offsets relative to the end of the header.
+
+We parse it ourselves instead of memory-mapping whole files: a tensor is read with one `readinto`
+straight into the destination parameter when the dtypes agree (no intermediate copy, no mapped pages
+counted in the process's RSS), so loading a model costs about one copy of its weights. Every header is
+validated against the file size first, so a truncated or corrupt file fails with its name and the
+offending key instead of a crash deep in a read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's limit
+
+
+class CorruptCheckpointError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # absolute byte offsets in the file
+    end: int
+    path: Path
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+def numel(shape: Iterable[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _as_bytes(tensor: torch.Tensor):
+    """A writable byte view of a contiguous CPU tensor's storage (numpy exposes the buffer protocol)."""
+    return tensor.reshape(-1).view(torch.uint8).numpy()
+
+
+def read_header(path: str | Path) -> dict[str, TensorInfo]:
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CorruptCheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > min(MAX_HEADER_BYTES, size - 8):
+            raise CorruptCheckpointError(
+                f"{path}: corrupt safetensors header length {header_len} (file has {size} bytes)"
+            )
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CorruptCheckpointError(f"{path}: corrupt safetensors header ({err})") from None
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    data_start = 8 + header_len
+    infos = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = DTYPES[entry["dtype"]]
+            shape = tuple(int(s) for s in entry["shape"])
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CorruptCheckpointError(f"{path}: corrupt header entry for tensor {name!r}: {entry!r}") from None
+        expected = numel(shape) * dtype.itemsize
+        if end - begin != expected or begin < 0:
+            raise CorruptCheckpointError(
+                f"{path}: tensor {name!r} of shape {list(shape)} {entry['dtype']} needs {expected} bytes "
+                f"but its offsets [{begin}, {end}] span {end - begin}"
+            )
+        if data_start + end > size:
+            raise CorruptCheckpointError(
+                f"{path}: truncated: tensor {name!r} ends at byte {data_start + end} but the file has {size} bytes"
+            )
+        infos[name] = TensorInfo(name, dtype, shape, data_start + begin, data_start + end, path)
+    return infos
+
+
+def read_tensor(info: TensorInfo, out: torch.Tensor | None = None, rows: slice | None = None) -> torch.Tensor:
+    """Read a tensor (or the dim-0 slice `rows` of it), into `out` when given (casting if needed)."""
+    shape, begin = info.shape, info.begin
+    if rows is not None:
+        start, stop, _ = rows.indices(shape[0])
+        row_bytes = numel(shape[1:]) * info.dtype.itemsize
+        shape, begin = (stop - start, *shape[1:]), begin + start * row_bytes
+    if out is not None and tuple(out.shape) != shape:
+        raise ValueError(f"{info.path}: tensor {info.name!r} has shape {list(shape)}, expected {list(out.shape)}")
+    direct = out is not None and out.dtype == info.dtype and out.device.type == "cpu" and out.is_contiguous()
+    buffer = out if direct else torch.empty(shape, dtype=info.dtype)
+    with open(info.path, "rb", buffering=0) as f:
+        f.seek(begin)
+        view = memoryview(_as_bytes(buffer))
+        got = 0
+        while got < len(view):  # readinto may return short counts on large reads
+            n = f.readinto(view[got:])
+            if not n:
+                raise CorruptCheckpointError(f"{info.path}: truncated while reading tensor {info.name!r}")
+            got += n
+    if out is None or direct:
+        return buffer
+    with torch.no_grad():
+        out.copy_(buffer)
+    return out
+
+
+def write_safetensors(
+    path: str | Path,
+    entries: list[tuple[str, torch.dtype, tuple[int, ...]]],
+    tensors: Iterator[torch.Tensor],
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Write tensors one at a time; the header is built up front from (name, dtype, shape) entries.
+
+    `tensors` yields the tensors in `entries` order. Returns the number of data bytes written.
+    """
+    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    for name, dtype, shape in entries:
+        nbytes = numel(shape) * dtype.itemsize
+        header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for (name, dtype, shape), tensor in zip(entries, tensors, strict=True):
+            if tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+                raise ValueError(f"tensor {name!r}: expected {dtype} {list(shape)}, got {tensor.dtype} {list(tensor.shape)}")
+            f.write(_as_bytes(tensor.detach().to("cpu").contiguous()).data)
+        f.flush()
+        os.fsync(f.fileno())
+    return offset
+
+
+def plan_shards(
+    entries: list[tuple[str, torch.dtype, tuple[int, ...]]], max_shard_bytes: int
+) -> list[list[tuple[str, torch.dtype, tuple[int, ...]]]]:
+    """Greedy split in order, as transformers does; a tensor larger than the limit gets its own shard."""
+    shards: list[list] = [[]]
+    size = 0
+    for entry in entries:
+        nbytes = numel(entry[2]) * entry[1].itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += nbytes
+    return shards
+
+
+def parse_size(size: int | str) -> int:
+    """'5GB' -> 5 * 10**9, '500MiB' -> 500 * 2**20, ints pass through (transformers' convention)."""
+    if isinstance(size, int):
+        return size
+    text = size.strip().upper()
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            try:
+                return int(float(text[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    raise ValueError(f"max_shard_size {size!r}: expected an int or a size such as '5GB' or '500MiB'")

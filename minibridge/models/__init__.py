@@ -1,0 +1,15 @@
+"""Single-device model definitions. Nothing here imports torch.distributed."""
+
+from .causal_lm import CausalLM
+from .config import FULL, SLIDING, ModelConfig, RopeConfig
+from .gemma3 import Gemma3ForCausalLM
+from .llama import LlamaForCausalLM
+
+MODEL_CLASSES = {"llama": LlamaForCausalLM, "gemma3": Gemma3ForCausalLM}
+
+
+def model_class(config: ModelConfig) -> type[CausalLM]:
+    return MODEL_CLASSES[config.family]
+
+
+__all__ = ["CausalLM", "FULL", "SLIDING", "Gemma3ForCausalLM", "LlamaForCausalLM", "ModelConfig", "RopeConfig", "model_class"]

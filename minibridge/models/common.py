@@ -1,0 +1,175 @@
+"""Building blocks shared by the Llama 3 and Gemma 3 models.
+
+Tensors are laid out (batch, seq, heads, head_dim) between the projections and the attention core.
+Every numerical choice below mirrors `transformers` (5.x) so that fp32 logits agree to ~1e-6 and bf16
+logits to a few ulps; the comments say which detail matters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig, RopeConfig
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm in both flavours.
+
+    Llama: normalise in fp32, cast back to the input dtype, then multiply by `weight` (in that dtype).
+    Gemma: normalise in fp32, multiply by `(1 + weight)` in fp32, cast once at the end; the weight is
+    stored as an offset from one, so it is initialised to zero.
+    In bf16 the two orders differ by ~0.4 in the logits, so the order is part of the model.
+    """
+
+    def __init__(self, dim: int, eps: float, gemma: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.gemma = gemma
+        self.weight = nn.Parameter(torch.empty(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.gemma:
+            return (normed * (1.0 + self.weight.float())).type_as(x)
+        return self.weight * normed.to(x.dtype)
+
+    def reset_parameters(self):
+        nn.init.zeros_(self.weight) if self.gemma else nn.init.ones_(self.weight)
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int, device=None) -> torch.Tensor:
+    """Inverse frequencies in fp32, with the checkpoint's scaling (as transformers' ROPE_INIT_FUNCTIONS)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    inv_freq = 1.0 / (rope.theta**exponents)
+    if rope.rope_type == "linear":
+        return inv_freq / rope.factor
+    if rope.rope_type == "llama3":
+        # Llama 3.1: wavelengths above original_max / low_freq_factor are divided by `factor`, those
+        # below original_max / high_freq_factor kept, and a linear ramp in 1/wavelength in between.
+        old_len = rope.original_max_position_embeddings
+        low_wavelen = old_len / rope.low_freq_factor
+        high_wavelen = old_len / rope.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
+        smooth = (old_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+        is_medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        return torch.where(is_medium, smoothed, scaled)
+    return inv_freq
+
+
+def rope_tables(
+    rope: RopeConfig, head_dim: int, position_ids: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (batch, seq, head_dim), computed in fp32 and cast once to `dtype`.
+
+    The angles must be fp32: building the table in bf16 moves bf16 logits by ~0.3.
+    """
+    inv_freq = rope_inv_freq(rope, head_dim, device=position_ids.device)
+    angles = position_ids[..., None].float() * inv_freq
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Rotate-half RoPE (HF convention, so checkpoints need no q/k permutation). q, k: (B, T, H, D)."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def sliding_window_mask(q_len: int, k_len: int, window: int | None, device) -> torch.Tensor:
+    """Boolean (q_len, k_len) mask, True where attention is allowed; queries are the last q_len keys.
+
+    With a window W a query at position i sees keys i - W + 1 .. i (W keys, itself included), the
+    semantics of transformers' sliding_window_overlay and of flash-attn's window_size=(W - 1, 0).
+    """
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    allowed = k_pos <= q_pos
+    if window is not None:
+        allowed &= k_pos > q_pos - window
+    return allowed
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None
+) -> torch.Tensor:
+    """Causal attention with GQA and an optional sliding window; (B, T, H, D) in and out.
+
+    The single dispatch point of the models: kernels plug in here.
+    """
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    gqa = q.shape[1] != k.shape[1]
+    if window is None or window >= k.shape[2]:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    else:
+        mask = sliding_window_mask(q.shape[2], k.shape[2], window, q.device)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return out.transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Self-attention with grouped KV heads. Local head counts come from tensor shapes, so a
+    tensor-parallel pass can shard the projections without touching this code."""
+
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        h, d = config.hidden_size, config.head_dim
+        bias = config.attention_bias
+        self.head_dim = d
+        self.scale = config.attention_scale
+        self.window = config.window_of(layer)
+        self.q_proj = nn.Linear(h, config.num_heads * d, bias=bias)
+        self.k_proj = nn.Linear(h, config.num_kv_heads * d, bias=bias)
+        self.v_proj = nn.Linear(h, config.num_kv_heads * d, bias=bias)
+        self.o_proj = nn.Linear(config.num_heads * d, h, bias=bias)
+        if config.is_gemma:  # Gemma 3 normalises each head of q and k before RoPE
+            self.q_norm = RMSNorm(d, config.rms_norm_eps, gemma=True)
+            self.k_norm = RMSNorm(d, config.rms_norm_eps, gemma=True)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, -1, self.head_dim)
+        k = self.k_proj(x).view(B, T, -1, self.head_dim)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, k, *rope)
+        out = attention(q, k, v, self.scale, self.window)
+        return self.o_proj(out.reshape(B, T, -1))
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU for Llama, GeGLU with the tanh GELU for Gemma."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        h, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(h, f, bias=bias)
+        self.up_proj = nn.Linear(h, f, bias=bias)
+        self.down_proj = nn.Linear(f, h, bias=bias)
+        self.gelu = config.hidden_act == "gelu_pytorch_tanh"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.gate_proj(x)
+        gate = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
+        return self.down_proj(gate * self.up_proj(x))
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean next-token cross entropy, HF convention: labels aligned with inputs and shifted here."""
+    shifted = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=ignore_index
+    )

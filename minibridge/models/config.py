@@ -1,0 +1,112 @@
+"""The model configuration shared by every family.
+
+One flat dataclass rather than one class per family: the families differ in a handful of switches
+(norm flavour, activation, q/k norms, sliding windows), and a flat config keeps recipes and overrides
+simple (`model.num_layers=4`). Translation from and to HF `config.json` lives in `minibridge.bridge`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+FULL = "full_attention"
+SLIDING = "sliding_attention"
+FAMILIES = ("llama", "gemma3")
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
+
+
+@dataclass
+class RopeConfig:
+    """Rotary embedding of one layer type.
+
+    `rope_type` is "default", "linear" (positions divided by `factor`) or "llama3" (frequency-dependent
+    scaling of Llama 3.1: long wavelengths divided by `factor`, short ones kept, a smooth ramp between).
+    """
+
+    theta: float
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        if self.rope_type not in ("default", "linear", "llama3"):
+            raise ValueError(f"rope_type {self.rope_type!r} is not supported; expected default, linear or llama3")
+
+
+@dataclass
+class ModelConfig:
+    family: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    hidden_act: str = "silu"
+    rope: RopeConfig = field(default_factory=lambda: RopeConfig(theta=500000.0))
+    # Gemma 3 only: RoPE of the sliding-window layers (theta 10k, never scaled).
+    rope_local: RopeConfig | None = None
+    layer_types: tuple[str, ...] = ()
+    sliding_window: int | None = None
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    # Gemma 3: attention scale is query_pre_attn_scalar ** -0.5 (not head_dim ** -0.5 on 27B).
+    query_pre_attn_scalar: float | None = None
+    max_position_embeddings: int = 8192
+    init_std: float = 0.02
+    # transformers builds nn.Embedding(padding_idx=pad_token_id): that row gets no gradient from the
+    # input side (Gemma's <pad> is 0; Llama 3 has none). Kept for gradient parity.
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"model family {self.family!r} is not supported; expected one of {FAMILIES}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; expected one of {ACTIVATIONS}")
+        if not self.layer_types:
+            self.layer_types = (FULL,) * self.num_layers
+        self.layer_types = tuple(self.layer_types)
+        if len(self.layer_types) != self.num_layers:
+            raise ValueError(f"layer_types has {len(self.layer_types)} entries but num_layers is {self.num_layers}")
+        for kind in self.layer_types:
+            if kind not in (FULL, SLIDING):
+                raise ValueError(f"layer type {kind!r} is not supported; expected {FULL!r} or {SLIDING!r}")
+        if SLIDING in self.layer_types and not self.sliding_window:
+            raise ValueError("sliding_attention layers need a positive sliding_window")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+
+    @property
+    def is_gemma(self) -> bool:
+        return self.family == "gemma3"
+
+    @property
+    def attention_scale(self) -> float:
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    @property
+    def embedding_scale(self) -> float | None:
+        """Gemma multiplies embeddings by sqrt(hidden); the caller rounds it to the model dtype."""
+        return math.sqrt(self.hidden_size) if self.is_gemma else None
+
+    def window_of(self, layer: int) -> int | None:
+        return self.sliding_window if self.layer_types[layer] == SLIDING else None
+
+    def num_params(self) -> int:
+        h, f, d = self.hidden_size, self.intermediate_size, self.head_dim
+        attn = h * d * (2 * self.num_heads + 2 * self.num_kv_heads)
+        norms = (4 if self.is_gemma else 2) * h + (2 * d if self.is_gemma else 0)
+        per_layer = attn + 3 * h * f + norms
+        head = 0 if self.tie_word_embeddings else self.vocab_size * h
+        return self.vocab_size * h + self.num_layers * per_layer + h + head
+
+    def replace(self, **changes) -> "ModelConfig":
+        return replace(self, **changes)

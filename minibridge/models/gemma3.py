@@ -1,0 +1,47 @@
+"""Gemma 3 text model: Llama's skeleton with Gemma's numerics.
+
+    h = x + post_attn_norm(attn(attn_norm(x)))        # attention: q/k norms, query_pre_attn_scalar
+    y = h + post_mlp_norm(mlp(mlp_norm(h)))           # GeGLU with tanh GELU
+
+- every norm is Gemma's: fp32, times (1 + w), one cast at the end;
+- embeddings are multiplied by sqrt(hidden) rounded to the model dtype first (34.0 in bf16 for 1152);
+- layers alternate sliding-window (local RoPE base 10k, unscaled) and global (base 1M, with the
+  checkpoint's linear scaling) attention as `config.layer_types` says;
+- the output layer is tied to the embedding and has no soft-capping.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .causal_lm import CausalLM
+from .common import Attention, GatedMLP, RMSNorm
+from .config import ModelConfig
+
+
+class Gemma3Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        h, eps = config.hidden_size, config.rms_norm_eps
+        self.layer = layer
+        self.attn_norm = RMSNorm(h, eps, gemma=True)
+        self.attn = Attention(config, layer)
+        self.post_attn_norm = RMSNorm(h, eps, gemma=True)
+        self.mlp_norm = RMSNorm(h, eps, gemma=True)
+        self.mlp = GatedMLP(config)
+        self.post_mlp_norm = RMSNorm(h, eps, gemma=True)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        h = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope))
+        return h + self.post_mlp_norm(self.mlp(self.mlp_norm(h)))
+
+
+class Gemma3ForCausalLM(CausalLM):
+    block_class = Gemma3Block
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)
+        # transformers rounds sqrt(hidden) to the weight dtype before the multiply (HF PR 29402).
+        scale = torch.tensor(self.config.embedding_scale, dtype=hidden.dtype, device=hidden.device)
+        return hidden * scale

@@ -1,0 +1,1 @@
+"""Named training recipes (functions returning a config), installed as `minibridge.recipes`."""

@@ -1,0 +1,33 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from hf_checkpoints import make_checkpoint, real_config, shrink  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory):
+    """hf_checkpoint(name, dtype=torch.float32, **text_overrides) -> folder, cached per session."""
+    cache = {}
+
+    def build(name: str, dtype=torch.float32, **overrides):
+        key = (name, dtype, tuple(sorted(overrides.items())))
+        if key not in cache:
+            folder = tmp_path_factory.mktemp(name.replace(".", "_"))
+            cache[key] = make_checkpoint(folder, shrink(real_config(name), **overrides), dtype=dtype)
+        return cache[key]
+
+    return build
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
