@@ -154,6 +154,7 @@ def main() -> None:
     keep = parser.add_mutually_exclusive_group()
     keep.add_argument("--keep", dest="clean", action="store_false", help="keep the checkpoint (default)")
     keep.add_argument("--clean", dest="clean", action="store_true", help="delete the checkpoint at the end")
+    parser.set_defaults(clean=False)  # store_false alone would default --clean to True
     parser.add_argument("--child", nargs=2, metavar=("SIDE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
