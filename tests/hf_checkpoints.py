@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+from hypothesis import strategies as st
 
 CONFIG_DIR = Path(__file__).parent / "data" / "hf_configs"
 CONFIG_NAMES = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
@@ -80,3 +81,35 @@ def load_hf(folder: Path, dtype=torch.float32):
 
     arch = json.loads((Path(folder) / "config.json").read_text())["architectures"][0]
     return getattr(transformers, arch).from_pretrained(folder, dtype=dtype).eval()
+
+
+@st.composite
+def random_hf_configs(draw):
+    """Hypothesis strategy: a random tiny Llama or Gemma 3 HF config dict."""
+    gemma = draw(st.booleans())
+    kv = draw(st.integers(1, 3))
+    heads = kv * draw(st.sampled_from([1, 2, 4]))
+    head_dim = draw(st.sampled_from([8, 12, 16]))
+    layers = draw(st.integers(1, 5))
+    config = dict(
+        hidden_size=heads * 8, intermediate_size=draw(st.sampled_from([16, 40])), num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim, vocab_size=draw(st.integers(16, 80)),
+        tie_word_embeddings=draw(st.booleans()),
+    )
+    if gemma:
+        config.update(
+            architectures=["Gemma3ForCausalLM"], model_type="gemma3_text", sliding_window=draw(st.integers(2, 16)),
+            query_pre_attn_scalar=head_dim, sliding_window_pattern=draw(st.integers(1, 4)),
+            rope_scaling=draw(st.sampled_from([None, {"rope_type": "linear", "factor": 8.0}])),
+        )
+        if draw(st.booleans()):  # 5.x spelling: explicit layer types
+            config["layer_types"] = [draw(st.sampled_from(["sliding_attention", "full_attention"])) for _ in range(layers)]
+    else:
+        llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 64}
+        bias = draw(st.booleans())
+        config.update(
+            architectures=["LlamaForCausalLM"], model_type="llama", attention_bias=bias, mlp_bias=bias,
+            rope_scaling=draw(st.sampled_from([None, llama3])),
+        )
+    return config

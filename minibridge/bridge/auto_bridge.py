@@ -21,6 +21,7 @@ from .hf_folder import HFFolder, resolve_model_path
 from .loading import empty_model, load_hf_weights
 from .mappings import WeightMapping
 from .safetensors_io import DTYPE_NAMES, parse_size, read_tensor
+from .sharded_io import full_shape, full_tensor
 
 HF_DEFAULT_MAX_SHARD_SIZE = "50GB"  # transformers 5.x save_pretrained's default
 
@@ -73,18 +74,36 @@ class AutoBridge:
     # ----------------------------------------------------------------- import
 
     def to_model(
-        self, dtype: torch.dtype | None = None, device: torch.device | str = "cpu", progress: bool = True
+        self,
+        parallel=None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = True,
     ) -> CausalLM:
-        """The single-process model with the HF weights loaded (or freshly initialised without a source).
+        """The model with the HF weights loaded (or freshly initialised without a source).
 
-        `dtype` defaults to the checkpoint's, as transformers 5.x `from_pretrained` does.
+        With `parallel` (the ParallelDims of `minibridge.parallel.initialize`), this rank's shard, read
+        slice by slice. `dtype` defaults to the checkpoint's, as transformers 5.x `from_pretrained` does;
+        `device` to the layout's device (CUDA under NCCL), else the CPU.
         """
-        model = empty_model(self.config, dtype or self.checkpoint_dtype(), device)
+        if isinstance(parallel, (torch.dtype, str, torch.device)):
+            raise TypeError("to_model's first argument is the parallel layout; pass dtype= and device= by name")
+        device = device or (parallel.device if parallel is not None else "cpu")
+        progress = progress and (parallel is None or parallel.rank == 0)
+        model = empty_model(self.config, dtype or self.checkpoint_dtype(), device, parallel)
         if self.source is None:
             model.reset_parameters()
         else:
             self.passthrough = load_hf_weights(model, self.folder, self.mapping, progress=progress)
         return model
+
+    def to_megatron_provider(self) -> "ModelProvider":
+        """The provider object of the Megatron Bridge docs (set sizes, `finalize()`, provide the model)."""
+        from .provider import ModelProvider
+
+        return ModelProvider(bridge=self, config=self.config, params_dtype=self.checkpoint_dtype())
+
+    to_provider = to_megatron_provider
 
     # ----------------------------------------------------------------- export
 
@@ -101,14 +120,14 @@ class AutoBridge:
         (or `dtype`), one at a time."""
         for name, param in model.named_parameters():
             hf_name = self.mapping.to_hf(name)
-            tensor = param.detach().to(self._hf_dtype(hf_name, param.dtype, dtype))
+            tensor = full_tensor(model, name, param).to(self._hf_dtype(hf_name, param.dtype, dtype))
             yield hf_name, tensor.cpu() if cpu else tensor
 
     def _entries(self, model: CausalLM, dtype: torch.dtype | None):
         entries = []
         for name, param in model.named_parameters():
             hf_name = self.mapping.to_hf(name)
-            entries.append((hf_name, self._hf_dtype(hf_name, param.dtype, dtype), tuple(param.shape)))
+            entries.append((hf_name, self._hf_dtype(hf_name, param.dtype, dtype), full_shape(model, name, param)))
         for hf_name in self._passthrough_names():
             info = self.folder.tensors[hf_name]
             entries.append((hf_name, info.dtype, info.shape))
@@ -139,11 +158,38 @@ class AutoBridge:
 
         def tensor_of(hf_name: str) -> torch.Tensor:
             if hf_name in local_of:
-                param = params[local_of[hf_name]]
-                return param.detach().to(self._hf_dtype(hf_name, param.dtype, dtype))
+                name = local_of[hf_name]
+                param = params[name]
+                return full_tensor(model, name, param).to(self._hf_dtype(hf_name, param.dtype, dtype))
             return read_tensor(self.folder.tensors[hf_name])
 
         entries = self._entries(model, dtype)
+        dims = getattr(model, "parallel_dims", None)
+        if dims is not None and dims.world_size > 1:
+            return self._save_sharded(model, out_dir, entries, tensor_of, dims, max_shard_size, overwrite, progress)
+        return self._write_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress)
+
+    def _save_sharded(self, model, out_dir, entries, tensor_of, dims, max_shard_size, overwrite, progress):
+        """Every rank joins the gathers in the same order; global rank 0 writes the folder."""
+        import torch.distributed as dist
+
+        # Agree up front on whether rank 0 may write, so no rank is left waiting in a gather.
+        target = Path(out_dir)
+        refused = torch.tensor([dims.rank == 0 and target.exists() and any(target.iterdir()) and not overwrite])
+        dist.broadcast(refused, src=0)
+        if refused.item():
+            raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True to replace it")
+        if dims.rank == 0:
+            self._write_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress)
+        else:
+            local = {self.mapping.to_hf(n) for n, _ in model.named_parameters()}
+            for hf_name, _, _ in entries:
+                if hf_name in local:
+                    tensor_of(hf_name)
+        dist.barrier()
+        return Path(out_dir)
+
+    def _write_folder(self, out_dir, entries, tensor_of, max_shard_size, overwrite, progress) -> Path:
         with atomic_folder(out_dir, overwrite=overwrite) as tmp:
             write_weights(tmp, entries, tensor_of, parse_size(max_shard_size), progress=progress)
             if self.source is not None:

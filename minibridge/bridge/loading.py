@@ -7,19 +7,41 @@ to be cast to another dtype).
 
 from __future__ import annotations
 
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..models import CausalLM, ModelConfig, model_class
 from .hf_folder import HFFolder
 from .mappings import IGNORED_HF, WeightMapping
-from .safetensors_io import read_tensor
+from .safetensors_io import READ_THREADS
+from .sharded_io import full_shape, read_block
 
 
-def empty_model(config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> CausalLM:
-    """The model with uninitialised storage: built on meta (free), cast, then allocated once."""
-    with torch.device("meta"):
+@contextlib.contextmanager
+def _skip_default_init():
+    """nn.Linear / nn.Embedding initialise themselves on construction; on meta that is wasted work
+    (and the first random op on meta costs ~1 s of imports). Weights are loaded or reset afterwards."""
+    saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
+    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
+
+
+def empty_model(config: ModelConfig, dtype: torch.dtype, device: torch.device | str, parallel=None) -> CausalLM:
+    """The model with uninitialised storage: built on meta (free), sharded for `parallel` (a
+    ParallelDims) while still on meta, cast, then allocated once: each rank allocates only its shard."""
+    with torch.device("meta"), _skip_default_init():
         model = model_class(config)(config)
+    if parallel is not None:
+        from ..parallel import apply_tensor_parallel
+
+        apply_tensor_parallel(model, parallel)
     return model.to(dtype=dtype).to_empty(device=device)
 
 
@@ -27,11 +49,12 @@ def load_hf_weights(model: CausalLM, folder: HFFolder, mapping: WeightMapping, p
     """Fill every parameter of `model` from `folder`. Returns the HF names left outside the text model
     (a multimodal checkpoint's vision tower), which an export passes through unchanged."""
     params = dict(model.named_parameters())
+    specs = getattr(model, "tp_specs", {})
     loaded: set[str] = set()
     passthrough = []
-    # Files in order, tensors by offset: the disk sees one sequential read per shard.
+    # Files in order, tensors by offset: the disk sees near-sequential reads per shard.
     infos = sorted(folder.tensors.values(), key=lambda i: (str(i.path), i.begin))
-    bar = tqdm(total=sum(i.nbytes for i in infos), unit="B", unit_scale=True, desc="loading", disable=not progress)
+    jobs = []  # names are all checked before any byte is read
     for info in infos:
         local = mapping.to_local(info.name)
         if local is None:
@@ -48,16 +71,24 @@ def load_hf_weights(model: CausalLM, folder: HFFolder, mapping: WeightMapping, p
                 f"(a bias the config does not enable, or a tied output layer stored separately?)"
             )
         param = params[local]
-        if tuple(param.shape) != info.shape:
-            raise ValueError(
-                f"{info.path}: tensor {info.name!r} has shape {list(info.shape)}, expected {list(param.shape)}"
-            )
-        read_tensor(info, out=param.data)
+        expected = full_shape(model, local, param)
+        if expected != info.shape:
+            raise ValueError(f"{info.path}: tensor {info.name!r} has shape {list(info.shape)}, expected {list(expected)}")
+        jobs.append((info, param.data, specs.get(local)))
         loaded.add(local)
-        bar.update(info.nbytes)
-    bar.close()
     missing = [name for name in params if name not in loaded]
     if missing:
         hf_names = [mapping.to_hf(n) for n in missing]
         raise KeyError(f"{folder.folder}: missing tensors {hf_names[:8]}{' ...' if len(missing) > 8 else ''}")
+    bar = tqdm(total=sum(j[0].nbytes for j in jobs), unit="B", unit_scale=True, desc="loading", disable=not progress)
+
+    def read(job):
+        read_block(*job)
+        bar.update(job[0].nbytes)
+
+    # A few tensors at a time: the reads release the GIL, and first-touching the freshly allocated
+    # parameters (page faults) is most of a load's cost and scales with threads.
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        list(pool.map(read, jobs))
+    bar.close()
     return passthrough

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -115,20 +116,42 @@ def read_tensor(info: TensorInfo, out: torch.Tensor | None = None, rows: slice |
         raise ValueError(f"{info.path}: tensor {info.name!r} has shape {list(shape)}, expected {list(out.shape)}")
     direct = out is not None and out.dtype == info.dtype and out.device.type == "cpu" and out.is_contiguous()
     buffer = out if direct else torch.empty(shape, dtype=info.dtype)
-    with open(info.path, "rb", buffering=0) as f:
-        f.seek(begin)
-        view = memoryview(_as_bytes(buffer))
-        got = 0
-        while got < len(view):  # readinto may return short counts on large reads
-            n = f.readinto(view[got:])
-            if not n:
-                raise CorruptCheckpointError(f"{info.path}: truncated while reading tensor {info.name!r}")
-            got += n
+    _pread_into(info, begin, memoryview(_as_bytes(buffer)))
     if out is None or direct:
         return buffer
     with torch.no_grad():
         out.copy_(buffer)
     return out
+
+
+READ_CHUNK_BYTES = 64 * 2**20
+READ_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _pread_into(info: TensorInfo, offset: int, view: memoryview) -> None:
+    """Fill `view` from the file at `offset`. Large reads are split over a few threads (preadv releases
+    the GIL): first-touching freshly allocated pages is the real cost of a load, and it parallelises."""
+    fd = os.open(info.path, os.O_RDONLY)
+    try:
+
+        def read_chunk(start: int):
+            part = view[start : start + READ_CHUNK_BYTES]
+            got = 0
+            while got < len(part):  # preadv may return short counts
+                n = os.preadv(fd, [part[got:]], offset + start + got)
+                if not n:
+                    raise CorruptCheckpointError(f"{info.path}: truncated while reading tensor {info.name!r}")
+                got += n
+
+        starts = range(0, len(view), READ_CHUNK_BYTES)
+        if len(starts) <= 1 or READ_THREADS == 1:
+            for start in starts:
+                read_chunk(start)
+        else:
+            with ThreadPoolExecutor(READ_THREADS) as pool:
+                list(pool.map(read_chunk, starts))
+    finally:
+        os.close(fd)
 
 
 def write_safetensors(

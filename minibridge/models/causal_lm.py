@@ -7,10 +7,9 @@ still names them `layers.8 ...` and checkpoints do not depend on the parallel la
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .common import RMSNorm, causal_lm_loss, rope_tables
+from .common import OutputHead, RMSNorm, rope_tables
 from .config import FULL, SLIDING, ModelConfig
 
 
@@ -25,6 +24,7 @@ class CausalLM(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, gemma=config.is_gemma)
         # Tied models read the output projection straight from the embedding: one parameter, one name.
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.head = OutputHead()
 
     def output_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
@@ -53,8 +53,10 @@ class CausalLM(nn.Module):
         tables = self.rope(position_ids, hidden.dtype)
         for index, block in self.layers.items():
             hidden = block(hidden, tables[self.config.layer_types[int(index)]])
-        logits = F.linear(self.norm(hidden), self.output_weight())
-        return logits if labels is None else causal_lm_loss(logits, labels)
+        hidden = self.norm(hidden)
+        if labels is None:
+            return self.head.logits(hidden, self.output_weight())
+        return self.head.loss(hidden, self.output_weight(), labels)
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -64,5 +66,7 @@ class CausalLM(nn.Module):
                 nn.init.normal_(module.weight, std=self.config.init_std)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+                if getattr(module, "padding_idx", None) is not None:
+                    module.weight[module.padding_idx].zero_()
             elif isinstance(module, RMSNorm):
                 module.reset_parameters()

@@ -167,6 +167,17 @@ class GatedMLP(nn.Module):
         return self.down_proj(gate * self.up_proj(x))
 
 
+class OutputHead:
+    """How final hidden states become logits and the loss. A parallel pass swaps in its own (vocab
+    sharded); the training loop may swap in a chunked one."""
+
+    def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, weight)
+
+    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return causal_lm_loss(F.linear(hidden, weight), labels)
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean next-token cross entropy, HF convention: labels aligned with inputs and shifted here."""
     shifted = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]

@@ -1,0 +1,67 @@
+"""The provider form of the Megatron Bridge docs, a thin layer over `initialize` and `to_model`:
+
+    provider = bridge.to_megatron_provider()
+    provider.tensor_model_parallel_size = 2
+    provider.sequence_parallel = True
+    provider.finalize()
+    model = provider.provide_distributed_model(wrap_with_ddp=False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models import ModelConfig
+from ..parallel import ParallelConfig, current, initialize
+from ..parallel.dims import validate_model_layout
+
+
+@dataclass
+class ModelProvider:
+    bridge: object = field(repr=False)
+    config: ModelConfig = None
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: int | None = None
+    context_parallel_size: int = 1
+    sequence_parallel: bool = False
+    params_dtype: torch.dtype = torch.float32
+    finalized: bool = False
+
+    def parallel_config(self) -> ParallelConfig:
+        return ParallelConfig(
+            tp=self.tensor_model_parallel_size,
+            pp=self.pipeline_model_parallel_size,
+            vp=self.virtual_pipeline_model_parallel_size or 1,
+            cp=self.context_parallel_size,
+            sequence_parallel=self.sequence_parallel,
+        )
+
+    def finalize(self) -> "ModelProvider":
+        """Validate the layout against the model (sizes, divisibility, supported features)."""
+        config = self.parallel_config()
+        config.check_supported()
+        validate_model_layout(self.config, config)
+        self.finalized = True
+        return self
+
+    def provide_distributed_model(self, wrap_with_ddp: bool = False, device=None):
+        """Initialise process groups if needed and return this rank's model with the HF weights.
+
+        With `wrap_with_ddp`, the model is wrapped in torch DDP over the data-parallel group;
+        `minibridge.parallel.finalize_grads` then leaves data-parallel averaging to DDP.
+        """
+        if not self.finalized:
+            self.finalize()
+        wanted = self.parallel_config()
+        dims = current()
+        if dims is None or dims.config != wanted:
+            dims = initialize(wanted)
+        model = self.bridge.to_model(parallel=dims, dtype=self.params_dtype, device=device)
+        if wrap_with_ddp and dims.dp > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model, process_group=dims.dp_group)
+        return model

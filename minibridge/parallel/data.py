@@ -1,0 +1,67 @@
+"""Gradient synchronisation after backward: tensor-parallel partial sums, then data-parallel averaging.
+
+`finalize_grads` plays the role of Megatron's finalize_model_grads: the training loop calls it once
+per step, after the last micro-batch's backward and before clipping and the optimizer step.
+Data-parallel averaging flattens gradients into buckets (one all-reduce per ~25 MB), which composes
+with the sharded TP parameters without wrapping the model. For ZeRO-1, `zero_optimizer` shards the
+optimizer state over the dp group with torch's ZeroRedundancyOptimizer: it needs no knowledge of the
+TP layout since every rank's parameters are already its own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributed.optim import ZeroRedundancyOptimizer
+
+from ..models import CausalLM
+from .collectives import all_reduce_
+from .dims import ParallelDims
+
+BUCKET_BYTES = 25 * 2**20
+
+
+def _bucketed_all_reduce(grads: list[torch.Tensor], group, scale: float = 1.0):
+    bucket, size = [], 0
+    for grad in grads + [None]:
+        if grad is not None:
+            bucket.append(grad)
+            size += grad.numel() * grad.element_size()
+        if bucket and (grad is None or size >= BUCKET_BYTES):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            all_reduce_(flat, group)
+            if scale != 1.0:
+                flat.mul_(scale)
+            offset = 0
+            for g in bucket:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+            bucket, size = [], 0
+
+
+def _kv_replica_sum(grad: torch.Tensor, spec, group):
+    """Sum a replicated KV head's gradient over the ranks that share it, with one tp all-reduce:
+    each rank writes its gradient into its head's slot of a zeroed (heads, ...) buffer."""
+    slots = torch.zeros((spec.parts, *grad.shape), dtype=grad.dtype, device=grad.device)
+    slots[spec.index] = grad
+    all_reduce_(slots, group)
+    grad.copy_(slots[spec.index])
+
+
+def finalize_grads(model: CausalLM, dims: ParallelDims) -> None:
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    model = model.module if ddp else model
+    specs = getattr(model, "tp_specs", {})
+    params = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
+    if dims.tp > 1:
+        partial = [p.grad for n, p in params if n in specs and specs[n].grad_reduce]
+        _bucketed_all_reduce(partial, dims.tp_group)
+        for n, p in params:
+            if n in specs and specs[n].kind == "kv" and specs[n].replicas > 1:
+                _kv_replica_sum(p.grad, specs[n], dims.tp_group)
+    if dims.dp > 1 and not ddp:  # DDP has averaged them already
+        _bucketed_all_reduce([p.grad for _, p in params], dims.dp_group, scale=1.0 / dims.dp)
+
+
+def zero_optimizer(params, dims: ParallelDims, optimizer_class=torch.optim.AdamW, **kwargs):
+    """ZeRO-1: each dp rank keeps the optimizer state of a 1/dp slice of the parameters."""
+    return ZeroRedundancyOptimizer(list(params), optimizer_class=optimizer_class, process_group=dims.dp_group, **kwargs)

@@ -1,0 +1,165 @@
+"""Parallel layout: sizes, process groups and this rank's coordinates.
+
+Ranks are laid out as Megatron does, tensor-parallel fastest, then context, data, pipeline:
+
+    rank = tp_rank + tp * (cp_rank + cp * (dp_rank + dp * pp_rank))
+
+so the ranks of one TP group are neighbours (one node, NVLink) and pipeline stages are farthest apart.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from ..models.config import ModelConfig
+
+
+class LayoutError(ValueError):
+    pass
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    vp: int = 1  # virtual pipeline stages per rank (interleaved 1F1B)
+    cp: int = 1
+    sequence_parallel: bool = False
+    # The vocabulary is padded to a multiple of this times tp (Megatron's make_vocab_size_divisible_by).
+    vocab_multiple: int = 1
+
+    def __post_init__(self):
+        for name in ("tp", "pp", "vp", "cp", "vocab_multiple"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise LayoutError(f"{name}={value!r}: expected a positive integer")
+        if self.sequence_parallel and self.tp == 1:
+            self.sequence_parallel = False  # nothing to split; Megatron silently does the same
+
+    def check_supported(self):
+        for name, value in (("pipeline parallelism (pp)", self.pp), ("virtual pipeline stages (vp)", self.vp),
+                            ("context parallelism (cp)", self.cp)):
+            if value != 1:
+                raise NotImplementedError(f"{name} = {value} is not supported yet; use 1")
+
+
+@dataclass
+class ParallelDims:
+    """Sizes, this rank's coordinates and the process groups of one layout."""
+
+    config: ParallelConfig
+    world_size: int
+    rank: int
+    dp: int
+    tp_group: object = None
+    dp_group: object = None
+    cp_group: object = None
+    pp_group: object = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def tp(self) -> int:
+        return self.config.tp
+
+    @property
+    def sequence_parallel(self) -> bool:
+        return self.config.sequence_parallel
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.tp
+
+    @property
+    def dp_rank(self) -> int:
+        c = self.config
+        return (self.rank // (c.tp * c.cp)) % self.dp
+
+    def padded_vocab(self, vocab_size: int) -> int:
+        multiple = self.tp * self.config.vocab_multiple
+        return -(-vocab_size // multiple) * multiple
+
+    def validate_model(self, model: ModelConfig) -> None:
+        validate_model_layout(model, self.config)
+
+
+def validate_model_layout(model: ModelConfig, config: ParallelConfig) -> None:
+    """Check before anything is allocated that the model splits evenly over the layout."""
+    tp = config.tp
+    for what, value in (("num_heads", model.num_heads), ("intermediate_size", model.intermediate_size)):
+        if value % tp:
+            raise LayoutError(f"{what}={value} is not divisible by tensor parallel size tp={tp}")
+    kv = model.num_kv_heads
+    if kv % tp and tp % kv:
+        raise LayoutError(
+            f"num_kv_heads={kv} and tp={tp}: one must divide the other (KV heads are split, or replicated "
+            f"when tp exceeds them)"
+        )
+
+
+def layout_from_world(config: ParallelConfig, world_size: int) -> int:
+    """The data-parallel size implied by the world size; raises when the layout does not divide it."""
+    model_parallel = config.tp * config.pp * config.cp
+    if world_size % model_parallel:
+        raise LayoutError(
+            f"world size {world_size} is not divisible by tp*pp*cp = {config.tp}*{config.pp}*{config.cp} = {model_parallel}"
+        )
+    return world_size // model_parallel
+
+
+def _group_ranks(config: ParallelConfig, dp: int) -> dict[str, list[list[int]]]:
+    """All groups of each kind, as rank lists, from the rank formula in the module docstring."""
+    sizes = {"tp": config.tp, "cp": config.cp, "dp": dp, "pp": config.pp}
+    order = ["tp", "cp", "dp", "pp"]
+    strides = {}
+    stride = 1
+    for name in order:
+        strides[name] = stride
+        stride *= sizes[name]
+    world = stride
+    groups = {}
+    for name in order:
+        seen, kind = set(), []
+        for rank in range(world):
+            base = rank - ((rank // strides[name]) % sizes[name]) * strides[name]
+            if base not in seen:
+                seen.add(base)
+                kind.append([base + i * strides[name] for i in range(sizes[name])])
+        groups[name] = kind
+    return groups
+
+
+_STATE: ParallelDims | None = None
+
+
+def initialize(config: ParallelConfig, backend: str | None = None) -> ParallelDims:
+    """Create (or reuse) the default process group and the tp/cp/dp/pp groups for `config`.
+
+    Works under torchrun (RANK, WORLD_SIZE, LOCAL_RANK from the environment): NCCL with CUDA, gloo on CPU.
+    """
+    global _STATE
+    config.check_supported()
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    dp = layout_from_world(config, world)
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
+        torch.cuda.set_device(device)
+    dims = ParallelDims(config, world, rank, dp, device=device)
+    for name, rank_lists in _group_ranks(config, dp).items():
+        for ranks in rank_lists:
+            group = dist.new_group(ranks)  # every rank creates every group, as new_group requires
+            if rank in ranks:
+                setattr(dims, f"{name}_group", group)
+    _STATE = dims
+    return dims
+
+
+def current() -> ParallelDims | None:
+    return _STATE

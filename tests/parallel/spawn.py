@@ -1,0 +1,55 @@
+"""Run a function on N local gloo ranks (spawned processes) and surface any rank's traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank, world_size, port, fn, args, error_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    try:
+        fn(*args)
+    except BaseException:
+        Path(error_dir, f"rank{rank}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_distributed(fn, world_size: int, *args, timeout: float = 600):
+    """fn(*args) on `world_size` ranks; raises with the first failing rank's traceback."""
+    with tempfile.TemporaryDirectory() as error_dir:
+        ctx = mp.get_context("spawn")
+        port = _free_port()
+        procs = [ctx.Process(target=_entry, args=(r, world_size, port, fn, args, error_dir)) for r in range(world_size)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        errors = sorted(Path(error_dir).glob("rank*.txt"))
+        if errors:
+            raise AssertionError(f"{errors[0].stem} failed:\n{errors[0].read_text()}")
+        codes = [p.exitcode for p in procs]
+        if any(c != 0 for c in codes):
+            raise AssertionError(f"ranks exited with codes {codes} (timeout {timeout}s?)")
