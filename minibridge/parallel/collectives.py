@@ -105,93 +105,37 @@ def _reduce_scatter(x: torch.Tensor, group, dim: int) -> torch.Tensor:
     return full.chunk(n, dim=dim)[dist.get_rank(group)].contiguous()
 
 
-class _CopyToRegion(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
+def _conjugate_pair(name: str, forward, backward):
+    """An autograd function running `forward(x, group)` and, in backward, `backward(grad, group)`."""
+
+    def fwd(ctx, x, group):
         ctx.group = group
-        return x
+        return forward(x, group)
 
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_reduce(grad.clone(), ctx.group), None
+    def bwd(ctx, grad):
+        return backward(grad, ctx.group), None
 
-
-class _ReduceFromRegion(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        return _all_reduce(x.clone(), group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(fwd), "backward": staticmethod(bwd)}).apply
 
 
-class _ScatterToSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _split(x, group, SEQ_DIM)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_gather(grad, ctx.group, SEQ_DIM), None
+def _identity(x, group):
+    return x
 
 
-class _GatherFromSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_gather(x, group, SEQ_DIM)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _reduce_scatter(grad, ctx.group, SEQ_DIM), None
-
-
-class _ReduceScatterSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _reduce_scatter(x, group, SEQ_DIM)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_gather(grad, ctx.group, SEQ_DIM), None
-
-
-class _GatherFromLastDim(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return _all_gather(x, group, -1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _split(grad, ctx.group, -1), None
-
-
-def copy_to_region(x, group):
-    return _CopyToRegion.apply(x, group)
-
-
-def reduce_from_region(x, group):
-    return _ReduceFromRegion.apply(x, group)
-
-
-def scatter_to_sequence(x, group):
-    return _ScatterToSequence.apply(x, group)
-
-
-def gather_from_sequence(x, group):
-    return _GatherFromSequence.apply(x, group)
-
-
-def reduce_scatter_sequence(x, group):
-    return _ReduceScatterSequence.apply(x, group)
-
-
-def gather_from_last_dim(x, group):
-    return _GatherFromLastDim.apply(x, group)
+copy_to_region = _conjugate_pair("CopyToRegion", _identity, lambda g, grp: _all_reduce(g.clone(), grp))
+reduce_from_region = _conjugate_pair("ReduceFromRegion", lambda x, grp: _all_reduce(x.clone(), grp), _identity)
+scatter_to_sequence = _conjugate_pair(
+    "ScatterToSequence", lambda x, grp: _split(x, grp, SEQ_DIM), lambda g, grp: _all_gather(g, grp, SEQ_DIM)
+)
+gather_from_sequence = _conjugate_pair(
+    "GatherFromSequence", lambda x, grp: _all_gather(x, grp, SEQ_DIM), lambda g, grp: _reduce_scatter(g, grp, SEQ_DIM)
+)
+reduce_scatter_sequence = _conjugate_pair(
+    "ReduceScatterSequence", lambda x, grp: _reduce_scatter(x, grp, SEQ_DIM), lambda g, grp: _all_gather(g, grp, SEQ_DIM)
+)
+gather_from_last_dim = _conjugate_pair(
+    "GatherFromLastDim", lambda x, grp: _all_gather(x, grp, -1), lambda g, grp: _split(g, grp, -1)
+)
 
 
 def all_reduce_(x: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
