@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import OutputHead, RMSNorm, rope_tables
+from torch.utils.checkpoint import checkpoint
+
+from .common import RMSNorm, rope_tables
+from .output import OutputHead
 from .config import FULL, SLIDING, ModelConfig
 
 
@@ -25,6 +28,7 @@ class CausalLM(nn.Module):
         # Tied models read the output projection straight from the embedding: one parameter, one name.
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.head = OutputHead()
+        self.recompute = "none"
 
     def output_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
@@ -45,18 +49,35 @@ class CausalLM(nn.Module):
         input_ids: torch.Tensor,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        loss_reduction: str = "mean",
     ) -> torch.Tensor:
-        """Logits (B, T, vocab) or, with `labels`, the mean next-token loss (HF convention)."""
+        """Logits (B, T, vocab), or with `labels` the next-token loss (HF convention: labels aligned with
+        inputs, shifted inside, -100 ignored), averaged over tokens or, with loss_reduction="sum", summed.
+
+        Packed sequences pass `position_ids` that restart at each document and `document_ids`.
+        """
         hidden = self.embed(input_ids)
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         tables = self.rope(position_ids, hidden.dtype)
+        full = self.recompute == "full" and torch.is_grad_enabled()
         for index, block in self.layers.items():
-            hidden = block(hidden, tables[self.config.layer_types[int(index)]])
+            args = (hidden, tables[self.config.layer_types[int(index)]], document_ids)
+            # Full recomputation keeps only each block's input and reruns the block in backward.
+            hidden = checkpoint(block, *args, use_reentrant=False) if full else block(*args)
         hidden = self.norm(hidden)
         if labels is None:
             return self.head.logits(hidden, self.output_weight())
-        return self.head.loss(hidden, self.output_weight(), labels)
+        return self.head.loss(hidden, self.output_weight(), labels, loss_reduction)
+
+    def set_recompute(self, granularity: str) -> None:
+        """Activation recomputation: "none", "selective" (attention core only) or "full" (whole blocks)."""
+        if granularity not in ("none", "selective", "full"):
+            raise ValueError(f"recompute granularity {granularity!r}: expected none, selective or full")
+        self.recompute = granularity
+        for block in self.layers.values():
+            block.attn.recompute_core = granularity == "selective"
 
     @torch.no_grad()
     def reset_parameters(self):

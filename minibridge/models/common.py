@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig, RopeConfig
 
@@ -101,18 +102,27 @@ def sliding_window_mask(q_len: int, k_len: int, window: int | None, device) -> t
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    window: int | None = None,
+    document_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Causal attention with GQA and an optional sliding window; (B, T, H, D) in and out.
+    """Causal attention with GQA, an optional sliding window and optional packed documents.
 
-    The single dispatch point of the models: kernels plug in here.
+    (B, T, H, D) in and out. `document_ids` (B, T) gives each token's document within its row: a
+    query never sees keys of another document. The single dispatch point of the models: kernels
+    plug in here.
     """
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     gqa = q.shape[1] != k.shape[1]
-    if window is None or window >= k.shape[2]:
+    if document_ids is None and (window is None or window >= k.shape[2]):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     else:
         mask = sliding_window_mask(q.shape[2], k.shape[2], window, q.device)
+        if document_ids is not None:  # (B, 1, T, T): same document and causal (and in the window)
+            mask = mask & (document_ids[:, None, :, None] == document_ids[:, None, None, :])
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return out.transpose(1, 2)
 
@@ -128,6 +138,7 @@ class Attention(nn.Module):
         self.head_dim = d
         self.scale = config.attention_scale
         self.window = config.window_of(layer)
+        self.recompute_core = False  # selective recomputation: keep no attention internals for backward
         self.q_proj = nn.Linear(h, config.num_heads * d, bias=bias)
         self.k_proj = nn.Linear(h, config.num_kv_heads * d, bias=bias)
         self.v_proj = nn.Linear(h, config.num_kv_heads * d, bias=bias)
@@ -138,7 +149,9 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], document_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, -1, self.head_dim)
         k = self.k_proj(x).view(B, T, -1, self.head_dim)
@@ -146,7 +159,10 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, k, *rope)
-        out = attention(q, k, v, self.scale, self.window)
+        if self.recompute_core and torch.is_grad_enabled():
+            out = checkpoint(attention, q, k, v, self.scale, self.window, document_ids, use_reentrant=False)
+        else:
+            out = attention(q, k, v, self.scale, self.window, document_ids)
         return self.o_proj(out.reshape(B, T, -1))
 
 
@@ -165,22 +181,3 @@ class GatedMLP(nn.Module):
         gate = self.gate_proj(x)
         gate = F.gelu(gate, approximate="tanh") if self.gelu else F.silu(gate)
         return self.down_proj(gate * self.up_proj(x))
-
-
-class OutputHead:
-    """How final hidden states become logits and the loss. A parallel pass swaps in its own (vocab
-    sharded); the training loop may swap in a chunked one."""
-
-    def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, weight)
-
-    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return causal_lm_loss(F.linear(hidden, weight), labels)
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Mean next-token cross entropy, HF convention: labels aligned with inputs and shifted here."""
-    shifted = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=ignore_index
-    )

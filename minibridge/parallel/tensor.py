@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.common import Attention, GatedMLP, OutputHead
+from ..models.common import Attention, GatedMLP
+from ..models.output import OutputHead, shift_labels
 from .collectives import (
     all_reduce_,
     copy_to_region,
@@ -35,10 +36,10 @@ class TensorParallelRegion:
     tp_group = None
     sequence_parallel = False
 
-    def forward(self, x: torch.Tensor, *args) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         g = self.tp_group
         x = gather_from_sequence(x, g) if self.sequence_parallel else copy_to_region(x, g)
-        out = super().forward(x, *args)
+        out = super().forward(x, *args, **kwargs)
         out = reduce_scatter_sequence(out, g) if self.sequence_parallel else reduce_from_region(out, g)
         bias = getattr(self, self.row_name).bias
         return out if bias is None else out + bias
@@ -100,14 +101,13 @@ class VocabParallelHead(OutputHead):
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return gather_from_last_dim(self._local_logits(hidden, weight), self.tp_group)[..., : self.vocab_size]
 
-    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100):
+    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"):
         logits = self._local_logits(hidden, weight)
-        shifted = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+        shifted = shift_labels(labels)
         losses = vocab_parallel_cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1), self.vocab_start, self.vocab_size,
-            self.tp_group, ignore_index,
+            logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1), self.vocab_start, self.vocab_size, self.tp_group
         )
-        return losses.sum() / (shifted != ignore_index).sum()
+        return losses.sum() if reduction == "sum" else losses.sum() / (shifted != -100).sum()
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):

@@ -1,0 +1,85 @@
+"""The output layer and the language-model loss.
+
+`OutputHead` is the plain form: logits = hidden @ W^T, then HF's cross entropy on fp32 logits.
+`ChunkedOutputHead` fuses the output layer with the loss and walks over the tokens in chunks,
+computing each chunk's gradients during the forward pass, so the (tokens x vocab) logits never
+exist at once: with Gemma's 262,144-token vocabulary, 8,192 tokens of fp32 logits would be 8.6 GB.
+A parallel pass swaps in a vocab-sharded head (minibridge.parallel.tensor.VocabParallelHead).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """HF convention: labels are aligned with inputs; position t is trained to predict labels[t + 1]."""
+    return F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross entropy on fp32 logits, as transformers' ForCausalLMLoss; "sum" for token sums."""
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), shift_labels(labels).reshape(-1),
+        ignore_index=IGNORE_INDEX, reduction=reduction,
+    )
+
+
+class OutputHead:
+    """How final hidden states become logits and the loss."""
+
+    def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, weight)
+
+    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"):
+        return causal_lm_loss(F.linear(hidden, weight), labels, reduction)
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Sum of token losses of softmax(hidden @ W^T); gradients computed chunk by chunk in forward.
+
+    Per chunk, the logits are computed in the model dtype and upcast to fp32, exactly as
+    transformers does for the whole tensor, so the loss matches to summation order.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_tokens):
+        grad_hidden = torch.zeros_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        for start in range(0, hidden.shape[0], chunk_tokens):
+            h, t = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens]
+            logits = F.linear(h, weight).float()
+            valid = t != IGNORE_INDEX
+            lse = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
+            total += ((lse - picked) * valid).sum()
+            if need_grad:
+                grad_logits = torch.softmax(logits, dim=-1)  # d loss / d logits = softmax - one_hot
+                grad_logits[torch.arange(len(t), device=t.device), t.clamp(min=0)] -= 1.0
+                grad_logits *= valid[:, None]
+                grad_hidden[start : start + chunk_tokens] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
+                grad_weight.addmm_(grad_logits.t(), h.float())
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_weight * grad_total.to(grad_weight.dtype), None, None
+
+
+class ChunkedOutputHead(OutputHead):
+    """Output layer + loss over `chunk_tokens` tokens at a time (logits are never held in full)."""
+
+    def __init__(self, chunk_tokens: int = 2048):
+        self.chunk_tokens = chunk_tokens
+
+    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"):
+        targets = shift_labels(labels).reshape(-1)
+        total = _FusedLinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets, self.chunk_tokens)
+        return total if reduction == "sum" else total / (targets != IGNORE_INDEX).sum()
