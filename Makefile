@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.py
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) examples/roundtrip_demo.py
+	$(PY) examples/train_demo.py
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

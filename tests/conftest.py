@@ -5,6 +5,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "parallel"))
+sys.path.insert(0, str(Path(__file__).parent / "training"))
 
 from hf_checkpoints import make_checkpoint, real_config, shrink  # noqa: E402
 
@@ -31,3 +33,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def pydoc_data(tmp_path_factory):
+    """pydoc's documentation topics as JSONL, and a byte-level BPE tokenizer trained on them here."""
+    import json as _json
+
+    from minibridge.training.data import pydoc_corpus, train_tokenizer
+
+    folder = tmp_path_factory.mktemp("pydoc")
+    texts = pydoc_corpus()
+    tokenizer = train_tokenizer(texts, folder / "tokenizer", vocab_size=512)
+    jsonl = folder / "pydoc.jsonl"
+    jsonl.write_text("".join(_json.dumps({"text": t}) + "\n" for t in texts))
+    return {"jsonl": str(jsonl), "tokenizer": str(tokenizer), "vocab_size": 512}

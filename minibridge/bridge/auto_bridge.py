@@ -18,7 +18,7 @@ from ..models import CausalLM, ModelConfig
 from .exporting import atomic_folder, copy_side_files, write_config, write_weights
 from .hf_config import ARCHITECTURES, Architecture, architecture_of, config_from_hf, config_to_hf, read_config_json
 from .hf_folder import HFFolder, resolve_model_path
-from .loading import empty_model, load_hf_weights
+from .loading import empty_model, init_fresh_weights, load_hf_weights
 from .mappings import WeightMapping
 from .safetensors_io import DTYPE_NAMES, parse_size, read_tensor
 from .sharded_io import full_shape, full_tensor
@@ -79,8 +79,10 @@ class AutoBridge:
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         progress: bool = True,
+        seed: int = 1234,
     ) -> CausalLM:
-        """The model with the HF weights loaded (or freshly initialised without a source).
+        """The model with the HF weights loaded (or freshly initialised from `seed` without a source,
+        identically whatever the parallel layout).
 
         With `parallel` (the ParallelDims of `minibridge.parallel.initialize`), this rank's shard, read
         slice by slice. `dtype` defaults to the checkpoint's, as transformers 5.x `from_pretrained` does;
@@ -92,7 +94,7 @@ class AutoBridge:
         progress = progress and (parallel is None or parallel.rank == 0)
         model = empty_model(self.config, dtype or self.checkpoint_dtype(), device, parallel)
         if self.source is None:
-            model.reset_parameters()
+            init_fresh_weights(model, seed)
         else:
             self.passthrough = load_hf_weights(model, self.folder, self.mapping, progress=progress)
         return model

@@ -92,3 +92,31 @@ def load_hf_weights(model: CausalLM, folder: HFFolder, mapping: WeightMapping, p
         list(pool.map(read, jobs))
     bar.close()
     return passthrough
+
+
+@torch.no_grad()
+def init_fresh_weights(model: CausalLM, seed: int) -> None:
+    """Initialise for pretraining, identically under every parallel layout: each parameter's full
+    tensor comes from a generator seeded by (seed, name), and a rank keeps its block of it (one full
+    tensor in memory at a time, as Megatron's use_cpu_initialization)."""
+    from ..parallel.sharding import take_block
+
+    specs = getattr(model, "tp_specs", {})
+    std = model.config.init_std
+    for name, param in model.named_parameters():
+        spec = specs.get(name)
+        shape = spec.full_shape if spec is not None else tuple(param.shape)
+        if param.ndim < 2:  # norms (Llama: 1, Gemma: 0 since it scales by 1 + w) and biases
+            full = torch.ones(shape) if name.endswith("norm.weight") and not model.config.is_gemma else torch.zeros(shape)
+        else:
+            generator = torch.Generator().manual_seed(_stable_hash(f"{seed}:{name}"))
+            full = torch.randn(shape, generator=generator) * std
+            if name == "embed_tokens.weight" and model.config.pad_token_id is not None:
+                full[model.config.pad_token_id] = 0
+        param.copy_(take_block(full, spec))
+
+
+def _stable_hash(text: str) -> int:
+    import zlib
+
+    return zlib.crc32(text.encode())

@@ -78,16 +78,3 @@ class CausalLM(nn.Module):
         self.recompute = granularity
         for block in self.layers.values():
             block.attn.recompute_core = granularity == "selective"
-
-    @torch.no_grad()
-    def reset_parameters(self):
-        """Fresh initialisation for pretraining: N(0, init_std) matrices, zero biases, unit norms."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=self.config.init_std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-                if getattr(module, "padding_idx", None) is not None:
-                    module.weight[module.padding_idx].zero_()
-            elif isinstance(module, RMSNorm):
-                module.reset_parameters()

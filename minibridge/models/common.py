@@ -30,16 +30,13 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.gemma = gemma
-        self.weight = nn.Parameter(torch.empty(dim))
+        self.weight = nn.Parameter(torch.zeros(dim) if gemma else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
         if self.gemma:
             return (normed * (1.0 + self.weight.float())).type_as(x)
         return self.weight * normed.to(x.dtype)
-
-    def reset_parameters(self):
-        nn.init.zeros_(self.weight) if self.gemma else nn.init.ones_(self.weight)
 
 
 def rope_inv_freq(rope: RopeConfig, head_dim: int, device=None) -> torch.Tensor:

@@ -47,19 +47,27 @@ def _kv_replica_sum(grad: torch.Tensor, spec, group):
     grad.copy_(slots[spec.index])
 
 
-def finalize_grads(model: CausalLM, dims: ParallelDims) -> None:
+def grad_of(param: torch.nn.Parameter) -> torch.Tensor | None:
+    """The gradient an optimizer uses: the fp32 `main_grad` that low-precision parameters accumulate
+    into under mixed precision (see minibridge.training.optimizer), else `.grad`."""
+    return getattr(param, "main_grad", None) if param.dtype != torch.float32 else param.grad
+
+
+def finalize_grads(model: CausalLM, dims: ParallelDims, average_dp: bool = True) -> None:
+    """Complete the gradients after backward. `average_dp=False` sums over data-parallel ranks, for
+    losses already normalised by the global token count."""
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     model = model.module if ddp else model
     specs = getattr(model, "tp_specs", {})
-    params = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
+    params = [(n, grad_of(p)) for n, p in model.named_parameters() if grad_of(p) is not None]
     if dims.tp > 1:
-        partial = [p.grad for n, p in params if n in specs and specs[n].grad_reduce]
+        partial = [g for n, g in params if n in specs and specs[n].grad_reduce]
         _bucketed_all_reduce(partial, dims.tp_group)
-        for n, p in params:
+        for n, g in params:
             if n in specs and specs[n].kind == "kv" and specs[n].replicas > 1:
-                _kv_replica_sum(p.grad, specs[n], dims.tp_group)
+                _kv_replica_sum(g, specs[n], dims.tp_group)
     if dims.dp > 1 and not ddp:  # DDP has averaged them already
-        _bucketed_all_reduce([p.grad for _, p in params], dims.dp_group, scale=1.0 / dims.dp)
+        _bucketed_all_reduce([g for _, g in params], dims.dp_group, scale=1.0 / dims.dp if average_dp else 1.0)
 
 
 def zero_optimizer(params, dims: ParallelDims, optimizer_class=torch.optim.AdamW, **kwargs):

@@ -132,6 +132,14 @@ def _group_ranks(config: ParallelConfig, dp: int) -> dict[str, list[list[int]]]:
     return groups
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 _STATE: ParallelDims | None = None
 
 
@@ -144,7 +152,10 @@ def initialize(config: ParallelConfig, backend: str | None = None) -> ParallelDi
     config.check_supported()
     if not dist.is_initialized():
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        dist.init_process_group(backend)
+        if "RANK" in os.environ:  # torchrun (or srun) set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+            dist.init_process_group(backend)
+        else:  # a plain `python` run: a world of one
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     world, rank = dist.get_world_size(), dist.get_rank()
     dp = layout_from_world(config, world)
     device = torch.device("cpu")

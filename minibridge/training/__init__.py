@@ -1,0 +1,11 @@
+"""Training: config sections and overrides, data, optimizer and schedules, checkpoints, logging, the loop.
+
+    from minibridge.recipes import build_config
+    from minibridge.training import pretrain
+    result = pretrain(build_config("llama3_debug_pretrain_config", overrides=["train.train_iters=50"]))
+"""
+
+from .config import ConfigContainer, ConfigError
+from .loop import Trainer, TrainResult, finetune, pretrain
+
+__all__ = ["ConfigContainer", "ConfigError", "TrainResult", "Trainer", "finetune", "pretrain"]

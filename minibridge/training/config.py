@@ -1,0 +1,397 @@
+"""Training configuration: one dataclass per concern, grouped like Megatron Bridge's ConfigContainer.
+
+    ConfigContainer
+      model            ModelSettings: the architecture (ModelConfig) + parallel layout + seq_length
+      train            TrainingConfig: iterations, batch sizes, eval cadence, seed
+      optimizer        OptimizerConfig: Adam hyper-parameters, clipping, ZeRO-1
+      scheduler        SchedulerConfig: warmup and decay of the learning rate
+      dataset          DatasetConfig: mock / indexed / jsonl / sft data, tokenizer, packing
+      checkpoint       CheckpointConfig: save / load / pretrained weights / HF export
+      logger           LoggerConfig: log cadence, tensorboard, wandb
+      peft             PeftConfig or None (full training)
+      mixed_precision  a Megatron Bridge recipe name: "bf16_mixed", "fp32", ...
+
+Field names are Megatron Bridge's so its users' overrides (`train.global_batch_size=64`) work unchanged.
+`validate()` checks what can be checked without knowing the world size (that happens at launch).
+`to_dict()` / `from_dict()` round-trip through JSON, for saving next to checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+import torch
+
+from ..models.config import ModelConfig, RopeConfig
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, raised before any work starts. The message names key and value."""
+
+
+# Megatron Bridge's mixed-precision recipe names (megatron/bridge/training/mixed_precision.py) plus "fp32".
+# Low-precision ones map to the smallest CUDA compute capability that has the number format.
+MIXED_PRECISION = ("fp32", "bf16_mixed", "fp16_mixed")
+LOW_PRECISION = {
+    "bf16_with_fp8_delayed_scaling_mixed": (8, 9),
+    "bf16_with_fp8_current_scaling_mixed": (8, 9),
+    "bf16_with_fp8_subchannel_scaling_mixed": (9, 0),
+    "bf16_with_mxfp8_mixed": (10, 0),
+    "bf16_with_nvfp4_mixed": (10, 0),
+}
+PRECISIONS = MIXED_PRECISION + tuple(LOW_PRECISION)
+# Megatron's names of the four linear layers of a block; LoRA/DoRA target them (wildcards also allowed).
+PEFT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
+@dataclass
+class ModelSettings:
+    config: ModelConfig
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: int | None = None
+    context_parallel_size: int = 1
+    sequence_parallel: bool = False
+    seq_length: int = 8192
+    recompute_granularity: Literal["none", "selective", "full"] = "none"
+    # The vocabulary is padded to a multiple of this times TP (Megatron's default 128).
+    make_vocab_size_divisible_by: int = 128
+    # Count the embedding / the loss as one layer each when splitting layers over pipeline stages
+    # (Megatron's knobs; the 405B recipes set both so 126 layers + 2 split evenly into 8 or 16 stages).
+    account_for_embedding_in_pipeline_split: bool = False
+    account_for_loss_in_pipeline_split: bool = False
+
+    def __post_init__(self):
+        if self.recompute_granularity is None:  # Megatron spells "no recomputation" None
+            self.recompute_granularity = "none"
+
+    def parallel_config(self):
+        """The `minibridge.parallel.ParallelConfig` of this layout."""
+        from ..parallel import ParallelConfig
+
+        return ParallelConfig(
+            tp=self.tensor_model_parallel_size, pp=self.pipeline_model_parallel_size,
+            vp=self.virtual_pipeline_model_parallel_size or 1, cp=self.context_parallel_size,
+            sequence_parallel=self.sequence_parallel, vocab_multiple=self.make_vocab_size_divisible_by,
+        )
+
+
+@dataclass
+class TrainingConfig:
+    train_iters: int = 1000
+    global_batch_size: int = 512
+    micro_batch_size: int = 1
+    eval_interval: int | None = 2000  # None: no evaluation
+    eval_iters: int = 32
+    seed: int = 1234
+
+
+@dataclass
+class OptimizerConfig:
+    # Defaults of Megatron Bridge's distributed_fused_adam_with_cosine_annealing (recipes/utils/optimizer_utils.py).
+    optimizer: Literal["adam"] = "adam"
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-5
+    clip_grad: float = 1.0
+    use_distributed_optimizer: bool = True  # ZeRO-1 over data-parallel ranks
+
+
+@dataclass
+class SchedulerConfig:
+    lr_warmup_iters: int = 2000
+    lr_decay_iters: int | None = None  # None: decay over train.train_iters (Megatron's default)
+    lr_decay_style: Literal["cosine", "linear", "constant", "WSD"] = "cosine"
+    lr_wsd_decay_iters: int | None = None  # WSD only: length of the final decay phase
+    lr_wsd_decay_style: Literal["linear", "cosine", "exponential", "minus_sqrt"] = "exponential"
+
+
+@dataclass
+class DatasetConfig:
+    # mock: random tokens, no files. indexed: Megatron .bin/.idx prefixes. jsonl: raw text, one JSON
+    # object per line. sft: prompt/answer pairs (loss on answers only).
+    kind: Literal["mock", "indexed", "jsonl", "sft"] = "mock"
+    data_paths: list[str] = field(default_factory=list)
+    blend_weights: list[float] | None = None  # one per data path; None: proportional to size
+    split: str = "9999,8,2"  # train,valid,test proportions (Megatron's default for a data_paths blend)
+    seq_length: int = 8192  # mirrors model.seq_length; an override of either sets both
+    tokenizer: str | None = None  # HF tokenizer folder; None: the pretrained checkpoint's, if any
+    packing: bool = False  # pack several documents into one sequence (sft: packed sequences)
+    num_workers: int = 8
+
+
+@dataclass
+class CheckpointConfig:
+    save: str | None = None
+    load: str | None = None  # resume from here when it holds a checkpoint
+    save_interval: int = 500
+    keep_last: int | None = None  # keep only the most recent N checkpoints; None keeps all
+    pretrained_checkpoint: str | None = None  # HF folder or minibridge checkpoint to start from
+    export_hf_on_finish: str | bool = False  # True: <save>/hf; a string: that folder
+
+
+@dataclass
+class LoggerConfig:
+    log_interval: int = 10
+    tensorboard_dir: str | None = None
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_exp_name: str | None = None
+    log_dir: str | None = None  # metrics.jsonl and plots; None: checkpoint.save
+
+
+@dataclass
+class PeftConfig:
+    """LoRA / DoRA with Megatron Bridge's field names (megatron/bridge/peft/lora.py, dora.py)."""
+
+    scheme: Literal["lora", "dora"] = "lora"
+    dim: int = 32
+    alpha: float = 32
+    dropout: float = 0.0
+    dropout_position: Literal["pre", "post"] = "pre"
+    target_modules: list[str] = field(default_factory=lambda: list(PEFT_TARGETS))
+    exclude_modules: list[str] = field(default_factory=list)
+    lora_A_init_method: Literal["xavier", "uniform", "normal"] = "xavier"
+    lora_B_init_method: Literal["zero"] = "zero"
+
+    @classmethod
+    def default(cls, scheme: str, **changes) -> "PeftConfig":
+        """Megatron Bridge's defaults: LoRA dim 32 alpha 32, DoRA dim 32 alpha 64."""
+        scheme = scheme.lower()
+        if scheme not in ("lora", "dora"):
+            raise ConfigError(f"peft scheme {scheme!r} is not supported; expected 'lora', 'dora' or None")
+        return cls(scheme=scheme, **{"alpha": 64 if scheme == "dora" else 32, **changes})
+
+
+SECTIONS = {
+    "model": ModelSettings, "train": TrainingConfig, "optimizer": OptimizerConfig, "scheduler": SchedulerConfig,
+    "dataset": DatasetConfig, "checkpoint": CheckpointConfig, "logger": LoggerConfig, "peft": PeftConfig,
+}
+
+
+@dataclass
+class ConfigContainer:
+    model: ModelSettings
+    train: TrainingConfig = field(default_factory=TrainingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    peft: PeftConfig | None = None
+    mixed_precision: str = "bf16_mixed"
+
+    @property
+    def lr_decay_iters(self) -> int:
+        return self.scheduler.lr_decay_iters or self.train.train_iters
+
+    def validate(self) -> "ConfigContainer":
+        """Cross-checks that need no world size; raises ConfigError naming the keys involved."""
+        _validate(self)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)  # tuples (layer_types) become lists; json.dumps takes it as is
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ConfigContainer":
+        data = dict(data)
+        _reject_unknown("", data, [f.name for f in fields(cls)])
+        kwargs = {}
+        for name, section in SECTIONS.items():
+            if name in data and data[name] is not None:
+                kwargs[name] = _section_from_dict(name, section, data[name])
+        if "model" not in kwargs:
+            raise ConfigError("from_dict: the 'model' section is missing; expected the output of to_dict()")
+        if "mixed_precision" in data:
+            kwargs["mixed_precision"] = data["mixed_precision"]
+        return cls(**kwargs)
+
+
+def _reject_unknown(where: str, data: dict, valid: list[str]) -> None:
+    for key in data:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+            hint = f"; closest valid keys: {', '.join(close)}" if close else f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"unknown key '{where}{key}'{hint}")
+
+
+def _section_from_dict(name: str, section: type, data: dict):
+    data = dict(data)
+    _reject_unknown(f"{name}.", data, [f.name for f in fields(section)])
+    if section is ModelSettings:
+        data["config"] = model_config_from_dict(data["config"])
+    return section(**data)
+
+
+def model_config_from_dict(data: dict) -> ModelConfig:
+    data = dict(data)
+    _reject_unknown("model.config.", data, [f.name for f in fields(ModelConfig)])
+    for key in ("rope", "rope_local"):
+        if isinstance(data.get(key), dict):
+            _reject_unknown(f"model.config.{key}.", data[key], [f.name for f in fields(RopeConfig)])
+            data[key] = RopeConfig(**data[key])
+    data["layer_types"] = tuple(data.get("layer_types") or ())
+    return ModelConfig(**data)
+
+
+# ---------------------------------------------------------------------------------------------------
+# validate()
+# ---------------------------------------------------------------------------------------------------
+
+
+def _positive(key: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value!r}: expected a positive integer")
+
+
+def _validate(c: ConfigContainer) -> None:
+    m, t, o, s, d, ck = c.model, c.train, c.optimizer, c.scheduler, c.dataset, c.checkpoint
+    for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
+                "seq_length", "make_vocab_size_divisible_by"):
+        _positive(f"model.{key}", getattr(m, key))
+    _positive("model.virtual_pipeline_model_parallel_size", m.virtual_pipeline_model_parallel_size, allow_none=True)
+    for key in ("train_iters", "global_batch_size", "micro_batch_size", "eval_iters"):
+        _positive(f"train.{key}", getattr(t, key))
+    _positive("train.eval_interval", t.eval_interval, allow_none=True)
+    _positive("checkpoint.save_interval", ck.save_interval)
+    _positive("checkpoint.keep_last", ck.keep_last, allow_none=True)
+    _positive("logger.log_interval", c.logger.log_interval)
+    if t.global_batch_size % t.micro_batch_size:
+        raise ConfigError(
+            f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size="
+            f"{t.micro_batch_size}; the global batch is micro_batch_size * data_parallel_size * accumulation steps"
+        )
+    if d.seq_length != m.seq_length:
+        raise ConfigError(f"dataset.seq_length={d.seq_length} differs from model.seq_length={m.seq_length}; set one "
+                          f"(an override of either sets both)")
+    _validate_layout(m)
+    _validate_optimizer(c)
+    _validate_data(d, ck)
+    if c.mixed_precision not in PRECISIONS:
+        raise ConfigError(choice_message("mixed_precision", c.mixed_precision, PRECISIONS))
+    if c.mixed_precision in LOW_PRECISION:
+        _check_low_precision(c.mixed_precision)
+    if c.peft is not None:
+        _validate_peft(c.peft, ck)
+    if ck.export_hf_on_finish is True and not ck.save:
+        raise ConfigError("checkpoint.export_hf_on_finish=true exports to <checkpoint.save>/hf, but checkpoint.save "
+                          "is not set; set checkpoint.save or give export_hf_on_finish a folder")
+
+
+def _validate_layout(m: ModelSettings) -> None:
+    tp, pp, cp, vp = (m.tensor_model_parallel_size, m.pipeline_model_parallel_size, m.context_parallel_size,
+                      m.virtual_pipeline_model_parallel_size)
+    from ..parallel.dims import LayoutError, validate_model_layout
+
+    try:
+        validate_model_layout(m.config, m.parallel_config())
+    except LayoutError as err:
+        raise ConfigError(f"model.tensor_model_parallel_size={tp}: {err}") from None
+    if vp is not None and vp > 1 and pp == 1:
+        raise ConfigError(f"model.virtual_pipeline_model_parallel_size={vp} needs "
+                          f"model.pipeline_model_parallel_size > 1 (it is 1)")
+    stages = pp * (vp or 1)
+    layers = m.config.num_layers + m.account_for_embedding_in_pipeline_split + m.account_for_loss_in_pipeline_split
+    if layers % stages:
+        raise ConfigError(
+            f"model.num_layers={m.config.num_layers} (+ embedding/loss when accounted: {layers}) does not split evenly "
+            f"over pipeline_model_parallel_size={pp} x virtual_pipeline_model_parallel_size={vp or 1} = {stages} stages"
+        )
+    if cp > 1 and m.seq_length % (2 * cp):
+        raise ConfigError(f"model.seq_length={m.seq_length} must be divisible by 2 * context_parallel_size = {2 * cp} "
+                          f"(each CP rank takes two balanced chunks)")
+    if m.sequence_parallel and tp > 1 and (m.seq_length // cp) % tp:
+        raise ConfigError(f"model.sequence_parallel=true: seq_length / context_parallel_size = {m.seq_length // cp} "
+                          f"must be divisible by tensor_model_parallel_size={tp}")
+
+
+def _validate_optimizer(c: ConfigContainer) -> None:
+    o, s = c.optimizer, c.scheduler
+    if not (o.lr > 0 and 0 <= o.min_lr <= o.lr):
+        raise ConfigError(f"optimizer.lr={o.lr}, optimizer.min_lr={o.min_lr}: expected 0 <= min_lr <= lr and lr > 0")
+    for key in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(o, key) < 1:
+            raise ConfigError(f"optimizer.{key}={getattr(o, key)}: expected a value in [0, 1)")
+    for key in ("weight_decay", "adam_eps", "clip_grad"):
+        if getattr(o, key) < 0:
+            raise ConfigError(f"optimizer.{key}={getattr(o, key)}: expected a value >= 0")
+    if s.lr_warmup_iters < 0:
+        raise ConfigError(f"scheduler.lr_warmup_iters={s.lr_warmup_iters}: expected >= 0")
+    _positive("scheduler.lr_decay_iters", s.lr_decay_iters, allow_none=True)
+    decay = c.lr_decay_iters
+    if s.lr_warmup_iters >= decay and s.lr_decay_style != "constant":
+        where = "scheduler.lr_decay_iters" if s.lr_decay_iters else "train.train_iters"
+        raise ConfigError(f"scheduler.lr_warmup_iters={s.lr_warmup_iters} must be smaller than {where}={decay} "
+                          f"(Megatron's scheduler asserts the same); lower the warmup or raise {where}")
+    if s.lr_decay_style == "WSD":
+        _positive("scheduler.lr_wsd_decay_iters", s.lr_wsd_decay_iters)
+        if s.lr_wsd_decay_iters > decay - s.lr_warmup_iters:
+            raise ConfigError(f"scheduler.lr_wsd_decay_iters={s.lr_wsd_decay_iters} is longer than the "
+                              f"{decay - s.lr_warmup_iters} iterations left after warmup")
+
+
+def _validate_data(d: DatasetConfig, ck: CheckpointConfig) -> None:
+    _positive("dataset.seq_length", d.seq_length)
+    if d.num_workers < 0:
+        raise ConfigError(f"dataset.num_workers={d.num_workers}: expected >= 0")
+    if d.kind != "mock" and not d.data_paths:
+        raise ConfigError(f"dataset.kind={d.kind!r} needs dataset.data_paths (a list of files or prefixes); "
+                          f"use dataset.kind=mock for random tokens")
+    if d.blend_weights is not None and len(d.blend_weights) != len(d.data_paths):
+        raise ConfigError(f"dataset.blend_weights has {len(d.blend_weights)} entries but dataset.data_paths has "
+                          f"{len(d.data_paths)}; give one weight per path")
+    if d.blend_weights is not None and (min(d.blend_weights, default=1) < 0 or sum(d.blend_weights) <= 0):
+        raise ConfigError(f"dataset.blend_weights={d.blend_weights}: expected non-negative weights with a positive sum")
+    if not re.fullmatch(r"\s*\d+(\.\d+)?\s*(,\s*\d+(\.\d+)?\s*){0,2}", d.split):
+        raise ConfigError(f"dataset.split={d.split!r}: expected up to three comma-separated numbers, e.g. '9999,8,2'")
+    if d.kind in ("jsonl", "sft") and not (d.tokenizer or ck.pretrained_checkpoint):
+        raise ConfigError(f"dataset.kind={d.kind!r} tokenizes text: set dataset.tokenizer (an HF tokenizer folder) "
+                          f"or checkpoint.pretrained_checkpoint (its tokenizer is used)")
+
+
+def _validate_peft(p: PeftConfig, ck: CheckpointConfig) -> None:
+    _positive("peft.dim", p.dim)
+    if p.alpha <= 0:
+        raise ConfigError(f"peft.alpha={p.alpha}: expected a positive number")
+    if not 0 <= p.dropout < 1:
+        raise ConfigError(f"peft.dropout={p.dropout}: expected a value in [0, 1)")
+    if p.scheme == "dora" and p.dropout_position != "pre":
+        raise ConfigError("peft.dropout_position='post' is not supported by DoRA (Megatron Bridge asserts 'pre')")
+    if not p.target_modules:
+        raise ConfigError("peft.target_modules is empty: nothing would be trained")
+    for name in p.target_modules + p.exclude_modules:
+        if name not in PEFT_TARGETS and "*" not in name:
+            raise ConfigError(choice_message("peft.target_modules entry", name, PEFT_TARGETS,
+                                              extra=" (or a wildcard pattern such as '*.layers.0.*.linear_qkv')"))
+    if not ck.pretrained_checkpoint:
+        raise ConfigError(f"peft.scheme={p.scheme!r} trains adapters on frozen weights, so it needs "
+                          f"checkpoint.pretrained_checkpoint (--pretrained-checkpoint DIR); "
+                          f"for full training set peft=none")
+
+
+def _check_low_precision(name: str) -> None:
+    need = LOW_PRECISION[name]
+    if not torch.cuda.is_available():
+        raise ConfigError(f"mixed_precision={name!r} needs a CUDA GPU with compute capability >= "
+                          f"{need[0]}.{need[1]} (FP8/FP4 matmuls have no CPU implementation); on CPU use "
+                          f"mixed_precision=bf16_mixed or fp32")
+    have = torch.cuda.get_device_capability()
+    if have < need:
+        raise ConfigError(f"mixed_precision={name!r} needs compute capability >= {need[0]}.{need[1]}; this GPU "
+                          f"({torch.cuda.get_device_name()}) has {have[0]}.{have[1]}; use mixed_precision=bf16_mixed")
+
+
+def choice_message(key: str, value, choices, extra: str = "") -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{key}={value!r}: expected one of {', '.join(map(str, choices))}{extra}{hint}"

@@ -1,0 +1,24 @@
+"""The training data pipeline: datasets of fixed-length samples and their data-parallel iterator.
+
+    train, valid = build_datasets("indexed", seq_length=4096, data_paths=[prefix_a, prefix_b],
+                                  blend_weights=[0.7, 0.3], tokenizer=tokenizer_dir)
+    it = DataIterator(train, global_batch_size=64, micro_batch_size=2, dp_rank=r, dp_size=dp)
+    for batch in it.next_global_batch(): ...          # Batch(input_ids, labels, position_ids, document_ids)
+
+Preprocess JSONL into Megatron's .bin/.idx with `python -m minibridge.training.data.preprocess`.
+"""
+
+from .build import KINDS, build_datasets
+from .errors import CorruptIndexError, DataError
+from .indexed import IndexedDataset, IndexedDatasetWriter
+from .iterator import Batch, DataIterator, collate
+from .samples import IGNORE_INDEX, BlendedDataset, MockDataset, SequenceDataset, WindowDataset, make_row
+from .sft import SFTDataset, SFTSource
+from .tokenizer import load_tokenizer, pydoc_corpus, train_tokenizer
+
+__all__ = [
+    "Batch", "BlendedDataset", "CorruptIndexError", "DataError", "DataIterator", "IGNORE_INDEX",
+    "IndexedDataset", "IndexedDatasetWriter", "KINDS", "MockDataset", "SFTDataset", "SFTSource",
+    "SequenceDataset", "WindowDataset", "build_datasets", "collate", "load_tokenizer", "make_row",
+    "pydoc_corpus", "train_tokenizer",
+]

@@ -1,0 +1,122 @@
+"""build_datasets: one entry point from a data config to (train, validation) sequence datasets.
+
+kinds:
+    "mock"     random tokens (MockDataset); vocabulary from the tokenizer or vocab_size=
+    "indexed"  Megatron .bin/.idx prefixes (IndexedDataset) cut into GPT-style windows
+    "jsonl"    raw-text JSONL (json_key, default "text") tokenized on the fly, then windows like "indexed"
+    "sft"      prompt/completion or chat-messages JSONL, loss on the answers only
+
+File kinds split each file by documents in file order with Megatron's split string ("969,30,1":
+train/validation/test, the test part unused here), then shuffle each part with `seed`. Several
+data_paths are blended by blend_weights (one per path; without weights, in proportion to their sizes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .indexed import IndexedDataset
+from .jsonl import JsonlTextSource
+from .samples import BlendedDataset, MockDataset, SequenceDataset, WindowDataset, parse_split, split_ranges
+from .sft import SFTDataset, SFTSource
+from .tokenizer import load_tokenizer
+
+KINDS = ("mock", "indexed", "jsonl", "sft")
+DEFAULT_MOCK_SAMPLES = 8192
+
+
+def _pad_id(tokenizer) -> int:
+    """Pad with the tokenizer's pad token, else EOS (Llama 3 has no pad token), else 0: padded
+    positions carry label -100, so the id only has to be a valid embedding row."""
+    if tokenizer is None:
+        return 0
+    for pid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if pid is not None:
+            return int(pid)
+    return 0
+
+
+def _weights(blend_weights, paths: list[str]) -> list[float | None]:
+    if blend_weights is None:
+        return [None] * len(paths)
+    weights = list(blend_weights)
+    if len(weights) != len(paths):
+        raise DataError(f"blend_weights has {len(weights)} values {weights} but data_paths has "
+                        f"{len(paths)} paths {paths}: give one weight per path")
+    try:
+        weights = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise DataError(f"blend_weights {weights}: every weight must be a number") from None
+    if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise DataError(f"blend_weights {weights}: weights must be finite, non-negative, not all zero")
+    return weights
+
+
+def _blend(parts: list[tuple[SequenceDataset, float | None]]) -> SequenceDataset | None:
+    parts = [(d, len(d) if w is None else w) for d, w in parts]  # no weights: proportional to size
+    parts = [(d, w) for d, w in parts if w > 0]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0][0]
+    return BlendedDataset([d for d, _ in parts], [w for _, w in parts])
+
+
+def build_datasets(kind: str, *, seq_length: int, tokenizer=None, data_paths=None, blend_weights=None,
+                   split="969,30,1", seed: int = 1234, packing: bool = True, chat_template: bool = True,
+                   num_mock_samples: int | None = None, vocab_size: int | None = None,
+                   json_key: str = "text") -> tuple[SequenceDataset, SequenceDataset | None]:
+    """(train, validation) datasets; validation is None when the split gives it nothing.
+
+    tokenizer: an HF tokenizer or a folder to load one from (required for "jsonl" and "sft").
+    num_mock_samples: training samples of "mock" (validation gets the split's share on top).
+    """
+    if kind not in KINDS:
+        raise DataError(f"unknown data kind {kind!r}; expected one of {list(KINDS)}")
+    if isinstance(seq_length, bool) or not isinstance(seq_length, int) or seq_length < 1:
+        raise DataError(f"seq_length must be a positive int, got {seq_length!r}")
+    tokenizer = load_tokenizer(tokenizer)
+    weights = parse_split(split)
+    if kind == "mock":
+        vocab = vocab_size if vocab_size is not None else (len(tokenizer) if tokenizer is not None else None)
+        n = DEFAULT_MOCK_SAMPLES if num_mock_samples is None else int(num_mock_samples)
+        n_valid = int(round(n * weights[1] / weights[0])) if weights[0] > 0 else 0
+        train = MockDataset(n, seq_length, vocab, seed=seed, packing=packing)
+        valid = MockDataset(n_valid, seq_length, vocab, seed=seed, packing=packing, offset=n) if n_valid else None
+        return train, valid
+
+    paths = [data_paths] if isinstance(data_paths, (str, Path)) else list(data_paths or [])
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise DataError(f"data kind {kind!r} needs data_paths (a list of files or .bin/.idx prefixes)")
+    blend = _weights(blend_weights, paths)
+    if kind in ("jsonl", "sft") and tokenizer is None:
+        raise DataError(f"data kind {kind!r} tokenizes text and needs a tokenizer (an HF tokenizer or folder)")
+    pad_id = _pad_id(tokenizer)
+
+    train_parts, valid_parts = [], []
+    for path, w in zip(paths, blend):
+        if kind == "indexed":
+            source = IndexedDataset(path)
+        elif kind == "jsonl":
+            source = JsonlTextSource(path, tokenizer, key=json_key)
+        else:
+            source = SFTSource(path, tokenizer, chat_template=chat_template)
+        if len(source) == 0:
+            raise DataError(f"{path}: empty dataset (no documents)")
+        (a, b), (c, d), _ = split_ranges(split, len(source))
+        make = SFTDataset if kind == "sft" else WindowDataset
+        if b <= a:
+            raise DataError(f"{path}: split {split!r} leaves no training documents out of {len(source)}")
+        train_parts.append((make(source, np.arange(a, b), seq_length, seed=seed, packing=packing,
+                                 pad_id=pad_id, name=f"{path} (train)"), w))
+        if d > c:
+            valid_parts.append((make(source, np.arange(c, d), seq_length, seed=seed, packing=packing,
+                                     pad_id=pad_id, name=f"{path} (validation)"), w))
+    train = _blend(train_parts)
+    if train is None:
+        raise DataError(f"empty dataset: every path has blend weight 0 ({dict(zip(paths, blend))})")
+    return train, _blend(valid_parts)

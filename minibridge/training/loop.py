@@ -1,0 +1,239 @@
+"""The training loop: `pretrain(config)` / `finetune(config)` run a ConfigContainer to the end.
+
+One optimizer step per global batch. Its micro-batches (this dp rank's share) each contribute
+sum-of-token-losses / (tokens in the whole global batch, over every dp rank), so gradients summed
+over micro-batches and dp ranks are exactly those of the mean loss over the global batch, whatever
+the split: TP=2 or DP=2 runs reproduce a single-process run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from ..bridge import AutoBridge
+from ..models.output import ChunkedOutputHead
+from ..parallel import ParallelConfig, finalize_grads, initialize
+from ..parallel.collectives import all_reduce_
+from . import checkpoint as ckpt
+from .config import ConfigContainer
+from .data import DataIterator, build_datasets, load_tokenizer
+from .flops import mfu, model_flops_per_token, peak_flops
+from .logging import TrainingLogger, check_finite, memory_gb
+from .optimizer import MixedPrecisionAdamW
+from .scheduler import LRSchedule
+
+LOGITS_CHUNK_BYTES = 256 * 2**20  # fp32 logits held at once by the chunked output layer
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)  # one per step run in this call
+    val_losses: list[tuple[int, float]] = field(default_factory=list)
+    last_checkpoint: Path | None = None
+    hf_export: Path | None = None
+
+
+class Trainer:
+    def __init__(self, config: ConfigContainer):
+        config.validate()
+        self.config = c = config
+        m = c.model
+        self.dims = initialize(ParallelConfig(
+            tp=m.tensor_model_parallel_size, pp=m.pipeline_model_parallel_size,
+            vp=m.virtual_pipeline_model_parallel_size or 1, cp=m.context_parallel_size,
+            sequence_parallel=m.sequence_parallel,
+        ))
+        self.dtype = torch.bfloat16 if c.mixed_precision.startswith("bf16") else torch.float32
+        self.bridge, self.model = self._build_model()
+        self.optimizer = MixedPrecisionAdamW(
+            self.model, lr=c.optimizer.lr, weight_decay=c.optimizer.weight_decay,
+            betas=(c.optimizer.adam_beta1, c.optimizer.adam_beta2), eps=c.optimizer.adam_eps,
+            dims=self.dims, distributed=c.optimizer.use_distributed_optimizer,
+        )
+        s = c.scheduler
+        self.schedule = LRSchedule(
+            lr=c.optimizer.lr, min_lr=c.optimizer.min_lr, warmup_iters=s.lr_warmup_iters,
+            decay_iters=s.lr_decay_iters or c.train.train_iters, style=s.lr_decay_style,
+            wsd_decay_iters=s.lr_wsd_decay_iters or 0, wsd_decay_style=s.lr_wsd_decay_style,
+        )
+        self.train_data, self.valid_data = self._build_data()
+        self.iterator = self._iterator(self.train_data)
+        self.step = 0
+        self.saved_step = None  # the step of the newest checkpoint of this run, known alike on every rank
+        self.save_dir = Path(c.checkpoint.save) if c.checkpoint.save else None
+        self._resume()
+        log_dir = c.logger.log_dir or c.checkpoint.save
+        self.logger = TrainingLogger(
+            log_dir, total_iters=c.train.train_iters, log_interval=c.logger.log_interval,
+            tensorboard_dir=c.logger.tensorboard_dir, wandb_project=c.logger.wandb_project,
+            wandb_exp_name=c.logger.wandb_exp_name, wandb_entity=c.logger.wandb_entity,
+            rank=self.dims.rank, config_dict=c.to_dict(),
+        )
+        self.flops_per_token = model_flops_per_token(self.model.config, m.seq_length)
+        self.peak = peak_flops(self.dims.device, self.dtype)
+
+    # ------------------------------------------------------------------ setup
+    def _build_model(self):
+        c = self.config
+        source = c.checkpoint.pretrained_checkpoint
+        if source and (Path(source) / "config.json").exists():  # an HF folder
+            bridge = AutoBridge.from_hf_pretrained(source)
+        else:
+            bridge = AutoBridge.from_config(c.model.config)
+        model = bridge.to_model(parallel=self.dims, dtype=self.dtype, seed=c.train.seed, progress=self.dims.rank == 0)
+        if source and not (Path(source) / "config.json").exists():  # a minibridge checkpoint: weights only
+            folder = ckpt.iteration_dir(source, ckpt.latest_iteration(source)) if (Path(source) / ckpt.LATEST).exists() else source
+            ckpt.load_checkpoint(folder, model, restore_rng=False)
+        model.set_recompute(c.model.recompute_granularity)
+        if self.dims.tp == 1:  # never hold (tokens x vocab) fp32 logits at once
+            model.head = ChunkedOutputHead(max(1, LOGITS_CHUNK_BYTES // (4 * model.config.vocab_size)))
+        return bridge, model
+
+    def _build_data(self):
+        c = self.config
+        d = c.dataset
+        tokenizer_path = d.tokenizer or (c.checkpoint.pretrained_checkpoint if d.kind != "mock" else None)
+        tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else None
+        return build_datasets(
+            d.kind, seq_length=c.model.seq_length, tokenizer=tokenizer, data_paths=d.data_paths or None,
+            blend_weights=d.blend_weights, split=d.split, seed=c.train.seed, packing=d.packing,
+            vocab_size=self.model.config.vocab_size,
+        )
+
+    def _iterator(self, dataset) -> DataIterator:
+        t = self.config.train
+        return DataIterator(dataset, global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
+                            dp_rank=self.dims.dp_rank, dp_size=self.dims.dp, seed=t.seed)
+
+    def _resume(self):
+        """Continue from checkpoint.load, or from checkpoint.save when it already holds a run.
+
+        Rank 0 looks at the filesystem and tells the others, so every rank takes the same branch."""
+        c = self.config.checkpoint
+        found = [None]
+        if self.dims.rank == 0:
+            for where in (c.load, c.save):
+                if where and Path(where).is_dir():
+                    ckpt.clean_stale(where)
+                    iteration = ckpt.latest_iteration(where)
+                    if iteration is not None:
+                        found = [str(ckpt.iteration_dir(where, iteration))]
+                        break
+        dist.broadcast_object_list(found, src=0)
+        if found[0] is not None:
+            info = ckpt.load_checkpoint(found[0], self.model, self.optimizer)
+            self.step = self.saved_step = info["iteration"]
+            self.iterator.load_state_dict(info["data"])
+            if self.dims.rank == 0:
+                print(f"resumed from {found[0]} at step {self.step}", flush=True)
+
+    # ------------------------------------------------------------------ steps
+    def _global_sum(self, value: torch.Tensor) -> torch.Tensor:
+        return all_reduce_(value, self.dims.dp_group) if self.dims.dp > 1 else value
+
+    def _forward(self, batch, reduction: str):
+        batch = batch.to(self.dims.device)
+        packed = bool((batch.document_ids != 0).any())
+        return self.model(batch.input_ids, labels=batch.labels, position_ids=batch.position_ids,
+                          document_ids=batch.document_ids if packed else None, loss_reduction=reduction)
+
+    def train_step(self) -> dict:
+        start = time.perf_counter()
+        micro_batches = self.iterator.next_global_batch()
+        tokens = self._global_sum(torch.tensor(float(sum(b.num_loss_tokens() for b in micro_batches))))
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        lr = self.schedule(self.step)
+        self.optimizer.set_lr(lr)
+        for batch in micro_batches:
+            loss = self._forward(batch, "sum") / tokens.clamp(min=1).to(self.dims.device)
+            loss.backward()
+            loss_sum += loss.detach().double().cpu()
+        finalize_grads(self.model, self.dims, average_dp=False)
+        loss = self._global_sum(loss_sum).item()
+        check_finite(loss, self.step + 1, self._last_checkpoint())
+        grad_norm = self.optimizer.step(self.config.optimizer.clip_grad or None)
+        self.optimizer.zero_grad()
+        self.step += 1
+        elapsed = time.perf_counter() - start
+        t = self.config.train
+        tokens_per_sec = t.global_batch_size * self.config.model.seq_length / elapsed
+        return dict(loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_sec=tokens_per_sec, step_time=elapsed,
+                    mfu=mfu(tokens_per_sec, self.flops_per_token, self.peak, num_devices=self.dims.world_size),
+                    mem_gb=memory_gb(self.dims.device))
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        if self.valid_data is None:
+            return None
+        iterator = self._iterator(self.valid_data)
+        total = torch.zeros((), dtype=torch.float64)
+        count = torch.zeros((), dtype=torch.float64)
+        for _ in range(self.config.train.eval_iters):
+            for batch in iterator.next_global_batch():
+                total += self._forward(batch, "sum").double().cpu()
+                count += batch.num_loss_tokens()
+        return (self._global_sum(total) / self._global_sum(count).clamp(min=1)).item()
+
+    def _last_checkpoint(self) -> Path | None:
+        if self.save_dir is None:
+            return None
+        last = ckpt.latest_iteration(self.save_dir) if (self.save_dir / ckpt.LATEST).exists() else None
+        return ckpt.iteration_dir(self.save_dir, last) if last is not None else None
+
+    def save(self) -> Path:
+        info = {"config": self.config.to_dict(), "data": self.iterator.state_dict(),
+                "world_size": self.dims.world_size, "tp": self.dims.tp, "dp": self.dims.dp}
+        folder = ckpt.save_checkpoint(self.save_dir, self.step, self.model, self.optimizer, info,
+                                      keep_last=self.config.checkpoint.keep_last)
+        self.saved_step = self.step
+        return folder
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> TrainResult:
+        c, result = self.config, TrainResult()
+        try:
+            while self.step < c.train.train_iters:
+                metrics = self.train_step()
+                result.losses.append(metrics["loss"])
+                self.logger.log_step(self.step, metrics)
+                if c.train.eval_interval and self.step % c.train.eval_interval == 0:
+                    val = self.validate()
+                    if val is not None:
+                        result.val_losses.append((self.step, val))
+                        self.logger.log_validation(self.step, val)
+                if self.save_dir and c.checkpoint.save_interval and self.step % c.checkpoint.save_interval == 0:
+                    result.last_checkpoint = self.save()
+            if self.save_dir and self.step > 0 and self.saved_step != self.step:  # the final state
+                result.last_checkpoint = self.save()
+            result.hf_export = self._export_hf()
+        finally:
+            self.logger.finish()
+        return result
+
+    def _export_hf(self) -> Path | None:
+        target = self.config.checkpoint.export_hf_on_finish
+        if not target:
+            return None
+        if target is True:
+            if self.save_dir is None:
+                raise ValueError("checkpoint.export_hf_on_finish=true needs checkpoint.save (or give a folder)")
+            target = self.save_dir / "hf"
+        out = self.bridge.save_hf_pretrained(self.model, target, overwrite=True, progress=self.dims.rank == 0)
+        if self.dims.rank == 0:
+            print(f"exported the final model in Hugging Face format to {out}", flush=True)
+        return Path(out)
+
+
+def pretrain(config: ConfigContainer) -> TrainResult:
+    return Trainer(config).run()
+
+
+def finetune(config: ConfigContainer) -> TrainResult:
+    if not config.checkpoint.pretrained_checkpoint:
+        raise ValueError("finetune needs checkpoint.pretrained_checkpoint (an HF folder or a minibridge checkpoint)")
+    return Trainer(config).run()

@@ -1,0 +1,359 @@
+"""Dotted `key=value` overrides and the command line of `python -m minibridge.train`.
+
+    apply_overrides(cfg, ["train.global_batch_size=64", "optimizer.lr=3e-4", "model.num_layers=4",
+                          "dataset.data_paths=[a.jsonl,b.jsonl]", "mixed_precision=bf16_mixed", "peft=dora"])
+
+Values are parsed from the dataclass field types: int (also 1e3, 1_000), float (3e-4), bool
+(true/false/1/0/yes/no), str, none/null for optional fields, lists (JSON `["a","b"]`, `[a,b]` or `a,b`)
+and Literal choices. `model.<field>` goes to the layout settings when ModelSettings has that field, else to
+the architecture (ModelConfig, also under Megatron's names such as num_attention_heads or ffn_hidden_size).
+Every override is parsed before any is applied; errors are one ConfigError naming each bad key, its
+value, the expected type and the closest valid keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from typing import Literal, NamedTuple, Union
+
+from ..models.config import FULL, SLIDING, ModelConfig, RopeConfig
+from .config import PRECISIONS, SECTIONS, ConfigContainer, ConfigError, PeftConfig, choice_message
+
+# Megatron / HF spellings of architecture fields -> ModelConfig field (or "rope.<field>").
+MODEL_ALIASES = {
+    "num_attention_heads": "num_heads", "num_query_groups": "num_kv_heads", "num_key_value_heads": "num_kv_heads",
+    "ffn_hidden_size": "intermediate_size", "kv_channels": "head_dim", "num_hidden_layers": "num_layers",
+    "layernorm_epsilon": "rms_norm_eps", "share_embeddings_and_output_weights": "tie_word_embeddings",
+    "rotary_base": "rope.theta", "rope_theta": "rope.theta", "rope_local_base_freq": "rope_local.theta",
+}
+# Megatron Bridge names of other fields.
+SECTION_ALIASES = {"dataset.sequence_length": "dataset.seq_length", "checkpoint.most_recent_k": "checkpoint.keep_last"}
+TOP_LEVEL = {"mixed_precision": Literal[PRECISIONS], "peft": Literal["lora", "dora", "none"]}
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Keys
+# ---------------------------------------------------------------------------------------------------
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _model_targets() -> dict[str, tuple[tuple[str, ...], object]]:
+    """`model.X` -> (path under the container, type) for architecture fields, rope sub-fields and aliases."""
+    out = {}
+    arch = _hints(ModelConfig)
+    rope = _hints(RopeConfig)
+    for name, hint in arch.items():
+        if name in ("rope", "rope_local"):
+            for sub, sub_hint in rope.items():
+                out[f"{name}.{sub}"] = (("model", "config", name, sub), sub_hint)
+        else:
+            out[name] = (("model", "config", name), hint)
+    out["sliding_window_pattern"] = (("model", "config", "sliding_window_pattern"), int)
+    for alias, target in MODEL_ALIASES.items():
+        out[alias] = out[target]
+    return out
+
+
+def valid_keys() -> dict[str, tuple[tuple[str, ...], object]]:
+    """Every accepted dotted key -> (path, type)."""
+    keys = {name: ((name,), hint) for name, hint in TOP_LEVEL.items()}
+    for section, cls in SECTIONS.items():
+        for name, hint in _hints(cls).items():
+            if not (section == "model" and name == "config"):
+                keys[f"{section}.{name}"] = ((section, name), hint)
+    for name, target in _model_targets().items():
+        keys.setdefault(f"model.{name}", target)
+        keys[f"model.config.{name}"] = target
+    return keys
+
+
+def resolve_key(key: str, keys: dict | None = None) -> tuple[tuple[str, ...], object]:
+    keys = keys or valid_keys()
+    key = SECTION_ALIASES.get(key, key)
+    if key in keys:
+        return keys[key]
+    groups = {"model.config", "model.rope", "model.rope_local", "model.config.rope", "model.config.rope_local",
+              *SECTIONS}
+    if key in groups:
+        fields_of = sorted(k for k in keys if k.startswith(key + "."))[:6]
+        raise ConfigError(f"{key!r} is a group, not a value; set its fields, e.g. {', '.join(fields_of)}")
+    close = difflib.get_close_matches(key, list(keys), n=3, cutoff=0.6)
+    section = key.split(".")[0]
+    if not close and section in SECTIONS:  # a misspelt field in a right section: offer that section's fields
+        close = difflib.get_close_matches(key, [k for k in keys if k.startswith(section + ".")], n=3, cutoff=0.3)
+    if not close and section not in SECTIONS:  # a misspelt section: fix it, then look again
+        fixed = difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=0.5)
+        if fixed:
+            close = difflib.get_close_matches(fixed[0] + key[len(section):], list(keys), n=3, cutoff=0.3)
+            close = close or [k for k in keys if k.startswith(fixed[0] + ".")][:3]
+    sections = ", ".join(dict.fromkeys([*SECTIONS, *TOP_LEVEL]))
+    hint = f"closest valid keys: {', '.join(close)}" if close else f"valid sections: {sections}"
+    raise ConfigError(f"unknown override key {key!r}; {hint}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------------------------------
+
+
+def describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (list, tuple):
+        return f"a list of {describe(args[0])} (JSON [..] or comma-separated)"
+    return {bool: "a bool (true/false/1/0)", int: "an integer", float: "a number (e.g. 3e-4)",
+            str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _unquote(raw: str) -> str:
+    raw = raw.strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    return raw
+
+
+def _split_list(raw: str) -> list[str]:
+    raw = raw.strip()
+    if raw.startswith("["):
+        try:
+            items = json.loads(raw)
+            if isinstance(items, list):
+                return [item if isinstance(item, str) else json.dumps(item) for item in items]
+        except json.JSONDecodeError:
+            pass
+        if not raw.endswith("]"):
+            raise ValueError("unclosed [")
+        raw = raw[1:-1]
+    return [_unquote(item) for item in raw.split(",") if item.strip()]
+
+
+def parse_value(key: str, raw: str, hint):
+    """`raw` (the text after `=`) as the type `hint`; ConfigError naming key, value and expected type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    bad = ConfigError(f"{key}={raw!r}: expected {describe(hint)}")
+    text = _unquote(raw)
+    if origin in (Union, types.UnionType):
+        if type(None) in args and text.lower() in ("none", "null", ""):
+            return None
+        options = [a for a in args if a is not type(None)]
+        for option in sorted(options, key=lambda a: a is str):  # str accepts anything: try it last
+            try:
+                return parse_value(key, raw, option)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is Literal:
+        for choice in args:
+            if text == str(choice) or text.lower() == str(choice).lower():
+                return choice
+        raise ConfigError(choice_message(key, text, args))
+    if origin in (list, tuple):
+        try:
+            items = [parse_value(key, item, args[0]) for item in _split_list(raw)]
+        except ValueError:
+            raise bad from None
+        return tuple(items) if origin is tuple else items
+    if hint is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise bad
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            try:  # 1e5 and 2.0 are fine as long as they are whole numbers
+                number = float(text)
+            except ValueError:
+                raise bad from None
+            if number.is_integer():
+                return int(number)
+            raise bad from None
+    if hint is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise bad from None
+    if hint is str:
+        return text
+    raise ConfigError(f"{key}: fields of type {describe(hint)} cannot be set from the command line")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Applying
+# ---------------------------------------------------------------------------------------------------
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, tuple[str, ...], object]]:
+    """[(key, path, value)] for `key=value` items; all errors together in one ConfigError."""
+    keys, parsed, errors = valid_keys(), [], []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().lstrip("+")  # Hydra's "+key=value" means the same here
+        try:
+            if not sep or not key:
+                raise ConfigError(f"override {item!r}: expected key=value, e.g. train.train_iters=1000")
+            path, hint = resolve_key(key, keys)
+            parsed.append((key, path, parse_value(key, raw, hint)))
+        except ConfigError as err:
+            errors.append(str(err))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return parsed
+
+
+def apply_overrides(container: ConfigContainer, items: list[str]) -> ConfigContainer:
+    """Apply `key=value` overrides in place (all or nothing) and return the container."""
+    parsed = parse_overrides(list(items))
+    new = copy.deepcopy(container)
+    # `peft=...` first, so `peft.dim=8 peft=dora` keeps the 8 whatever the order.
+    parsed.sort(key=lambda p: p[1] != ("peft",))
+    arch, rope, touched = {}, {}, set()
+    for key, path, value in parsed:
+        touched.add(path)
+        if path == ("peft",):
+            new.peft = None if value == "none" else PeftConfig.default(value)
+        elif path == ("mixed_precision",):
+            new.mixed_precision = value
+        elif path[:2] == ("model", "config"):
+            if len(path) == 4:  # rope.theta and friends
+                rope.setdefault(path[2], {})[path[3]] = value
+            else:
+                arch[path[2]] = value
+        else:
+            section = getattr(new, path[0])
+            if section is None:
+                raise ConfigError(f"{key}: peft is None (full training); add peft=lora or --peft_scheme lora first")
+            setattr(section, path[1], value)
+    if arch or rope:
+        new.model.config = update_model_config(new.model.config, **arch, **rope)
+    # model.seq_length and dataset.seq_length are one setting in two places.
+    if ("model", "seq_length") in touched and ("dataset", "seq_length") not in touched:
+        new.dataset.seq_length = new.model.seq_length
+    elif ("dataset", "seq_length") in touched and ("model", "seq_length") not in touched:
+        new.model.seq_length = new.dataset.seq_length
+    container.__dict__.update(new.__dict__)
+    return container
+
+
+# ---------------------------------------------------------------------------------------------------
+# Keeping the architecture consistent when an override changes it
+# ---------------------------------------------------------------------------------------------------
+
+
+def layer_pattern(layer_types: tuple[str, ...]) -> int | None:
+    """The Gemma `sliding_window_pattern` p that generated `layer_types` (layer i global iff
+    (i + 1) % p == 0), 0 for all-global, None when the types follow no such pattern."""
+    if all(kind == FULL for kind in layer_types):
+        return 0
+    for p in range(2, len(layer_types) + 2):
+        if tuple(layer_types) == pattern_layer_types(p, len(layer_types)):
+            return p
+    return None
+
+
+def pattern_layer_types(pattern: int, num_layers: int) -> tuple[str, ...]:
+    if pattern == 0:
+        return (FULL,) * num_layers
+    return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(num_layers))
+
+
+def update_model_config(config: ModelConfig, **changes) -> ModelConfig:
+    """`config` with `changes`, re-deriving what depends on them.
+
+    `num_layers` alone re-derives `layer_types` from the pattern the old types followed (all global for
+    Llama, every 6th global for Gemma 3); `sliding_window_pattern=p` (the HF Gemma key) sets them from p.
+    Rope sub-fields come as partial dicts (`rope={"theta": 1e6}`). ModelConfig's own checks then run.
+    """
+    for key in ("rope", "rope_local"):
+        if isinstance(changes.get(key), dict):
+            base = getattr(config, key) or config.rope
+            changes[key] = dataclasses.replace(base, **changes[key])
+    layers = changes.get("num_layers", config.num_layers)
+    pattern = changes.pop("sliding_window_pattern", None)
+    if pattern is not None:
+        if "layer_types" in changes:
+            raise ConfigError("set model.sliding_window_pattern or model.layer_types, not both")
+        changes["layer_types"] = pattern_layer_types(pattern, layers)
+    elif "layer_types" not in changes and layers != config.num_layers:
+        pattern = layer_pattern(config.layer_types)
+        if pattern is None:
+            raise ConfigError(
+                f"model.num_layers={layers}: the current layer_types follow no sliding-window pattern, so they "
+                f"cannot be re-derived; set model.layer_types (a list of {FULL!r}/{SLIDING!r}) as well"
+            )
+        changes["layer_types"] = pattern_layer_types(pattern, layers)
+    try:
+        return dataclasses.replace(config, **changes)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model architecture override {changes}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+
+USAGE = """usage: python -m minibridge.train --recipe NAME [--pretrained-checkpoint DIR] [--peft_scheme lora|dora|none]
+                               [key=value ...]
+       python -m minibridge.train --list
+overrides: train.train_iters=1000 train.global_batch_size=64 optimizer.lr=3e-4 model.tensor_model_parallel_size=2
+           model.seq_length=4096 checkpoint.save=DIR checkpoint.save_interval=100 mixed_precision=bf16_mixed ..."""
+
+
+class CliArgs(NamedTuple):
+    recipe: str | None
+    pretrained_checkpoint: str | None
+    peft_scheme: str | None  # "lora", "dora", "none" (explicitly full training) or None (recipe default)
+    overrides: list[str]
+    list_recipes: bool  # --list (and -h/--help: print USAGE and the list)
+
+
+_FLAGS = {"--recipe": "recipe", "--pretrained-checkpoint": "pretrained_checkpoint",
+          "--pretrained_checkpoint": "pretrained_checkpoint", "--peft_scheme": "peft_scheme",
+          "--peft-scheme": "peft_scheme"}
+
+
+def parse_cli(argv: list[str]) -> CliArgs:
+    """(recipe, pretrained_checkpoint, peft_scheme, overrides, list_flag) from the arguments after the
+    program name. Flags take `--flag VALUE` or `--flag=VALUE`; unknown flags raise ConfigError."""
+    values = {"recipe": None, "pretrained_checkpoint": None, "peft_scheme": None}
+    overrides, listing, i = [], False, 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg in ("--list", "-h", "--help"):
+            listing = True
+        elif arg.startswith("-"):
+            flag, sep, value = arg.partition("=")
+            if flag not in _FLAGS:
+                close = difflib.get_close_matches(flag, [*_FLAGS, "--list"], n=2, cutoff=0.5)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                raise ConfigError(f"unknown flag {flag!r}{hint}\n{USAGE}")
+            if not sep:
+                if i >= len(argv) or argv[i].startswith("--") or "=" in argv[i]:
+                    raise ConfigError(f"{flag} needs a value\n{USAGE}")
+                value, i = argv[i], i + 1
+            values[_FLAGS[flag]] = value
+        elif "=" in arg:
+            overrides.append(arg)
+        else:
+            raise ConfigError(f"unexpected argument {arg!r}: expected a --flag or a key=value override\n{USAGE}")
+    scheme = values["peft_scheme"]
+    if scheme is not None:
+        scheme = scheme.lower()
+        if scheme not in ("lora", "dora", "none"):
+            raise ConfigError(choice_message("--peft_scheme", scheme, ("lora", "dora", "none")))
+    if not listing and not values["recipe"]:
+        raise ConfigError(f"--recipe NAME is required (see --list)\n{USAGE}")
+    return CliArgs(values["recipe"], values["pretrained_checkpoint"], scheme, overrides, listing)

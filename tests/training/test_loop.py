@@ -1,0 +1,120 @@
+"""The training loop end to end on CPU: learning, parallel equivalence, exact resume, resharding,
+a save killed midway, non-finite losses, and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from loop_workers import run
+from spawn import run_distributed
+
+BASE = [
+    "train.global_batch_size=8", "train.micro_batch_size=2", "model.seq_length=64", "train.eval_interval=null",
+    "logger.tensorboard_dir=null", "optimizer.lr=3e-3", "scheduler.lr_warmup_iters=2", "model.vocab_size=256",
+    "scheduler.lr_decay_iters=20",  # the schedule must not depend on where a run stops
+]
+
+
+def test_debug_recipes_learn_real_text(tmp_path, pydoc_data):
+    """On pydoc's documentation text with a locally trained tokenizer the loss falls clearly."""
+    for recipe in ("llama3_debug_pretrain_config", "gemma3_debug_pretrain_config"):
+        losses = run(recipe, [
+            "train.train_iters=30", "train.global_batch_size=8", "train.micro_batch_size=4", "model.seq_length=128",
+            f"dataset.kind=jsonl", f"dataset.data_paths=[{pydoc_data['jsonl']}]", f"dataset.tokenizer={pydoc_data['tokenizer']}",
+            f"model.vocab_size={pydoc_data['vocab_size']}", "logger.tensorboard_dir=null", "train.eval_interval=null",
+            "optimizer.lr=3e-3", "scheduler.lr_warmup_iters=3", f"checkpoint.save={tmp_path / recipe}",
+        ])
+        assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, (recipe, losses)
+        assert (tmp_path / recipe / "metrics.jsonl").exists() and (tmp_path / recipe / "loss_curve.png").exists()
+
+
+def test_resume_is_exact(tmp_path):
+    """20 steps in one go equal 10 steps, a restart from the checkpoint, and 10 more (fp32, bitwise)."""
+    straight = run("llama3_debug_pretrain_config", BASE + ["train.train_iters=20", f"checkpoint.save={tmp_path / 'a'}",
+                                                           "checkpoint.save_interval=100"])
+    first = run("llama3_debug_pretrain_config", BASE + ["train.train_iters=10", f"checkpoint.save={tmp_path / 'b'}",
+                                                        "checkpoint.save_interval=10"])
+    second = run("llama3_debug_pretrain_config", BASE + ["train.train_iters=20", f"checkpoint.save={tmp_path / 'b'}",
+                                                         "checkpoint.save_interval=10"])
+    assert len(first) == 10 and len(second) == 10
+    assert first + second == straight
+    assert (tmp_path / "b" / "latest_checkpointed_iteration.txt").read_text() == "20"
+
+
+def test_tp2_and_dp2_match_one_process(tmp_path):
+    reference = run("llama3_debug_pretrain_config", BASE + ["train.train_iters=10"])
+    for layout in (["model.tensor_model_parallel_size=2", "model.sequence_parallel=true"],
+                   ["optimizer.use_distributed_optimizer=true"]):  # world 2 with tp=1: dp=2 with ZeRO-1
+        out = tmp_path / "losses.json"
+        run_distributed(run, 2, "llama3_debug_pretrain_config", BASE + ["train.train_iters=10"] + layout, str(out))
+        losses = json.loads(out.read_text())
+        for step, (got, want) in enumerate(zip(losses, reference)):
+            assert abs(got - want) <= 1e-4 * abs(want), (layout, step, got, want)
+
+
+def test_reshard_on_resume_tp2_to_tp1_and_back(tmp_path):
+    straight = run("llama3_debug_pretrain_config", BASE + ["train.train_iters=12"])
+    tp2 = ["model.tensor_model_parallel_size=2"]
+    run_distributed(run, 2, "llama3_debug_pretrain_config",
+                    BASE + tp2 + ["train.train_iters=4", f"checkpoint.save={tmp_path}", "checkpoint.save_interval=4"])
+    middle = run("llama3_debug_pretrain_config", BASE + ["train.train_iters=8", f"checkpoint.save={tmp_path}",
+                                                         "checkpoint.save_interval=4"])
+    out = tmp_path / "losses.json"
+    run_distributed(run, 2, "llama3_debug_pretrain_config",
+                    BASE + tp2 + ["train.train_iters=12", f"checkpoint.save={tmp_path}", "checkpoint.save_interval=4"],
+                    str(out))
+    resumed = middle + json.loads(out.read_text())
+    for step, (got, want) in enumerate(zip(resumed, straight[4:])):
+        assert abs(got - want) <= 1e-4 * abs(want), (step, got, want)
+
+
+def test_killed_during_save_resumes_from_previous_checkpoint(tmp_path):
+    args = BASE + ["train.train_iters=12", f"checkpoint.save={tmp_path}", "checkpoint.save_interval=4"]
+    cmd = [sys.executable, "-m", "minibridge.train", "--recipe", "llama3_debug_pretrain_config", *args]
+    env = {**os.environ, "MINIBRIDGE_FAULT": "kill_during_save:8"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text() == "4"
+    assert (tmp_path / ".iter_0000008.tmp").exists() and not (tmp_path / "iter_0000008").exists()
+    resumed = run("llama3_debug_pretrain_config", args)
+    straight = run("llama3_debug_pretrain_config", BASE + ["train.train_iters=12"])
+    assert resumed == straight[4:]
+    assert not (tmp_path / ".iter_0000008.tmp").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    from minibridge.recipes import build_config
+    from minibridge.training.logging import NonFiniteLossError
+    from minibridge.training.loop import Trainer
+
+    trainer = Trainer(build_config("llama3_debug_pretrain_config", overrides=BASE + [
+        "train.train_iters=10", f"checkpoint.save={tmp_path}", "checkpoint.save_interval=2"]))
+    forward = trainer._forward
+
+    def diverging(batch, reduction):  # the loss blows up at step 3, as after a bad batch
+        loss = forward(batch, reduction)
+        return loss * float("nan") if trainer.step >= 2 else loss
+
+    trainer._forward = diverging
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3.*iter_0000002"):
+        trainer.run()
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text() == "2"
+    assert not (tmp_path / "iter_0000003").exists()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "minibridge.train", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_errors_are_clear():
+    proc = _cli("--recipe", "llama3_debug_pretrain_config", "train.global_batch_sise=8")
+    assert proc.returncode == 2 and "train.global_batch_sise" in proc.stderr and "train.global_batch_size" in proc.stderr
+    proc = _cli("--recipe", "llama3_debug_pretrain_confg")
+    assert proc.returncode == 2 and "llama3_debug_pretrain_config" in proc.stderr
+    proc = _cli("--recipe", "llama3_debug_pretrain_config", "train.train_iters=ten")
+    assert proc.returncode == 2 and "train.train_iters" in proc.stderr
+    proc = _cli("--list")
+    assert proc.returncode == 0 and "gemma3_1b_finetune_config" in proc.stdout and "TP=4 PP=4 VP=5" in proc.stdout
