@@ -32,12 +32,13 @@ import torch
 import torch.multiprocessing as mp
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
 from minibridge import AutoBridge, ModelConfig  # noqa: E402
+from report import write_report  # noqa: E402
 from minibridge.parallel import ParallelConfig, count_communication, finalize_grads, initialize  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results" / "bench_comm-cpu.md"
 
 
 def model_config(args) -> ModelConfig:
@@ -137,10 +138,7 @@ def main():
     ]
     for (tp, sp), t in timing.items():
         lines.append(f"| TP={tp}{' SP' if sp else ''} | {t:.3f} | {t / timing[(1, False)]:.2f}x |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report)
+    write_report("bench_comm", lines)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "bench_train_step-cpu.md"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from report import write_report  # noqa: E402
+
 CASES = {"llama-2048": ("Llama-3.2-1B", 4, 2048), "gemma-4096": ("gemma-3-1b-it", 6, 4096),
          "gemma-8192": ("gemma-3-1b-it", 6, 8192)}
 
@@ -137,10 +139,7 @@ def main():
         if isinstance(mb, dict) and isinstance(hf, dict):
             ratios.append(f"| {case} | {mb['tokens_per_sec'] / hf['tokens_per_sec']:.2f}x | {mb['peak_gb'] / hf['peak_gb']:.2f}x |")
     lines += ["", "| case | throughput minibridge / HF | peak memory minibridge / HF |", "|---|---|---|", *ratios]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report)
+    write_report("bench_train_step", lines)
 
 
 if __name__ == "__main__":

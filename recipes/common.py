@@ -8,6 +8,7 @@ needs no download to pretrain from scratch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -203,3 +204,18 @@ def layout(c: ConfigContainer) -> str:
     return (f"TP={m.tensor_model_parallel_size} PP={m.pipeline_model_parallel_size} "
             f"VP={m.virtual_pipeline_model_parallel_size or '-'} CP={m.context_parallel_size} "
             f"SP={'on' if m.sequence_parallel else 'off'} seq={m.seq_length} gbs={c.train.global_batch_size}")
+
+
+def debug_tweaks(cfg: ConfigContainer) -> ConfigContainer:
+    """What every CPU-sized debug recipe sets on top of its family's recipe."""
+    cfg.model.make_vocab_size_divisible_by = 1  # logits keep the HF shape
+    cfg.dataset.num_workers = 0
+    cfg.train.eval_iters = 2
+    cfg.logger.log_interval = 1
+    return cfg
+
+
+def debug_architecture(base, tokenizer: str | None, vocab_size: int | None):
+    """`base` with the vocabulary of `vocab_size`, else of `tokenizer` (an HF folder), else its own."""
+    vocab = vocab_size or (tokenizer_vocab_size(tokenizer) if tokenizer else base.vocab_size)
+    return dataclasses.replace(base, vocab_size=vocab)

@@ -13,7 +13,6 @@ q/k norms, tied embeddings.
 
 from __future__ import annotations
 
-import dataclasses
 
 from minibridge.bridge.hf_config import config_from_hf
 from minibridge.models.config import ModelConfig
@@ -21,7 +20,7 @@ from minibridge.training.config import ConfigContainer, ConfigError
 
 from .common import (
     HF_CONFIGS, architecture, checkpoint_architecture, finetune_architecture, is_full_sft, make_container,
-    peft_config, tokenizer_vocab_size,
+    debug_architecture, debug_tweaks, peft_config,
 )
 
 SEQUENCE_LENGTH_32K = 32768
@@ -123,23 +122,14 @@ _DEBUG = dict(name="gemma3_debug", train_iters=20, global_batch_size=8, micro_ba
               lr_warmup_iters=2, eval_interval=10, save_interval=10, precision_config="fp32")
 
 
-def _debug_tweaks(cfg: ConfigContainer) -> ConfigContainer:
-    cfg.model.make_vocab_size_divisible_by = 1  # logits keep the HF shape
-    cfg.dataset.num_workers = 0
-    cfg.train.eval_iters = 2
-    cfg.logger.log_interval = 1
-    return cfg
-
-
 def gemma3_debug_pretrain_config(tokenizer: str | None = None, vocab_size: int | None = None,
                                  **user_kwargs) -> ConfigContainer:
     """Tiny Gemma 3 pretraining on CPU (hidden 128, 6 layers, sliding window 64).
 
     The vocabulary is `vocab_size`, else the size of `tokenizer` (an HF folder), else 1024 for mock tokens."""
-    vocab = vocab_size or (tokenizer_vocab_size(tokenizer) if tokenizer else DEBUG_ARCH.vocab_size)
-    arch = dataclasses.replace(DEBUG_ARCH, vocab_size=vocab)
+    arch = debug_architecture(DEBUG_ARCH, tokenizer, vocab_size)
     kwargs = {**_DEBUG, "lr": 1e-3, "min_lr": 1e-4, **user_kwargs}
-    return _debug_tweaks(_gemma3_common(arch=arch, tokenizer=tokenizer, **kwargs))
+    return debug_tweaks(_gemma3_common(arch=arch, tokenizer=tokenizer, **kwargs))
 
 
 def gemma3_debug_finetune_config(**user_kwargs) -> ConfigContainer:
@@ -152,4 +142,4 @@ def gemma3_debug_finetune_config(**user_kwargs) -> ConfigContainer:
         raise ConfigError(f"gemma3_debug_finetune_config: {user_kwargs['pretrained_checkpoint']} is a {arch.family} "
                           f"model; use llama3_debug_finetune_config")
     kwargs = {**_DEBUG, "name": "gemma3_debug_finetune", **user_kwargs}
-    return _debug_tweaks(_gemma3_finetune_common(arch=arch, peft=peft, **kwargs))
+    return debug_tweaks(_gemma3_finetune_common(arch=arch, peft=peft, **kwargs))

@@ -26,14 +26,13 @@ Megatron Bridge downloads SQuAD when a finetune recipe gets no data; there is no
 
 from __future__ import annotations
 
-import dataclasses
 
 from minibridge.models.config import ModelConfig, RopeConfig
 from minibridge.training.config import ConfigContainer, ConfigError
 
 from .common import (
     architecture, checkpoint_architecture, finetune_architecture, is_full_sft, make_container, peft_config,
-    tokenizer_vocab_size,
+    debug_architecture, debug_tweaks,
 )
 
 SEQUENCE_LENGTH_16K = 16384
@@ -287,23 +286,14 @@ _DEBUG = dict(name="llama3_debug", train_iters=20, global_batch_size=8, micro_ba
               lr_warmup_iters=2, eval_interval=10, save_interval=10, precision_config="fp32")
 
 
-def _debug_tweaks(cfg: ConfigContainer) -> ConfigContainer:
-    cfg.model.make_vocab_size_divisible_by = 1  # logits keep the HF shape
-    cfg.dataset.num_workers = 0
-    cfg.train.eval_iters = 2
-    cfg.logger.log_interval = 1
-    return cfg
-
-
 def llama3_debug_pretrain_config(tokenizer: str | None = None, vocab_size: int | None = None,
                                  **user_kwargs) -> ConfigContainer:
     """Tiny Llama 3 pretraining on CPU (hidden 128, 4 layers, 4 heads, 2 KV heads).
 
     The vocabulary is `vocab_size`, else the size of `tokenizer` (an HF folder), else 1024 for mock tokens."""
-    vocab = vocab_size or (tokenizer_vocab_size(tokenizer) if tokenizer else DEBUG_ARCH.vocab_size)
-    arch = dataclasses.replace(DEBUG_ARCH, vocab_size=vocab)
+    arch = debug_architecture(DEBUG_ARCH, tokenizer, vocab_size)
     kwargs = {**_DEBUG, "lr": 1e-3, "min_lr": 1e-4, **user_kwargs}
-    return _debug_tweaks(_llama3_common(arch=arch, tokenizer=tokenizer, **kwargs))
+    return debug_tweaks(_llama3_common(arch=arch, tokenizer=tokenizer, **kwargs))
 
 
 def llama3_debug_finetune_config(**user_kwargs) -> ConfigContainer:
@@ -319,4 +309,4 @@ def llama3_debug_finetune_config(**user_kwargs) -> ConfigContainer:
     if user_kwargs.get("finetune_lr") is None:
         user_kwargs["finetune_lr"] = 1e-4 if is_full_sft(peft) else 1e-3
     kwargs = {**_DEBUG, "name": "llama3_debug_finetune", **_layout(1), **user_kwargs}
-    return _debug_tweaks(_llama3_finetune_common(arch=arch, peft=peft_config(peft), **kwargs))
+    return debug_tweaks(_llama3_finetune_common(arch=arch, peft=peft_config(peft), **kwargs))
