@@ -18,7 +18,7 @@ from ..models import CausalLM, ModelConfig
 from .exporting import atomic_folder, copy_side_files, write_config, write_weights
 from .hf_config import ARCHITECTURES, Architecture, architecture_of, config_from_hf, config_to_hf, read_config_json
 from .hf_folder import HFFolder, resolve_model_path
-from .loading import empty_model, init_fresh_weights, load_hf_weights
+from .loading import empty_model, init_fresh_weights, load_hf_weights, pipeline_stages
 from .mappings import WeightMapping
 from .safetensors_io import DTYPE_NAMES, parse_size, read_tensor
 from .sharded_io import full_shape, full_tensor
@@ -92,7 +92,14 @@ class AutoBridge:
             raise TypeError("to_model's first argument is the parallel layout; pass dtype= and device= by name")
         device = device or (parallel.device if parallel is not None else "cpu")
         progress = progress and (parallel is None or parallel.rank == 0)
-        model = empty_model(self.config, dtype or self.checkpoint_dtype(), device, parallel)
+        dtype = dtype or self.checkpoint_dtype()
+        if parallel is not None and parallel.config.pp > 1:  # this rank's pipeline chunks
+            chunks = [self._load(empty_model(self.config, dtype, device, parallel, stage), seed, progress)
+                      for stage in pipeline_stages(self.config, parallel)]
+            return chunks if parallel.config.vp > 1 else chunks[0]
+        return self._load(empty_model(self.config, dtype, device, parallel), seed, progress)
+
+    def _load(self, model: CausalLM, seed: int, progress: bool) -> CausalLM:
         if self.source is None:
             init_fresh_weights(model, seed)
         else:

@@ -33,16 +33,35 @@ def _skip_default_init():
         nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
 
 
-def empty_model(config: ModelConfig, dtype: torch.dtype, device: torch.device | str, parallel=None) -> CausalLM:
-    """The model with uninitialised storage: built on meta (free), sharded for `parallel` (a
-    ParallelDims) while still on meta, cast, then allocated once: each rank allocates only its shard."""
+def empty_model(config: ModelConfig, dtype: torch.dtype, device: torch.device | str, parallel=None,
+                stage: tuple[range, bool, bool] | None = None) -> CausalLM:
+    """The model (or the pipeline `stage` (layers, first, last)) with uninitialised storage: built on
+    meta (free), sharded for `parallel` (a ParallelDims) while still on meta, cast, then allocated
+    once: each rank allocates only its shard."""
     with torch.device("meta"), _skip_default_init():
-        model = model_class(config)(config)
+        model = model_class(config)(config, *(stage or ()))
     if parallel is not None:
         from ..parallel import apply_tensor_parallel
 
         apply_tensor_parallel(model, parallel)
     return model.to(dtype=dtype).to_empty(device=device)
+
+
+def pipeline_stages(config: ModelConfig, parallel, layout: list[int] | None = None) -> list[tuple[range, bool, bool]]:
+    """(layers, first, last) of each chunk this rank holds under `parallel`'s pp and vp."""
+    from ..parallel.pipeline import chunk_stages, stage_layers
+
+    pp, vp = parallel.config.pp, parallel.config.vp
+    layers = stage_layers(config.num_layers, pp * vp, layout)
+    return [(layers[s], s == 0, s == pp * vp - 1) for s in chunk_stages(pp, vp, parallel.pp_rank)]
+
+
+def _other_stage(model: CausalLM, local: str) -> bool:
+    """Whether `local` is a parameter of the whole model that this pipeline stage does not hold."""
+    parts = local.split(".")
+    if parts[0] == "layers":
+        return parts[1].isdigit() and int(parts[1]) < model.config.num_layers and parts[1] not in model.layers
+    return getattr(model, parts[0], "missing") is None
 
 
 def load_hf_weights(model: CausalLM, folder: HFFolder, mapping: WeightMapping, progress: bool = True) -> list[str]:
@@ -63,8 +82,10 @@ def load_hf_weights(model: CausalLM, folder: HFFolder, mapping: WeightMapping, p
             if not IGNORED_HF.match(info.name):
                 passthrough.append(info.name)
             continue
-        if local == "lm_head.weight" and model.lm_head is None:
+        if local == "lm_head.weight" and model.config.tie_word_embeddings:
             continue  # some tied checkpoints also store the output layer; transformers ignores it too
+        if local not in params and _other_stage(model, local):
+            continue  # a pipeline stage reads only its own layers
         if local not in params:
             raise KeyError(
                 f"{info.path}: tensor {info.name!r} has no parameter {local!r} in this model "

@@ -19,19 +19,26 @@ from .config import FULL, SLIDING, ModelConfig
 class CausalLM(nn.Module):
     block_class: type[nn.Module]
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layers: range | None = None, first: bool = True, last: bool = True):
+        """The whole model, or one pipeline stage: `layers` (global indices), with the embedding when
+        `first` and the final norm and output layer when `last` (a tied last stage keeps its own copy
+        of the embedding weight, whose gradient the pipeline sums with the first stage's)."""
         super().__init__()
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.layers = nn.ModuleDict({str(i): self.block_class(config, i) for i in range(config.num_layers)})
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, gemma=config.is_gemma)
+        self.is_first, self.is_last = first, last
+        tied = config.tie_word_embeddings
+        h, vocab = config.hidden_size, config.vocab_size
+        self.embed_tokens = nn.Embedding(vocab, h, padding_idx=config.pad_token_id) if first or (last and tied) else None
+        layers = range(config.num_layers) if layers is None else layers
+        self.layers = nn.ModuleDict({str(i): self.block_class(config, i) for i in layers})
+        self.norm = RMSNorm(h, config.rms_norm_eps, gemma=config.is_gemma) if last else None
         # Tied models read the output projection straight from the embedding: one parameter, one name.
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(h, vocab, bias=False) if last and not tied else None
         self.head = OutputHead()
         self.recompute = "none"
 
     def output_weight(self) -> torch.Tensor:
-        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids)
@@ -51,13 +58,16 @@ class CausalLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         document_ids: torch.Tensor | None = None,
         loss_reduction: str = "mean",
+        hidden_states: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, vocab), or with `labels` the next-token loss (HF convention: labels aligned with
         inputs, shifted inside, -100 ignored), averaged over tokens or, with loss_reduction="sum", summed.
 
         Packed sequences pass `position_ids` that restart at each document and `document_ids`.
+        A pipeline stage after the first takes the previous stage's `hidden_states`; one before the
+        last returns its hidden states.
         """
-        hidden = self.embed(input_ids)
+        hidden = self.embed(input_ids) if self.is_first else hidden_states
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         tables = self.rope(position_ids, hidden.dtype)
@@ -66,6 +76,8 @@ class CausalLM(nn.Module):
             args = (hidden, tables[self.config.layer_types[int(index)]], document_ids)
             # Full recomputation keeps only each block's input and reruns the block in backward.
             hidden = checkpoint(block, *args, use_reentrant=False) if full else block(*args)
+        if not self.is_last:
+            return hidden
         hidden = self.norm(hidden)
         if labels is None:
             return self.head.logits(hidden, self.output_weight())

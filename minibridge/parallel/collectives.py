@@ -36,7 +36,7 @@ class CommCounter:
 
     def sent_bytes(self, n: int) -> dict[str, float]:
         """Bytes one rank sends with ring algorithms on n ranks (what NCCL does for large messages)."""
-        factor = {"all_reduce": 2 * (n - 1) / n, "all_gather": (n - 1) / n, "reduce_scatter": (n - 1) / n}
+        factor = {"all_reduce": 2 * (n - 1) / n, "all_gather": (n - 1) / n, "reduce_scatter": (n - 1) / n, "p2p": 1.0}
         return {op: b * factor[op] for op, b in self.bytes.items()}
 
 

@@ -70,6 +70,17 @@ def finalize_grads(model: CausalLM, dims: ParallelDims, average_dp: bool = True)
         _bucketed_all_reduce([g for _, g in params], dims.dp_group, scale=1.0 / dims.dp if average_dp else 1.0)
 
 
+def finalize_pipeline_grads(chunks: list, dims: ParallelDims) -> None:
+    """Tied embeddings under pipeline parallelism: the first stage's embedding and the last stage's
+    copy used by the output layer are one parameter, so their gradients are summed (Megatron's
+    embedding group all-reduce)."""
+    if dims.config.pp == 1 or dims.embedding_group is None or not chunks[0].config.tie_word_embeddings:
+        return
+    for chunk in chunks:
+        if chunk.embed_tokens is not None and (chunk.is_first or chunk.is_last):
+            all_reduce_(grad_of(chunk.embed_tokens.weight), dims.embedding_group)
+
+
 def zero_optimizer(params, dims: ParallelDims, optimizer_class=torch.optim.AdamW, **kwargs):
     """ZeRO-1: each dp rank keeps the optimizer state of a 1/dp slice of the parameters."""
     return ZeroRedundancyOptimizer(list(params), optimizer_class=optimizer_class, process_group=dims.dp_group, **kwargs)

@@ -41,10 +41,10 @@ class ParallelConfig:
             self.sequence_parallel = False  # nothing to split; Megatron silently does the same
 
     def check_supported(self):
-        for name, value in (("pipeline parallelism (pp)", self.pp), ("virtual pipeline stages (vp)", self.vp),
-                            ("context parallelism (cp)", self.cp)):
-            if value != 1:
-                raise NotImplementedError(f"{name} = {value} is not supported yet; use 1")
+        if self.cp != 1:
+            raise NotImplementedError(f"context parallelism (cp) = {self.cp} is not supported yet; use 1")
+        if self.vp > 1 and self.pp == 1:
+            raise LayoutError(f"virtual pipeline stages (vp={self.vp}) need pipeline parallelism (pp > 1)")
 
 
 @dataclass
@@ -59,6 +59,7 @@ class ParallelDims:
     dp_group: object = None
     cp_group: object = None
     pp_group: object = None
+    embedding_group: object = None  # first and last pipeline rank: they share tied embeddings
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
@@ -72,6 +73,15 @@ class ParallelDims:
     @property
     def tp_rank(self) -> int:
         return self.rank % self.tp
+
+    @property
+    def pp(self) -> int:
+        return self.config.pp
+
+    @property
+    def pp_rank(self) -> int:
+        c = self.config
+        return self.rank // (c.tp * c.cp * self.dp)
 
     @property
     def dp_rank(self) -> int:
@@ -168,6 +178,11 @@ def initialize(config: ParallelConfig, backend: str | None = None) -> ParallelDi
             group = dist.new_group(ranks)  # every rank creates every group, as new_group requires
             if rank in ranks:
                 setattr(dims, f"{name}_group", group)
+            if name == "pp" and config.pp > 1:
+                ends = [ranks[0], ranks[-1]]
+                group = dist.new_group(ends)
+                if rank in ends:
+                    dims.embedding_group = group
     _STATE = dims
     return dims
 

@@ -109,5 +109,5 @@ def _shard_vocab(model: CausalLM, name: str, module: nn.Module, spec: ShardSpec,
         module.vocab_start, module.tp_group, module.sequence_parallel = start, dims.tp_group, dims.sequence_parallel
     else:
         module.out_features = stop - start
-    if name == "lm_head" or model.lm_head is None:  # the output layer reads the sharded embedding when tied
+    if name == "lm_head" or model.config.tie_word_embeddings:  # the output layer reads the sharded embedding when tied
         model.head = VocabParallelHead(dims.tp_group, start, spec.full_shape[0], dims.sequence_parallel)

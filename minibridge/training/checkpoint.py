@@ -100,8 +100,9 @@ def block_of(tensor: torch.Tensor, spec: ShardSpec | None):
 
 def training_state(model, optimizer=None, rank: int | None = None) -> dict:
     """The flat DCP state: model blocks, this rank's optimizer state blocks, this rank's RNG."""
-    specs = getattr(model, "tp_specs", {})
-    state = {f"model.{n}": block_of(p.data, specs.get(n)) for n, p in model.named_parameters()}
+    chunks = model if isinstance(model, (list, tuple)) else [model]  # pipeline chunks of this rank
+    specs = {n: s for c in chunks for n, s in getattr(c, "tp_specs", {}).items()}
+    state = {f"model.{n}": block_of(p.data, specs.get(n)) for c in chunks for n, p in c.named_parameters()}
     if optimizer is not None:
         for name, entries in optimizer.named_state().items():
             for key, value in entries.items():

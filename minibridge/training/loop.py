@@ -18,6 +18,8 @@ import torch.distributed as dist
 from ..bridge import AutoBridge
 from ..models.output import ChunkedOutputHead
 from ..parallel import ParallelConfig, finalize_grads, initialize
+from ..parallel.data import finalize_pipeline_grads
+from ..parallel.pipeline import MicroBatch, PipelineExecutor
 from ..parallel.collectives import all_reduce_
 from . import checkpoint as ckpt
 from .config import ConfigContainer
@@ -51,7 +53,7 @@ class Trainer:
         self.dtype = torch.bfloat16 if c.mixed_precision.startswith("bf16") else torch.float32
         self.bridge, self.model = self._build_model()
         self.optimizer = MixedPrecisionAdamW(
-            self.model, lr=c.optimizer.lr, weight_decay=c.optimizer.weight_decay,
+            self.chunks, lr=c.optimizer.lr, weight_decay=c.optimizer.weight_decay,
             betas=(c.optimizer.adam_beta1, c.optimizer.adam_beta2), eps=c.optimizer.adam_eps,
             dims=self.dims, distributed=c.optimizer.use_distributed_optimizer,
         )
@@ -74,7 +76,7 @@ class Trainer:
             wandb_exp_name=c.logger.wandb_exp_name, wandb_entity=c.logger.wandb_entity,
             rank=self.dims.rank, config_dict=c.to_dict(),
         )
-        self.flops_per_token = model_flops_per_token(self.model.config, m.seq_length)
+        self.flops_per_token = model_flops_per_token(self.chunks[0].config, m.seq_length)
         self.peak = peak_flops(self.dims.device, self.dtype)
 
     # ------------------------------------------------------------------ setup
@@ -86,12 +88,16 @@ class Trainer:
         else:
             bridge = AutoBridge.from_config(c.model.config)
         model = bridge.to_model(parallel=self.dims, dtype=self.dtype, seed=c.train.seed, progress=self.dims.rank == 0)
+        # Pipeline ranks hold chunks (virtual stages); everything below treats the model as a list.
+        self.chunks = model if isinstance(model, list) else [model]
         if source and not (Path(source) / "config.json").exists():  # a minibridge checkpoint: weights only
             folder = ckpt.iteration_dir(source, ckpt.latest_iteration(source)) if (Path(source) / ckpt.LATEST).exists() else source
-            ckpt.load_checkpoint(folder, model, restore_rng=False)
-        model.set_recompute(c.model.recompute_granularity)
-        if self.dims.tp == 1:  # never hold (tokens x vocab) fp32 logits at once
-            model.head = ChunkedOutputHead(max(1, LOGITS_CHUNK_BYTES // (4 * model.config.vocab_size)))
+            ckpt.load_checkpoint(folder, self.chunks, restore_rng=False)
+        for chunk in self.chunks:
+            chunk.set_recompute(c.model.recompute_granularity)
+            if self.dims.tp == 1 and chunk.is_last:  # never hold (tokens x vocab) fp32 logits at once
+                chunk.head = ChunkedOutputHead(max(1, LOGITS_CHUNK_BYTES // (4 * chunk.config.vocab_size)))
+        self.pipeline = PipelineExecutor(self.chunks, self.dims) if self.dims.pp > 1 else None
         return bridge, model
 
     def _build_data(self):
@@ -102,7 +108,7 @@ class Trainer:
         return build_datasets(
             d.kind, seq_length=c.model.seq_length, tokenizer=tokenizer, data_paths=d.data_paths or None,
             blend_weights=d.blend_weights, split=d.split, seed=c.train.seed, packing=d.packing,
-            vocab_size=self.model.config.vocab_size,
+            vocab_size=self.chunks[0].config.vocab_size,
         )
 
     def _iterator(self, dataset) -> DataIterator:
@@ -126,7 +132,7 @@ class Trainer:
                         break
         dist.broadcast_object_list(found, src=0)
         if found[0] is not None:
-            info = ckpt.load_checkpoint(found[0], self.model, self.optimizer)
+            info = ckpt.load_checkpoint(found[0], self.chunks, self.optimizer)
             self.step = self.saved_step = info["iteration"]
             self.iterator.load_state_dict(info["data"])
             if self.dims.rank == 0:
@@ -142,6 +148,14 @@ class Trainer:
         return self.model(batch.input_ids, labels=batch.labels, position_ids=batch.position_ids,
                           document_ids=batch.document_ids if packed else None, loss_reduction=reduction)
 
+    def _micro_batches(self, batches) -> list[MicroBatch]:
+        out = []
+        for b in batches:
+            b = b.to(self.dims.device)
+            packed = bool((b.document_ids != 0).any())
+            out.append(MicroBatch(b.input_ids, b.labels, b.position_ids, b.document_ids if packed else None))
+        return out
+
     def train_step(self) -> dict:
         start = time.perf_counter()
         micro_batches = self.iterator.next_global_batch()
@@ -149,11 +163,16 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64)
         lr = self.schedule(self.step)
         self.optimizer.set_lr(lr)
-        for batch in micro_batches:
-            loss = self._forward(batch, "sum") / tokens.clamp(min=1).to(self.dims.device)
-            loss.backward()
-            loss_sum += loss.detach().double().cpu()
-        finalize_grads(self.model, self.dims, average_dp=False)
+        if self.pipeline is not None:
+            loss_sum += self.pipeline.run(self._micro_batches(micro_batches), tokens.clamp(min=1).to(self.dims.device))
+        else:
+            for batch in micro_batches:
+                loss = self._forward(batch, "sum") / tokens.clamp(min=1).to(self.dims.device)
+                loss.backward()
+                loss_sum += loss.detach().double().cpu()
+        for chunk in self.chunks:
+            finalize_grads(chunk, self.dims, average_dp=False)
+        finalize_pipeline_grads(self.chunks, self.dims)
         loss = self._global_sum(loss_sum).item()
         check_finite(loss, self.step + 1, self._last_checkpoint())
         grad_norm = self.optimizer.step(self.config.optimizer.clip_grad or None)
@@ -174,9 +193,13 @@ class Trainer:
         total = torch.zeros((), dtype=torch.float64)
         count = torch.zeros((), dtype=torch.float64)
         for _ in range(self.config.train.eval_iters):
-            for batch in iterator.next_global_batch():
+            batches = iterator.next_global_batch()
+            count += sum(b.num_loss_tokens() for b in batches)
+            if self.pipeline is not None:
+                total += self.pipeline.run(self._micro_batches(batches), 1.0, forward_only=True)
+                continue
+            for batch in batches:
                 total += self._forward(batch, "sum").double().cpu()
-                count += batch.num_loss_tokens()
         return (self._global_sum(total) / self._global_sum(count).clamp(min=1)).item()
 
     def _last_checkpoint(self) -> Path | None:
@@ -188,7 +211,7 @@ class Trainer:
     def save(self) -> Path:
         info = {"config": self.config.to_dict(), "data": self.iterator.state_dict(),
                 "world_size": self.dims.world_size, "tp": self.dims.tp, "dp": self.dims.dp}
-        folder = ckpt.save_checkpoint(self.save_dir, self.step, self.model, self.optimizer, info,
+        folder = ckpt.save_checkpoint(self.save_dir, self.step, self.chunks, self.optimizer, info,
                                       keep_last=self.config.checkpoint.keep_last)
         self.saved_step = self.step
         return folder
@@ -219,6 +242,9 @@ class Trainer:
         target = self.config.checkpoint.export_hf_on_finish
         if not target:
             return None
+        if self.pipeline is not None:
+            raise NotImplementedError("checkpoint.export_hf_on_finish with pipeline parallelism is not supported yet; "
+                                      "export from the checkpoint with one pipeline stage")
         if target is True:
             if self.save_dir is None:
                 raise ValueError("checkpoint.export_hf_on_finish=true needs checkpoint.save (or give a folder)")

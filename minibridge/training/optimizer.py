@@ -43,8 +43,12 @@ class MixedPrecisionAdamW:
         distributed: bool = False,
     ):
         self.dims = dims
-        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        self.specs = getattr(model, "tp_specs", {})
+        chunks = model if isinstance(model, (list, tuple)) else [model]  # pipeline chunks of this rank
+        self.params = {n: p for c in chunks for n, p in c.named_parameters() if p.requires_grad}
+        self.specs = {n: s for c in chunks for n, s in getattr(c, "tp_specs", {}).items()}
+        # A tied last pipeline stage holds a copy of the embedding: count it once in the norm.
+        self.norm_skip = {id(c.embed_tokens.weight) for c in chunks
+                          if getattr(c, "embed_tokens", None) is not None and not getattr(c, "is_first", True)}
         self.owned = self._partition(distributed)
         self.masters: dict[str, torch.Tensor] = {}
         for name, p in self.params.items():
@@ -91,16 +95,18 @@ class MixedPrecisionAdamW:
         total = torch.zeros((), dtype=torch.float64)
         for name, p in self.params.items():
             g = grad_of(p)
-            if g is None:
+            if g is None or id(p) in self.norm_skip:
                 continue
             spec = self.specs.get(name)
-            sq = g.double().pow(2).sum()
+            sq = torch.linalg.vector_norm(g.float()).double() ** 2  # no full-size float64 copy
             if spec is not None and spec.size > 1:
                 # replicated tensors appear on every tp rank, KV blocks on `replicas` ranks
                 sq = sq / (spec.size if spec.dim is None else spec.replicas)
             total += sq
         if self.dims is not None and self.dims.tp > 1:
             all_reduce_(total, self.dims.tp_group)
+        if self.dims is not None and self.dims.config.pp > 1:
+            all_reduce_(total, self.dims.pp_group)
         return math.sqrt(total.item())
 
     @torch.no_grad()
@@ -112,8 +118,10 @@ class MixedPrecisionAdamW:
             scale = max_grad_norm / (norm + 1e-6)
         if math.isfinite(norm):
             for name, master in self.masters.items():
-                g = grad_of(self.params[name])
-                master.grad = (g if g is not None else torch.zeros_like(master)).float().mul(scale)
+                g = grad_of(self.params[name])  # fp32 already: a main_grad, or an fp32 parameter's grad
+                master.grad = g if g is not None else torch.zeros_like(master)
+                if scale != 1.0:
+                    master.grad.mul_(scale)
             self.inner.step()
             for name, master in self.masters.items():
                 if master is not self.params[name]:

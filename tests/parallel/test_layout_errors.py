@@ -39,10 +39,11 @@ def test_world_size_not_divisible_by_layout():
     assert layout_from_world(ParallelConfig(tp=2), 8) == 4
 
 
-@pytest.mark.parametrize("field,name", [("pp", "pipeline"), ("vp", "virtual pipeline"), ("cp", "context")])
-def test_pipeline_and_context_parallel_say_not_supported_yet(field, name):
-    with pytest.raises(NotImplementedError, match=f"{name}.* not supported yet"):
-        initialize(ParallelConfig(**{field: 2}))
+def test_context_parallel_says_not_supported_yet_and_vp_needs_pp():
+    with pytest.raises(NotImplementedError, match="context parallelism.* not supported yet"):
+        initialize(ParallelConfig(cp=2))
+    with pytest.raises(LayoutError, match=r"virtual pipeline stages \(vp=2\) need pipeline parallelism"):
+        initialize(ParallelConfig(vp=2))
     assert not torch.distributed.is_initialized()  # refused before any process group exists
 
 

@@ -118,3 +118,24 @@ def test_command_line_errors_are_clear():
     assert proc.returncode == 2 and "train.train_iters" in proc.stderr
     proc = _cli("--list")
     assert proc.returncode == 0 and "gemma3_1b_finetune_config" in proc.stdout and "TP=4 PP=4 VP=5" in proc.stdout
+
+
+def test_pipeline_layouts_match_one_process_and_resume_across_pp(tmp_path):
+    """PP=2 with 1F1B, PP=2 x VP=2 interleaved, TP=2 x PP=2: the single-process losses; then a PP=2
+    checkpoint resumed with PP=1 continues the same curve."""
+    reference = run("llama3_debug_pretrain_config", BASE + ["train.train_iters=8"])
+    layouts = {2: [["model.pipeline_model_parallel_size=2"],
+                   ["model.pipeline_model_parallel_size=2", "model.virtual_pipeline_model_parallel_size=2"]],
+               4: [["model.pipeline_model_parallel_size=2", "model.tensor_model_parallel_size=2"]]}
+    for world, cases in layouts.items():
+        for layout in cases:
+            out = tmp_path / "losses.json"
+            run_distributed(run, world, "llama3_debug_pretrain_config", BASE + ["train.train_iters=8"] + layout, str(out))
+            for step, (got, want) in enumerate(zip(json.loads(out.read_text()), reference)):
+                assert abs(got - want) <= 1e-4 * abs(want), (layout, step, got, want)
+    save = [f"checkpoint.save={tmp_path / 'ck'}", "checkpoint.save_interval=4"]
+    run_distributed(run, 2, "llama3_debug_pretrain_config",
+                    BASE + ["train.train_iters=4", "model.pipeline_model_parallel_size=2"] + save)
+    resumed = run("llama3_debug_pretrain_config", BASE + ["train.train_iters=8"] + save)
+    for step, (got, want) in enumerate(zip(resumed, reference[4:])):
+        assert abs(got - want) <= 1e-4 * abs(want), (step, got, want)

@@ -1,0 +1,181 @@
+"""Pipeline parallelism: stages, and the 1F1B and interleaved 1F1B schedules on point-to-point ops.
+
+Layers are split into `pp * vp` virtual stages. Rank r of the pipeline holds the chunks of stages
+r, r + pp, r + 2 pp, ... (Megatron's interleaved assignment; vp = 1 is plain 1F1B). Stage 0 owns
+the embedding, the last stage the final norm, the output layer and the loss. Chunks are ordinary
+`CausalLM` modules holding some layers under their global names.
+
+The schedules are lists of actions, F(micro-batch, chunk) and B(micro-batch, chunk), in Megatron's
+order (forward_backward_pipelining_without_interleaving / _with_interleaving). The executor posts a
+receive right before it needs a tensor and sends without waiting (isend), so a schedule whose order
+respects the data dependencies cannot deadlock; tags name (micro-batch, stage, direction), so
+messages match whatever order they are posted in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .collectives import _record
+
+
+def stage_layers(num_layers: int, stages: int, layout: list[int] | None = None) -> list[range]:
+    """Global layer indices of each virtual stage: an even split, or `layout` (layers per stage)."""
+    if layout is None:
+        if num_layers % stages:
+            raise ValueError(
+                f"num_layers={num_layers} is not divisible by pp*vp={stages} pipeline stages; "
+                f"give an explicit layout (layers per stage)"
+            )
+        layout = [num_layers // stages] * stages
+    if len(layout) != stages or sum(layout) != num_layers or min(layout) < 1:
+        raise ValueError(f"pipeline layout {layout}: expected {stages} positive counts summing to {num_layers}")
+    starts = [sum(layout[:i]) for i in range(stages)]
+    return [range(start, start + count) for start, count in zip(starts, layout)]
+
+
+def chunk_stages(pp: int, vp: int, pp_rank: int) -> list[int]:
+    """The virtual stages held by pipeline rank `pp_rank`, chunk by chunk."""
+    return [v * pp + pp_rank for v in range(vp)]
+
+
+def one_f_one_b(num_microbatches: int, pp: int, pp_rank: int) -> list[tuple[str, int, int]]:
+    """1F1B: warm-up forwards, then one forward and one backward alternately, then cool-down."""
+    m = num_microbatches
+    warmup = min(pp - pp_rank - 1, m)
+    actions = [("F", i, 0) for i in range(warmup)]
+    for i in range(m - warmup):
+        actions += [("F", warmup + i, 0), ("B", i, 0)]
+    actions += [("B", i, 0) for i in range(m - warmup, m)]
+    return actions
+
+
+def interleaved_1f1b(num_microbatches: int, pp: int, vp: int, pp_rank: int) -> list[tuple[str, int, int]]:
+    """Megatron's interleaved schedule: micro-batches go through the vp chunks in groups of pp."""
+    m = num_microbatches
+    if m % pp:
+        raise ValueError(
+            f"the interleaved schedule needs the number of micro-batches ({m}) to be a multiple of pp ({pp})"
+        )
+    total = m * vp
+
+    def unit(k: int, backward: bool) -> tuple[int, int]:
+        group, within = divmod(k, pp * vp)
+        chunk = within // pp
+        return group * pp + within % pp, (vp - 1 - chunk) if backward else chunk
+
+    warmup = min((pp - pp_rank - 1) * 2 + (vp - 1) * pp, total)
+    actions = [("F", *unit(k, False)) for k in range(warmup)]
+    for i in range(total - warmup):
+        actions += [("F", *unit(warmup + i, False)), ("B", *unit(i, True))]
+    actions += [("B", *unit(k, True)) for k in range(total - warmup, total)]
+    return actions
+
+
+def schedule(num_microbatches: int, pp: int, vp: int, pp_rank: int) -> list[tuple[str, int, int]]:
+    if num_microbatches < 1:
+        raise ValueError(f"the pipeline needs at least one micro-batch, got {num_microbatches}")
+    if vp == 1:
+        return one_f_one_b(num_microbatches, pp, pp_rank)
+    return interleaved_1f1b(num_microbatches, pp, vp, pp_rank)
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor
+    labels: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    document_ids: torch.Tensor | None = None
+
+
+class PipelineExecutor:
+    """Runs one global batch through this rank's chunks with the schedule of its layout.
+
+    `run` returns the sum over micro-batches of the last stage's losses (each already divided by
+    `loss_divisor`), made available on every pipeline rank.
+    """
+
+    def __init__(self, chunks: list, dims):
+        self.chunks, self.dims = chunks, dims
+        self.pp, self.vp = dims.pp, len(chunks)
+        self.stages = self.pp * self.vp
+        self.pp_ranks = dist.get_process_group_ranks(dims.pp_group) if self.pp > 1 else [dims.rank]
+        self.stage_of = chunk_stages(self.pp, self.vp, dims.pp_rank)
+        self.timeline: list[tuple[str, float, float]] = []  # (action, start, end), for the bubble benchmark
+
+    def _peer(self, stage: int) -> int:
+        return self.pp_ranks[stage % self.pp]
+
+    def _tag(self, direction: int, mb: int, stage: int) -> int:
+        return (mb * self.stages + stage) * 2 + direction
+
+    def _send(self, tensor: torch.Tensor, stage: int, tag: int):
+        _record("p2p", tensor)
+        self.pending.append(dist.isend(tensor.contiguous(), self._peer(stage), tag=tag))
+
+    def _recv(self, shape, dtype, stage: int, tag: int) -> torch.Tensor:
+        buffer = torch.empty(shape, dtype=dtype, device=self.dims.device)
+        dist.irecv(buffer, self._peer(stage), tag=tag).wait()
+        return buffer
+
+    def _hidden_shape(self, batch: MicroBatch):
+        seq = batch.input_ids.shape[1]
+        if self.dims.sequence_parallel:
+            seq //= self.dims.tp
+        return (batch.input_ids.shape[0], seq, self.chunks[0].config.hidden_size)
+
+    def _forward(self, mb: int, v: int):
+        chunk, stage, batch = self.chunks[v], self.stage_of[v], self.batches[mb]
+        hidden = None
+        if not chunk.is_first:
+            hidden = self._recv(self._hidden_shape(batch), self.dtype, stage - 1, self._tag(0, mb, stage))
+            hidden.requires_grad_()
+        out = chunk(batch.input_ids, labels=batch.labels if chunk.is_last else None, position_ids=batch.position_ids,
+                    document_ids=batch.document_ids, loss_reduction="sum", hidden_states=hidden)
+        if chunk.is_last:
+            out = out / self.loss_divisor
+            self.loss_sum += out.detach().double().cpu()
+        else:
+            self._send(out.detach(), stage + 1, self._tag(0, mb, stage + 1))
+        if not self.forward_only:
+            self.saved[(mb, v)] = (hidden, out)
+
+    def _backward(self, mb: int, v: int):
+        chunk, stage = self.chunks[v], self.stage_of[v]
+        hidden, out = self.saved.pop((mb, v))
+        if chunk.is_last:
+            out.backward()
+        else:
+            grad = self._recv(out.shape, out.dtype, stage + 1, self._tag(1, mb, stage))
+            out.backward(grad)
+        if not chunk.is_first:
+            self._send(hidden.grad, stage - 1, self._tag(1, mb, stage - 1))
+
+    def run(self, batches: list[MicroBatch], loss_divisor: float | torch.Tensor, timed: bool = False,
+            forward_only: bool = False) -> float:
+        """One global batch; `forward_only` (evaluation, under no_grad) runs every forward in order."""
+        import time
+
+        self.batches, self.loss_divisor, self.forward_only = batches, loss_divisor, forward_only
+        self.dtype = next(self.chunks[0].parameters()).dtype
+        self.saved, self.pending, self.timeline = {}, [], []
+        self.loss_sum = torch.zeros((), dtype=torch.float64)
+        if forward_only:
+            actions = [("F", mb, v) for mb in range(len(batches)) for v in range(self.vp)]
+        else:
+            actions = schedule(len(batches), self.pp, self.vp, self.dims.pp_rank)
+        for kind, mb, v in actions:
+            start = time.perf_counter()
+            (self._forward if kind == "F" else self._backward)(mb, v)
+            if timed:
+                self.timeline.append((f"{kind}{mb}.{v}", start, time.perf_counter()))
+        for work in self.pending:
+            work.wait()
+        loss = self.loss_sum
+        if self.pp > 1:  # the last stage's loss, for every pipeline rank to log
+            loss = loss.clone()
+            dist.broadcast(loss, src=self.pp_ranks[-1], group=self.dims.pp_group)
+        return loss.item()
