@@ -21,7 +21,7 @@ from .hf_folder import HFFolder, resolve_model_path
 from .loading import empty_model, init_fresh_weights, load_hf_weights, pipeline_stages
 from .mappings import WeightMapping
 from .safetensors_io import DTYPE_NAMES, parse_size, read_tensor
-from .sharded_io import full_shape, full_tensor
+from .sharded_io import full_parameters, parameter_inventory
 
 HF_DEFAULT_MAX_SHARD_SIZE = "50GB"  # transformers 5.x save_pretrained's default
 
@@ -123,20 +123,21 @@ class AutoBridge:
         return info.dtype if info is not None else model_dtype
 
     def export_hf_weights(
-        self, model: CausalLM, dtype: torch.dtype | None = None, cpu: bool = True
+        self, model, dtype: torch.dtype | None = None, cpu: bool = True
     ) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield (HF name, full tensor) for every model weight, in the source checkpoint's dtype
-        (or `dtype`), one at a time."""
-        for name, param in model.named_parameters():
+        (or `dtype`), one at a time. `model` may be a sharded model or this rank's pipeline chunks;
+        under torchrun every rank must iterate (the tensors are gathered collectively)."""
+        for name, tensor in full_parameters(model):
             hf_name = self.mapping.to_hf(name)
-            tensor = full_tensor(model, name, param).to(self._hf_dtype(hf_name, param.dtype, dtype))
+            tensor = tensor.to(self._hf_dtype(hf_name, tensor.dtype, dtype))
             yield hf_name, tensor.cpu() if cpu else tensor
 
-    def _entries(self, model: CausalLM, dtype: torch.dtype | None):
+    def _entries(self, model, dtype: torch.dtype | None):
         entries = []
-        for name, param in model.named_parameters():
+        for name, shape, param_dtype in parameter_inventory(model):
             hf_name = self.mapping.to_hf(name)
-            entries.append((hf_name, self._hf_dtype(hf_name, param.dtype, dtype), full_shape(model, name, param)))
+            entries.append((hf_name, self._hf_dtype(hf_name, param_dtype, dtype), shape))
         for hf_name in self._passthrough_names():
             info = self.folder.tensors[hf_name]
             entries.append((hf_name, info.dtype, info.shape))
@@ -150,7 +151,7 @@ class AutoBridge:
 
     def save_hf_pretrained(
         self,
-        model: CausalLM,
+        model,
         out_dir: str | os.PathLike,
         max_shard_size: int | str = HF_DEFAULT_MAX_SHARD_SIZE,
         dtype: torch.dtype | None = None,
@@ -160,25 +161,28 @@ class AutoBridge:
         """Write an HF folder that `transformers.AutoModelForCausalLM.from_pretrained` reads.
 
         config.json and the tokenizer / generation files are copied from the source folder when there
-        is one; a multimodal source keeps its vision weights, passed through byte for byte.
+        is one; a multimodal source keeps its vision weights, passed through byte for byte. `model` may
+        be sharded or this rank's pipeline chunks: under torchrun every rank calls this, rank 0 writes.
         """
-        params = dict(model.named_parameters())
-        local_of = {self.mapping.to_hf(n): n for n in params}
+        stream = self.export_hf_weights(model, dtype=dtype, cpu=True)
 
-        def tensor_of(hf_name: str) -> torch.Tensor:
-            if hf_name in local_of:
-                name = local_of[hf_name]
-                param = params[name]
-                return full_tensor(model, name, param).to(self._hf_dtype(hf_name, param.dtype, dtype))
-            return read_tensor(self.folder.tensors[hf_name])
+        passthrough = set(self._passthrough_names())
+
+        def tensor_of(hf_name: str) -> torch.Tensor:  # called in `entries` order
+            if hf_name in passthrough:
+                return read_tensor(self.folder.tensors[hf_name])
+            name, tensor = next(stream)
+            assert name == hf_name, (name, hf_name)
+            return tensor
 
         entries = self._entries(model, dtype)
-        dims = getattr(model, "parallel_dims", None)
+        dims = getattr(model[0] if isinstance(model, list) else model, "parallel_dims", None)
         if dims is not None and dims.world_size > 1:
-            return self._save_sharded(model, out_dir, entries, tensor_of, dims, max_shard_size, overwrite, progress)
+            own = [e for e in entries if e[0] not in passthrough]
+            return self._save_sharded(out_dir, entries, own, tensor_of, dims, max_shard_size, overwrite, progress)
         return self._write_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress)
 
-    def _save_sharded(self, model, out_dir, entries, tensor_of, dims, max_shard_size, overwrite, progress):
+    def _save_sharded(self, out_dir, entries, own, tensor_of, dims, max_shard_size, overwrite, progress):
         """Every rank joins the gathers in the same order; global rank 0 writes the folder."""
         import torch.distributed as dist
 
@@ -191,10 +195,8 @@ class AutoBridge:
         if dims.rank == 0:
             self._write_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress)
         else:
-            local = {self.mapping.to_hf(n) for n, _ in model.named_parameters()}
-            for hf_name, _, _ in entries:
-                if hf_name in local:
-                    tensor_of(hf_name)
+            for hf_name, _, _ in own:
+                tensor_of(hf_name)
         dist.barrier()
         return Path(out_dir)
 

@@ -242,14 +242,11 @@ class Trainer:
         target = self.config.checkpoint.export_hf_on_finish
         if not target:
             return None
-        if self.pipeline is not None:
-            raise NotImplementedError("checkpoint.export_hf_on_finish with pipeline parallelism is not supported yet; "
-                                      "export from the checkpoint with one pipeline stage")
         if target is True:
             if self.save_dir is None:
                 raise ValueError("checkpoint.export_hf_on_finish=true needs checkpoint.save (or give a folder)")
             target = self.save_dir / "hf"
-        out = self.bridge.save_hf_pretrained(self.model, target, overwrite=True, progress=self.dims.rank == 0)
+        out = self.bridge.save_hf_pretrained(self.chunks, target, overwrite=True, progress=self.dims.rank == 0)
         if self.dims.rank == 0:
             print(f"exported the final model in Hugging Face format to {out}", flush=True)
         return Path(out)

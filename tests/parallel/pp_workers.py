@@ -52,3 +52,11 @@ def check_cases(cases):
             check_pipeline(**case)
         except Exception as err:
             raise AssertionError(f"layout {case}: {err}") from err
+
+
+def check_pipeline_export(folder, pp, vp, tp, out_root):
+    """Export from this layout's chunks equals the source checkpoint's tensors, byte for byte."""
+    dims = initialize(ParallelConfig(tp=tp, pp=pp, vp=vp))
+    bridge = AutoBridge.from_hf_pretrained(folder)
+    chunks = bridge.to_model(parallel=dims, progress=False)
+    bridge.save_hf_pretrained(chunks, f"{out_root}/pp{pp}vp{vp}tp{tp}", progress=False)

@@ -1,6 +1,7 @@
 """Pipeline parallelism: 1F1B and interleaved schedules give the single-process loss and gradients."""
 
 import pytest
+import torch
 
 from minibridge.parallel.pipeline import interleaved_1f1b, one_f_one_b, stage_layers
 from spawn import run_distributed
@@ -49,3 +50,18 @@ def test_pp4_and_tp2_pp2(folders):
 
 def test_tp2_pp2_dp2(folders):
     run_distributed(check_cases, 8, [dict(folder=folders["gemma"], pp=2, tp=2, vp=2)])
+
+
+def test_export_from_pipeline_layouts_is_byte_identical(hf_checkpoint, tmp_path):
+    """Random-ish layouts over 4 ranks: (pp, vp, tp) in (4, 1, 1), (2, 2, 2), (2, 1, 2); bf16 source."""
+    from pp_workers import check_pipeline_export
+    from safetensors.torch import load_file
+
+    folder = hf_checkpoint("gemma-3-1b-it", dtype=torch.bfloat16, num_hidden_layers=8)
+    source = load_file(folder / "model.safetensors")
+    for pp, vp, tp in ((4, 1, 1), (2, 2, 2), (2, 1, 2)):
+        run_distributed(check_pipeline_export, 4, str(folder), pp, vp, tp, str(tmp_path))
+        out = load_file(tmp_path / f"pp{pp}vp{vp}tp{tp}" / "model.safetensors")
+        assert sorted(out) == sorted(source)
+        for name in source:
+            assert torch.equal(out[name].view(torch.uint8), source[name].view(torch.uint8)), (pp, vp, tp, name)
