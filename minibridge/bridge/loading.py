@@ -42,8 +42,10 @@ def empty_model(config: ModelConfig, dtype: torch.dtype, device: torch.device | 
         model = model_class(config)(config, *(stage or ()))
     if parallel is not None:
         from ..parallel import apply_tensor_parallel
+        from ..parallel.context import apply_context_parallel
 
         apply_tensor_parallel(model, parallel)
+        apply_context_parallel(model, parallel)
     return model.to(dtype=dtype).to_empty(device=device)
 
 

@@ -59,6 +59,7 @@ class CausalLM(nn.Module):
         document_ids: torch.Tensor | None = None,
         loss_reduction: str = "mean",
         hidden_states: torch.Tensor | None = None,
+        labels_shifted: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab), or with `labels` the next-token loss (HF convention: labels aligned with
         inputs, shifted inside, -100 ignored), averaged over tokens or, with loss_reduction="sum", summed.
@@ -81,7 +82,7 @@ class CausalLM(nn.Module):
         hidden = self.norm(hidden)
         if labels is None:
             return self.head.logits(hidden, self.output_weight())
-        return self.head.loss(hidden, self.output_weight(), labels, loss_reduction)
+        return self.head.loss(hidden, self.output_weight(), labels, loss_reduction, labels_shifted)
 
     def set_recompute(self, granularity: str) -> None:
         """Activation recomputation: "none", "selective" (attention core only) or "full" (whole blocks)."""

@@ -136,6 +136,7 @@ class Attention(nn.Module):
         self.scale = config.attention_scale
         self.window = config.window_of(layer)
         self.recompute_core = False  # selective recomputation: keep no attention internals for backward
+        self.core = attention  # the attention kernel; a context-parallel pass swaps in ring attention
         self.q_proj = nn.Linear(h, config.num_heads * d, bias=bias)
         self.k_proj = nn.Linear(h, config.num_kv_heads * d, bias=bias)
         self.v_proj = nn.Linear(h, config.num_kv_heads * d, bias=bias)
@@ -157,9 +158,9 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, k, *rope)
         if self.recompute_core and torch.is_grad_enabled():
-            out = checkpoint(attention, q, k, v, self.scale, self.window, document_ids, use_reentrant=False)
+            out = checkpoint(self.core, q, k, v, self.scale, self.window, document_ids, use_reentrant=False)
         else:
-            out = attention(q, k, v, self.scale, self.window, document_ids)
+            out = self.core(q, k, v, self.scale, self.window, document_ids)
         return self.o_proj(out.reshape(B, T, -1))
 
 

@@ -20,11 +20,12 @@ def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torc
     return F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Next-token cross entropy on fp32 logits, as transformers' ForCausalLMLoss; "sum" for token sums."""
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean", shifted: bool = False):
+    """Next-token cross entropy on fp32 logits, as transformers' ForCausalLMLoss; "sum" for token sums.
+    `shifted` labels are already the targets (context parallelism shifts before splitting)."""
+    targets = labels if shifted else shift_labels(labels)
     return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), shift_labels(labels).reshape(-1),
-        ignore_index=IGNORE_INDEX, reduction=reduction,
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction=reduction
     )
 
 
@@ -34,8 +35,8 @@ class OutputHead:
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, weight)
 
-    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"):
-        return causal_lm_loss(F.linear(hidden, weight), labels, reduction)
+    def loss(self, hidden, weight, labels, reduction: str = "mean", shifted: bool = False):
+        return causal_lm_loss(F.linear(hidden, weight), labels, reduction, shifted)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -79,7 +80,7 @@ class ChunkedOutputHead(OutputHead):
     def __init__(self, chunk_tokens: int = 2048):
         self.chunk_tokens = chunk_tokens
 
-    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"):
-        targets = shift_labels(labels).reshape(-1)
+    def loss(self, hidden, weight, labels, reduction: str = "mean", shifted: bool = False):
+        targets = (labels if shifted else shift_labels(labels)).reshape(-1)
         total = _FusedLinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets, self.chunk_tokens)
         return total if reduction == "sum" else total / (targets != IGNORE_INDEX).sum()

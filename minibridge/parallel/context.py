@@ -198,3 +198,36 @@ def context_parallel_attention(q, k, v, scale: float, window: int | None, group)
     if window is None or window >= q.shape[1] * dist.get_world_size(group):
         return ring_attention(q, k, v, scale, group)
     return window_attention_cp(q, k, v, scale, window, group)
+
+
+def apply_context_parallel(model, dims) -> None:
+    """Point every attention layer of `model` at the context-parallel core for `dims.cp_group`."""
+    if dims.config.cp == 1:
+        return
+    from ..models.common import Attention
+
+    group = dims.cp_group
+
+    def core(q, k, v, scale, window, document_ids=None):
+        if document_ids is not None:
+            raise NotImplementedError("packed sequences (document_ids) under context parallelism are not supported yet")
+        return context_parallel_attention(q, k, v, scale, window, group)
+
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.core = core
+
+
+def split_batch_for_context_parallel(input_ids, labels, position_ids, cp: int, rank: int):
+    """This cp rank's zigzag share of a batch. Labels are shifted on the whole sequence first (the
+    target of the last token of one chunk is the first token of the next), so the model is told they
+    are already targets. Positions follow the chunks, so RoPE sees global positions."""
+    from ..models.output import shift_labels
+
+    seq = input_ids.shape[1]
+    index = zigzag_indices(seq, cp, rank, device=input_ids.device)
+    if position_ids is None:
+        position_ids = torch.arange(seq, device=input_ids.device).expand_as(input_ids)
+    targets = shift_labels(labels) if labels is not None else None
+    take = lambda t: None if t is None else t.index_select(1, index)  # noqa: E731
+    return take(input_ids), take(targets), take(position_ids)

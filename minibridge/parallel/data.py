@@ -66,6 +66,8 @@ def finalize_grads(model: CausalLM, dims: ParallelDims, average_dp: bool = True)
         for n, g in params:
             if n in specs and specs[n].kind == "kv" and specs[n].replicas > 1:
                 _kv_replica_sum(g, specs[n], dims.tp_group)
+    if dims.config.cp > 1:  # every cp rank saw a part of each sequence
+        _bucketed_all_reduce([g for _, g in params], dims.cp_group, scale=1.0 / dims.config.cp if average_dp else 1.0)
     if dims.dp > 1 and not ddp:  # DDP has averaged them already
         _bucketed_all_reduce([g for _, g in params], dims.dp_group, scale=1.0 / dims.dp if average_dp else 1.0)
 

@@ -41,8 +41,6 @@ class ParallelConfig:
             self.sequence_parallel = False  # nothing to split; Megatron silently does the same
 
     def check_supported(self):
-        if self.cp != 1:
-            raise NotImplementedError(f"context parallelism (cp) = {self.cp} is not supported yet; use 1")
         if self.vp > 1 and self.pp == 1:
             raise LayoutError(f"virtual pipeline stages (vp={self.vp}) need pipeline parallelism (pp > 1)")
 
@@ -73,6 +71,14 @@ class ParallelDims:
     @property
     def tp_rank(self) -> int:
         return self.rank % self.tp
+
+    @property
+    def cp(self) -> int:
+        return self.config.cp
+
+    @property
+    def cp_rank(self) -> int:
+        return (self.rank // self.tp) % self.config.cp
 
     @property
     def pp(self) -> int:

@@ -89,6 +89,7 @@ class MicroBatch:
     labels: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None
     document_ids: torch.Tensor | None = None
+    labels_shifted: bool = False  # already targets (context parallelism shifts before splitting)
 
 
 class PipelineExecutor:
@@ -134,7 +135,8 @@ class PipelineExecutor:
             hidden = self._recv(self._hidden_shape(batch), self.dtype, stage - 1, self._tag(0, mb, stage))
             hidden.requires_grad_()
         out = chunk(batch.input_ids, labels=batch.labels if chunk.is_last else None, position_ids=batch.position_ids,
-                    document_ids=batch.document_ids, loss_reduction="sum", hidden_states=hidden)
+                    document_ids=batch.document_ids, loss_reduction="sum", hidden_states=hidden,
+                    labels_shifted=batch.labels_shifted)
         if chunk.is_last:
             out = out / self.loss_divisor
             self.loss_sum += out.detach().double().cpu()

@@ -101,9 +101,9 @@ class VocabParallelHead(OutputHead):
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return gather_from_last_dim(self._local_logits(hidden, weight), self.tp_group)[..., : self.vocab_size]
 
-    def loss(self, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"):
+    def loss(self, hidden, weight, labels, reduction: str = "mean", shifted: bool = False):
         logits = self._local_logits(hidden, weight)
-        shifted = shift_labels(labels)
+        shifted = labels if shifted else shift_labels(labels)
         losses = vocab_parallel_cross_entropy(
             logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1), self.vocab_start, self.vocab_size, self.tp_group
         )

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from ..bridge import AutoBridge
 from ..models.output import ChunkedOutputHead
 from ..parallel import ParallelConfig, finalize_grads, initialize
+from ..parallel.context import split_batch_for_context_parallel
 from ..parallel.data import finalize_pipeline_grads
 from ..parallel.pipeline import MicroBatch, PipelineExecutor
 from ..parallel.collectives import all_reduce_
@@ -142,19 +143,31 @@ class Trainer:
     def _global_sum(self, value: torch.Tensor) -> torch.Tensor:
         return all_reduce_(value, self.dims.dp_group) if self.dims.dp > 1 else value
 
+    def _micro_batch(self, batch) -> MicroBatch:
+        """A data batch on this rank's device; under context parallelism, this cp rank's share."""
+        b = batch.to(self.dims.device)
+        packed = bool((b.document_ids != 0).any())
+        if self.dims.cp == 1:
+            return MicroBatch(b.input_ids, b.labels, b.position_ids, b.document_ids if packed else None)
+        if packed:
+            raise NotImplementedError("dataset.packing=true with context parallelism is not supported yet")
+        ids, targets, positions = split_batch_for_context_parallel(b.input_ids, b.labels, b.position_ids,
+                                                                   self.dims.cp, self.dims.cp_rank)
+        return MicroBatch(ids, targets, positions, None, labels_shifted=True)
+
     def _forward(self, batch, reduction: str):
-        batch = batch.to(self.dims.device)
-        packed = bool((batch.document_ids != 0).any())
-        return self.model(batch.input_ids, labels=batch.labels, position_ids=batch.position_ids,
-                          document_ids=batch.document_ids if packed else None, loss_reduction=reduction)
+        b = self._micro_batch(batch)
+        return self.model(b.input_ids, labels=b.labels, position_ids=b.position_ids, document_ids=b.document_ids,
+                          loss_reduction=reduction, labels_shifted=b.labels_shifted)
 
     def _micro_batches(self, batches) -> list[MicroBatch]:
-        out = []
-        for b in batches:
-            b = b.to(self.dims.device)
-            packed = bool((b.document_ids != 0).any())
-            out.append(MicroBatch(b.input_ids, b.labels, b.position_ids, b.document_ids if packed else None))
-        return out
+        return [self._micro_batch(b) for b in batches]
+
+    def _sequence_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum a per-rank partial (loss) over the cp ranks that share the sequences, then over dp."""
+        if self.dims.cp > 1:
+            all_reduce_(value, self.dims.cp_group)
+        return self._global_sum(value)
 
     def train_step(self) -> dict:
         start = time.perf_counter()
@@ -173,7 +186,7 @@ class Trainer:
         for chunk in self.chunks:
             finalize_grads(chunk, self.dims, average_dp=False)
         finalize_pipeline_grads(self.chunks, self.dims)
-        loss = self._global_sum(loss_sum).item()
+        loss = self._sequence_sum(loss_sum).item()
         check_finite(loss, self.step + 1, self._last_checkpoint())
         grad_norm = self.optimizer.step(self.config.optimizer.clip_grad or None)
         self.optimizer.zero_grad()
@@ -200,7 +213,7 @@ class Trainer:
                 continue
             for batch in batches:
                 total += self._forward(batch, "sum").double().cpu()
-        return (self._global_sum(total) / self._global_sum(count).clamp(min=1)).item()
+        return (self._sequence_sum(total) / self._global_sum(count).clamp(min=1)).item()
 
     def _last_checkpoint(self) -> Path | None:
         if self.save_dir is None:

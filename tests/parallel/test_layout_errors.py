@@ -39,9 +39,7 @@ def test_world_size_not_divisible_by_layout():
     assert layout_from_world(ParallelConfig(tp=2), 8) == 4
 
 
-def test_context_parallel_says_not_supported_yet_and_vp_needs_pp():
-    with pytest.raises(NotImplementedError, match="context parallelism.* not supported yet"):
-        initialize(ParallelConfig(cp=2))
+def test_vp_needs_pp():
     with pytest.raises(LayoutError, match=r"virtual pipeline stages \(vp=2\) need pipeline parallelism"):
         initialize(ParallelConfig(vp=2))
     assert not torch.distributed.is_initialized()  # refused before any process group exists
@@ -59,8 +57,8 @@ def test_provider_finalize_validates(hf_checkpoint):
     with pytest.raises(LayoutError, match="tp=3"):
         provider.finalize()
     provider.tensor_model_parallel_size = 2
-    provider.context_parallel_size = 2
-    with pytest.raises(NotImplementedError, match="context"):
+    provider.virtual_pipeline_model_parallel_size = 2
+    with pytest.raises(LayoutError, match=r"vp=2\) need pipeline parallelism"):
         provider.finalize()
 
 

@@ -139,3 +139,19 @@ def test_pipeline_layouts_match_one_process_and_resume_across_pp(tmp_path):
     resumed = run("llama3_debug_pretrain_config", BASE + ["train.train_iters=8"] + save)
     for step, (got, want) in enumerate(zip(resumed, reference[4:])):
         assert abs(got - want) <= 1e-4 * abs(want), (step, got, want)
+
+
+@pytest.mark.parametrize("recipe,extra,layouts", [
+    ("llama3_debug_pretrain_config", [], [(2, ["model.context_parallel_size=2"]), (4, ["model.context_parallel_size=4"]),
+                                          (4, ["model.context_parallel_size=2", "model.pipeline_model_parallel_size=2"])]),
+    # Gemma at T=128 > its window of 64: local layers exchange halos, global layers run the ring
+    ("gemma3_debug_pretrain_config", ["model.seq_length=128"],
+     [(2, ["model.context_parallel_size=2"]), (4, ["model.context_parallel_size=2", "model.tensor_model_parallel_size=2"])]),
+])
+def test_context_parallel_matches_one_process(tmp_path, recipe, extra, layouts):
+    reference = run(recipe, BASE + extra + ["train.train_iters=4"])
+    for world, layout in layouts:
+        out = tmp_path / "losses.json"
+        run_distributed(run, world, recipe, BASE + extra + ["train.train_iters=4"] + layout, str(out))
+        for step, (got, want) in enumerate(zip(json.loads(out.read_text()), reference)):
+            assert abs(got - want) <= 1e-4 * abs(want), (layout, step, got, want)
