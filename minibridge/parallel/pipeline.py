@@ -106,6 +106,7 @@ class PipelineExecutor:
         self.pp_ranks = dist.get_process_group_ranks(dims.pp_group) if self.pp > 1 else [dims.rank]
         self.stage_of = chunk_stages(self.pp, self.vp, dims.pp_rank)
         self.timeline: list[tuple[str, float, float]] = []  # (action, start, end), for the bubble benchmark
+        self.wait_time = 0.0  # seconds spent waiting for a neighbour during the last run
 
     def _peer(self, stage: int) -> int:
         return self.pp_ranks[stage % self.pp]
@@ -118,8 +119,12 @@ class PipelineExecutor:
         self.pending.append(dist.isend(tensor.contiguous(), self._peer(stage), tag=tag))
 
     def _recv(self, shape, dtype, stage: int, tag: int) -> torch.Tensor:
+        import time
+
         buffer = torch.empty(shape, dtype=dtype, device=self.dims.device)
+        start = time.perf_counter()
         dist.irecv(buffer, self._peer(stage), tag=tag).wait()
+        self.wait_time += time.perf_counter() - start  # idle: what the bubble benchmark subtracts
         return buffer
 
     def _hidden_shape(self, batch: MicroBatch):
@@ -163,7 +168,7 @@ class PipelineExecutor:
 
         self.batches, self.loss_divisor, self.forward_only = batches, loss_divisor, forward_only
         self.dtype = next(self.chunks[0].parameters()).dtype
-        self.saved, self.pending, self.timeline = {}, [], []
+        self.saved, self.pending, self.timeline, self.wait_time = {}, [], [], 0.0
         self.loss_sum = torch.zeros((), dtype=torch.float64)
         if forward_only:
             actions = [("F", mb, v) for mb in range(len(batches)) for v in range(self.vp)]

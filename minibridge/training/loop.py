@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from ..bridge import AutoBridge
 from ..models.output import ChunkedOutputHead
-from ..parallel import ParallelConfig, finalize_grads, initialize
+from ..parallel import finalize_grads, initialize
 from ..parallel.context import split_batch_for_context_parallel
 from ..parallel.data import finalize_pipeline_grads
 from ..parallel.pipeline import MicroBatch, PipelineExecutor
@@ -46,11 +46,7 @@ class Trainer:
         config.validate()
         self.config = c = config
         m = c.model
-        self.dims = initialize(ParallelConfig(
-            tp=m.tensor_model_parallel_size, pp=m.pipeline_model_parallel_size,
-            vp=m.virtual_pipeline_model_parallel_size or 1, cp=m.context_parallel_size,
-            sequence_parallel=m.sequence_parallel,
-        ))
+        self.dims = initialize(m.parallel_config())
         self.dtype = torch.bfloat16 if c.mixed_precision.startswith("bf16") else torch.float32
         self.bridge, self.model = self._build_model()
         self.optimizer = MixedPrecisionAdamW(

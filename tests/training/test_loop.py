@@ -155,3 +155,13 @@ def test_context_parallel_matches_one_process(tmp_path, recipe, extra, layouts):
         run_distributed(run, world, recipe, BASE + extra + ["train.train_iters=4"] + layout, str(out))
         for step, (got, want) in enumerate(zip(json.loads(out.read_text()), reference)):
             assert abs(got - want) <= 1e-4 * abs(want), (layout, step, got, want)
+
+
+@pytest.mark.slow
+def test_tp2_pp2_dp2_on_eight_ranks(tmp_path):
+    reference = run("llama3_debug_pretrain_config", BASE + ["train.train_iters=3"])
+    out = tmp_path / "losses.json"
+    run_distributed(run, 8, "llama3_debug_pretrain_config", BASE + [
+        "train.train_iters=3", "model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=2"], str(out))
+    for step, (got, want) in enumerate(zip(json.loads(out.read_text()), reference)):
+        assert abs(got - want) <= 1e-4 * abs(want), (step, got, want)
