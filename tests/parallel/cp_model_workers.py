@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from spawn import assert_grads_match, check_each
 
 from minibridge import AutoBridge
 from minibridge.parallel import ParallelConfig, finalize_grads, initialize
 from minibridge.parallel.context import split_batch_for_context_parallel
-from minibridge.parallel.sharding import take_block
 
 
 def check_context(folder, cp, tp=1, seq=48):
@@ -30,14 +30,8 @@ def check_context(folder, cp, tp=1, seq=48):
     total = loss.detach().clone()
     dist.all_reduce(total, group=dims.cp_group)
     assert abs(total.item() - ref_loss.item()) < 1e-5, (total.item(), ref_loss.item())
-    for name, p in model.named_parameters():
-        expected = take_block(reference.get_parameter(name).grad, model.tp_specs.get(name))
-        torch.testing.assert_close(p.grad, expected, msg=lambda m: f"grad of {name}: {m}")
+    assert_grads_match(model, reference)
 
 
 def check_cases(cases):
-    for case in cases:
-        try:
-            check_context(**case)
-        except Exception as err:
-            raise AssertionError(f"layout {case}: {err}") from err
+    check_each(check_context, cases)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from spawn import assert_grads_match, check_each
 
 from minibridge import AutoBridge
 from minibridge.parallel import ParallelConfig, finalize_grads, initialize
 from minibridge.parallel.pipeline import MicroBatch, PipelineExecutor
-from minibridge.parallel.sharding import take_block
 
 BATCH, SEQ = 4, 16
 
@@ -41,17 +41,11 @@ def check_pipeline(folder, pp, vp=1, tp=1, microbatches=4):
         finalize_grads(chunk, dims, average_dp=False)
     finalize_pipeline_grads(chunks, dims)
     for chunk in chunks:
-        for name, p in chunk.named_parameters():
-            expected = take_block(reference.get_parameter(name).grad, chunk.tp_specs.get(name))
-            torch.testing.assert_close(p.grad, expected, msg=lambda m: f"grad of {name}: {m}")
+        assert_grads_match(chunk, reference)
 
 
 def check_cases(cases):
-    for case in cases:
-        try:
-            check_pipeline(**case)
-        except Exception as err:
-            raise AssertionError(f"layout {case}: {err}") from err
+    check_each(check_pipeline, cases)
 
 
 def check_pipeline_export(folder, pp, vp, tp, out_root):

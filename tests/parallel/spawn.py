@@ -8,6 +8,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
+import torch
 import torch.multiprocessing as mp
 
 
@@ -53,3 +54,21 @@ def run_distributed(fn, world_size: int, *args, timeout: float = 600):
         codes = [p.exitcode for p in procs]
         if any(c != 0 for c in codes):
             raise AssertionError(f"ranks exited with codes {codes} (timeout {timeout}s?)")
+
+
+def check_each(check, cases: list[dict]) -> None:
+    """Run `check(**case)` for every case inside one spawned world, naming the case that fails."""
+    for case in cases:
+        try:
+            check(**case)
+        except Exception as err:
+            raise AssertionError(f"layout {case}: {err}") from err
+
+
+def assert_grads_match(model, reference) -> None:
+    """Every gradient of a (sharded) model equals this rank's block of the single-process gradient."""
+    from minibridge.parallel.sharding import take_block
+
+    for name, p in model.named_parameters():
+        expected = take_block(reference.get_parameter(name).grad, getattr(model, "tp_specs", {}).get(name))
+        torch.testing.assert_close(p.grad, expected, msg=lambda m: f"grad of {name}: {m}")

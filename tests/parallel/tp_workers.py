@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from spawn import assert_grads_match, check_each
 
 from minibridge import AutoBridge
 from minibridge.parallel import ParallelConfig, finalize_grads, initialize, zero_optimizer
@@ -65,11 +66,7 @@ def check_layout(folder, tp, sequence_parallel, zero=False):
 
 
 def check_layouts(cases):
-    for case in cases:
-        try:
-            check_layout(**case)
-        except Exception as err:
-            raise AssertionError(f"layout {case}: {err}") from err
+    check_each(check_layout, cases)
 
 
 def check_export_and_provider(folder, out_root):
