@@ -49,12 +49,12 @@ def empty_model(config: ModelConfig, dtype: torch.dtype, device: torch.device | 
     return model.to(dtype=dtype).to_empty(device=device)
 
 
-def pipeline_stages(config: ModelConfig, parallel, layout: list[int] | None = None) -> list[tuple[range, bool, bool]]:
-    """(layers, first, last) of each chunk this rank holds under `parallel`'s pp and vp."""
-    from ..parallel.pipeline import chunk_stages, stage_layers
+def pipeline_stages(config: ModelConfig, parallel) -> list[tuple[range, bool, bool]]:
+    """(layers, first, last) of each chunk this rank holds under `parallel`'s pipeline layout."""
+    from ..parallel.pipeline import chunk_stages, layout_stages
 
     pp, vp = parallel.config.pp, parallel.config.vp
-    layers = stage_layers(config.num_layers, pp * vp, layout)
+    layers = layout_stages(config.num_layers, parallel.config)
     return [(layers[s], s == 0, s == pp * vp - 1) for s in chunk_stages(pp, vp, parallel.pp_rank)]
 
 

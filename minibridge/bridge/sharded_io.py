@@ -65,11 +65,12 @@ def parameter_inventory(model) -> list[tuple[str, tuple[int, ...], torch.dtype]]
     return [(n, tuple(p.shape), dtype) for n, p in whole.named_parameters()]
 
 
-def _pipeline_owner(name: str, config, pp: int, vp: int) -> int:
+def _pipeline_owner(name: str, config, parallel_config) -> int:
     """The pipeline rank holding parameter `name` (the first stage's copy of a tied embedding)."""
-    from ..parallel.pipeline import stage_layers
+    from ..parallel.pipeline import layout_stages
 
-    stages = stage_layers(config.num_layers, pp * vp)
+    pp, vp = parallel_config.pp, parallel_config.vp
+    stages = layout_stages(config.num_layers, parallel_config)
     if name.startswith("layers."):
         layer = int(name.split(".")[1])
         stage = next(s for s, layers in enumerate(stages) if layer in layers)
@@ -97,7 +98,7 @@ def full_parameters(model):
     ranks = dist.get_process_group_ranks(dims.pp_group)
     config = chunks[0].config
     for name, shape, dtype in parameter_inventory(chunks):
-        owner = _pipeline_owner(name, config, dims.config.pp, dims.config.vp)
+        owner = _pipeline_owner(name, config, dims.config)
         if dims.pp_rank == owner:
             tensor = full_tensor(local[name][0], name, local[name][1]).contiguous()
         else:

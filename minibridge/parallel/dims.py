@@ -31,6 +31,11 @@ class ParallelConfig:
     sequence_parallel: bool = False
     # The vocabulary is padded to a multiple of this times tp (Megatron's make_vocab_size_divisible_by).
     vocab_multiple: int = 1
+    # Pipeline split: layers per virtual stage, or an even split where the embedding and the loss may
+    # each count as a layer (Megatron's account_for_embedding/loss_in_pipeline_split).
+    pipeline_layout: tuple[int, ...] | None = None
+    account_for_embedding: bool = False
+    account_for_loss: bool = False
 
     def __post_init__(self):
         for name in ("tp", "pp", "vp", "cp", "vocab_multiple"):

@@ -22,19 +22,31 @@ import torch.distributed as dist
 from .collectives import _record
 
 
-def stage_layers(num_layers: int, stages: int, layout: list[int] | None = None) -> list[range]:
-    """Global layer indices of each virtual stage: an even split, or `layout` (layers per stage)."""
+def stage_layers(num_layers: int, stages: int, layout: list[int] | None = None,
+                 account_for_embedding: bool = False, account_for_loss: bool = False) -> list[range]:
+    """Global layer indices of each virtual stage: `layout` (layers per stage), or an even split in
+    which, as Megatron's account_for_* options say, the embedding and the loss may each count as one
+    layer of the first and the last stage (so 126 layers + 2 split over 64 stages)."""
     if layout is None:
-        if num_layers % stages:
+        total = num_layers + account_for_embedding + account_for_loss
+        if total % stages:
             raise ValueError(
-                f"num_layers={num_layers} is not divisible by pp*vp={stages} pipeline stages; "
-                f"give an explicit layout (layers per stage)"
+                f"num_layers={num_layers} (+ embedding/loss when accounted: {total}) is not divisible by "
+                f"pp*vp={stages} pipeline stages; give an explicit layout (layers per stage)"
             )
-        layout = [num_layers // stages] * stages
-    if len(layout) != stages or sum(layout) != num_layers or min(layout) < 1:
-        raise ValueError(f"pipeline layout {layout}: expected {stages} positive counts summing to {num_layers}")
+        layout = [total // stages] * stages
+        layout[0] -= account_for_embedding
+        layout[-1] -= account_for_loss
+    if len(layout) != stages or sum(layout) != num_layers or min(layout) < 0 or max(layout) < 1:
+        raise ValueError(f"pipeline layout {list(layout)}: expected {stages} counts summing to {num_layers}")
     starts = [sum(layout[:i]) for i in range(stages)]
     return [range(start, start + count) for start, count in zip(starts, layout)]
+
+
+def layout_stages(num_layers: int, config) -> list[range]:
+    """`stage_layers` for a ParallelConfig."""
+    return stage_layers(num_layers, config.pp * config.vp, config.pipeline_layout,
+                        config.account_for_embedding, config.account_for_loss)
 
 
 def chunk_stages(pp: int, vp: int, pp_rank: int) -> list[int]:

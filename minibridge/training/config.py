@@ -64,6 +64,7 @@ class ModelSettings:
     # (Megatron's knobs; the 405B recipes set both so 126 layers + 2 split evenly into 8 or 16 stages).
     account_for_embedding_in_pipeline_split: bool = False
     account_for_loss_in_pipeline_split: bool = False
+    pipeline_layout: list[int] | None = None  # layers per virtual stage; None: an even split
 
     def __post_init__(self):
         if self.recompute_granularity is None:  # Megatron spells "no recomputation" None
@@ -77,6 +78,9 @@ class ModelSettings:
             tp=self.tensor_model_parallel_size, pp=self.pipeline_model_parallel_size,
             vp=self.virtual_pipeline_model_parallel_size or 1, cp=self.context_parallel_size,
             sequence_parallel=self.sequence_parallel, vocab_multiple=self.make_vocab_size_divisible_by,
+            pipeline_layout=tuple(self.pipeline_layout) if self.pipeline_layout else None,
+            account_for_embedding=self.account_for_embedding_in_pipeline_split,
+            account_for_loss=self.account_for_loss_in_pipeline_split,
         )
 
 
@@ -302,7 +306,11 @@ def _validate_layout(m: ModelSettings) -> None:
                           f"model.pipeline_model_parallel_size > 1 (it is 1)")
     stages = pp * (vp or 1)
     layers = m.config.num_layers + m.account_for_embedding_in_pipeline_split + m.account_for_loss_in_pipeline_split
-    if layers % stages:
+    if m.pipeline_layout is not None:
+        if len(m.pipeline_layout) != stages or sum(m.pipeline_layout) != m.config.num_layers:
+            raise ConfigError(f"model.pipeline_layout={m.pipeline_layout}: expected {stages} counts (pp x vp) summing to "
+                              f"model.num_layers={m.config.num_layers}")
+    elif layers % stages:
         raise ConfigError(
             f"model.num_layers={m.config.num_layers} (+ embedding/loss when accounted: {layers}) does not split evenly "
             f"over pipeline_model_parallel_size={pp} x virtual_pipeline_model_parallel_size={vp or 1} = {stages} stages"

@@ -35,8 +35,12 @@ def test_schedules_run_every_unit_once_and_in_dependency_order():
 def test_stage_layers():
     assert stage_layers(8, 4) == [range(0, 2), range(2, 4), range(4, 6), range(6, 8)]
     assert stage_layers(5, 2, layout=[3, 2]) == [range(0, 3), range(3, 5)]
-    with pytest.raises(ValueError, match=r"num_layers=5 is not divisible by pp\*vp=2"):
+    with pytest.raises(ValueError, match=r"num_layers=5 \(\+ embedding/loss when accounted: 5\) is not divisible by pp\*vp=2"):
         stage_layers(5, 2)
+    # Llama 3.1 405B finetune: 126 layers + embedding + loss over pp 8 x vp 8 = 64 stages
+    stages = stage_layers(126, 64, account_for_embedding=True, account_for_loss=True)
+    assert len(stages[0]) == len(stages[-1]) == 1 and all(len(s) == 2 for s in stages[1:-1])
+    assert stages[-1] == range(125, 126)
 
 
 def test_pp2_vp1_and_vp2(folders):

@@ -124,7 +124,7 @@ def test_pipeline_layouts_match_one_process_and_resume_across_pp(tmp_path):
     """PP=2 with 1F1B, PP=2 x VP=2 interleaved, TP=2 x PP=2: the single-process losses; then a PP=2
     checkpoint resumed with PP=1 continues the same curve."""
     reference = run("llama3_debug_pretrain_config", BASE + ["train.train_iters=8"])
-    layouts = {2: [["model.pipeline_model_parallel_size=2"],
+    layouts = {2: [["model.pipeline_model_parallel_size=2"], ["model.pipeline_model_parallel_size=2", "model.pipeline_layout=[3,1]"],
                    ["model.pipeline_model_parallel_size=2", "model.virtual_pipeline_model_parallel_size=2"]],
                4: [["model.pipeline_model_parallel_size=2", "model.tensor_model_parallel_size=2"]]}
     for world, cases in layouts.items():
