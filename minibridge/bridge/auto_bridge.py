@@ -80,12 +80,12 @@ class AutoBridge:
         device: torch.device | str | None = None,
         progress: bool = True,
         seed: int = 1234,
-    ) -> CausalLM:
+    ) -> CausalLM | list[CausalLM]:
         """The model with the HF weights loaded (or freshly initialised from `seed` without a source,
         identically whatever the parallel layout).
 
         With `parallel` (the ParallelDims of `minibridge.parallel.initialize`), this rank's shard, read
-        slice by slice. `dtype` defaults to the checkpoint's, as transformers 5.x `from_pretrained` does;
+        slice by slice: under pipeline parallelism its stage, or its list of chunks with virtual stages. `dtype` defaults to the checkpoint's, as transformers 5.x `from_pretrained` does;
         `device` to the layout's device (CUDA under NCCL), else the CPU.
         """
         if isinstance(parallel, (torch.dtype, str, torch.device)):
