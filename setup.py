@@ -15,7 +15,7 @@ setup(
     # torch is installed first by the Makefile (a CPU wheel where there is no CUDA); any torch >= 2.4 does.
     install_requires=["torch>=2.4", "safetensors>=0.4", "numpy", "tqdm", "huggingface_hub", "transformers>=4.50", "tokenizers"],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "hypothesis>=6", "transformers>=5.0", "peft", "psutil"],
+        "test": ["pytest>=8", "pytest-xdist", "hypothesis>=6", "transformers>=5.0", "peft", "psutil", "triton>=3.0; platform_system == 'Linux'"],
         "flash": ["flash-attn"],
     },
 )

@@ -2,14 +2,24 @@
 
 from pathlib import Path
 
+import torch
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def write_report(name: str, lines: list[str]) -> Path:
-    """Print `lines` and write them to results/<name>-cpu.md (results are named by device)."""
+def device_tag(device: str = "cpu") -> str:
+    """'cpu', or the CUDA card's name as a file-name slug (e.g. 'nvidia-h100-80gb-hbm3')."""
+    if device.startswith("cuda"):
+        return "-".join(torch.cuda.get_device_name(torch.device(device)).lower().split())
+    return "cpu"
+
+
+def write_report(name: str, lines: list[str], device: str = "cpu", suffix: str = "md") -> Path:
+    """Print `lines` and write them to results/<name>-<device>.<suffix> (results are named by device)."""
     report = "\n".join(lines) + "\n"
-    print(report)
+    if suffix == "md":
+        print(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}-cpu.md"
+    path = RESULTS / f"{name}-{device_tag(device)}.{suffix}"
     path.write_text(report)
     return path

@@ -1,12 +1,19 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+# Triton decides interpreted or compiled when a kernel is decorated, i.e. when minibridge.kernels is
+# first imported: without a GPU every Triton kernel runs in its CPU interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "parallel"))
 sys.path.insert(0, str(Path(__file__).parent / "training"))
+sys.path.insert(0, str(Path(__file__).parent / "kernels"))
 
 from hf_checkpoints import make_checkpoint, real_config, shrink  # noqa: E402
 

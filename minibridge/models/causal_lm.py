@@ -43,8 +43,8 @@ class CausalLM(nn.Module):
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(input_ids)
 
-    def rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """cos/sin tables per layer type; Gemma's local layers have their own base."""
+    def rope(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """fp32 cos/sin tables per layer type; Gemma's local layers have their own base."""
         c = self.config
         tables = {FULL: rope_tables(c.rope, c.head_dim, position_ids, dtype)}
         if SLIDING in c.layer_types:
@@ -71,7 +71,7 @@ class CausalLM(nn.Module):
         hidden = self.embed(input_ids) if self.is_first else hidden_states
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        tables = self.rope(position_ids, hidden.dtype)
+        tables = self.rope(position_ids)
         full = self.recompute == "full" and torch.is_grad_enabled()
         for index, block in self.layers.items():
             args = (hidden, tables[self.config.layer_types[int(index)]], document_ids)

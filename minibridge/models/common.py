@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from minibridge.kernels import apply_rope, rms_norm
+from minibridge.kernels.attention import attention as kernel_attention
+
 from .config import ModelConfig, RopeConfig
 
 
@@ -23,7 +26,8 @@ class RMSNorm(nn.Module):
     Llama: normalise in fp32, cast back to the input dtype, then multiply by `weight` (in that dtype).
     Gemma: normalise in fp32, multiply by `(1 + weight)` in fp32, cast once at the end; the weight is
     stored as an offset from one, so it is initialised to zero.
-    In bf16 the two orders differ by ~0.4 in the logits, so the order is part of the model.
+    In bf16 the two orders differ by ~0.4 in the logits, so the order is part of the model
+    (`minibridge.kernels.rms_norm_ref` spells both out; the Triton kernel keeps the same casts).
     """
 
     def __init__(self, dim: int, eps: float, gemma: bool = False):
@@ -33,10 +37,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim) if gemma else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.gemma:
-            return (normed * (1.0 + self.weight.float())).type_as(x)
-        return self.weight * normed.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps, self.gemma)  # Triton on a GPU; on CPU the code above
 
 
 def rope_inv_freq(rope: RopeConfig, head_dim: int, device=None) -> torch.Tensor:
@@ -65,37 +66,14 @@ def rope_tables(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of shape (batch, seq, head_dim), computed in fp32 and cast once to `dtype`.
 
-    The angles must be fp32: building the table in bf16 moves bf16 logits by ~0.3.
+    The angles must be fp32: building the table in bf16 moves bf16 logits by ~0.3. The models keep
+    the tables in fp32: `apply_rope` casts them to the activations' dtype on the reference path, as
+    transformers does, and the Triton kernel rotates in fp32 with one rounding at the end.
     """
     inv_freq = rope_inv_freq(rope, head_dim, device=position_ids.device)
     angles = position_ids[..., None].float() * inv_freq
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """Rotate-half RoPE (HF convention, so checkpoints need no q/k permutation). q, k: (B, T, H, D)."""
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-
-
-def sliding_window_mask(q_len: int, k_len: int, window: int | None, device) -> torch.Tensor:
-    """Boolean (q_len, k_len) mask, True where attention is allowed; queries are the last q_len keys.
-
-    With a window W a query at position i sees keys i - W + 1 .. i (W keys, itself included), the
-    semantics of transformers' sliding_window_overlay and of flash-attn's window_size=(W - 1, 0).
-    """
-    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-    k_pos = torch.arange(k_len, device=device)[None, :]
-    allowed = k_pos <= q_pos
-    if window is not None:
-        allowed &= k_pos > q_pos - window
-    return allowed
 
 
 def attention(
@@ -109,19 +87,11 @@ def attention(
     """Causal attention with GQA, an optional sliding window and optional packed documents.
 
     (B, T, H, D) in and out. `document_ids` (B, T) gives each token's document within its row: a
-    query never sees keys of another document. The single dispatch point of the models: kernels
-    plug in here.
+    query never sees keys of another document. The models' single dispatch point into
+    `minibridge.kernels.attention`: Triton or flash-attn on a GPU, SDPA on CPU (blockwise over the
+    window for local layers); MINIBRIDGE_KERNEL_BACKEND=ref switches a whole run to the reference.
     """
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    gqa = q.shape[1] != k.shape[1]
-    if document_ids is None and (window is None or window >= k.shape[2]):
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
-    else:
-        mask = sliding_window_mask(q.shape[2], k.shape[2], window, q.device)
-        if document_ids is not None:  # (B, 1, T, T): same document and causal (and in the window)
-            mask = mask & (document_ids[:, None, :, None] == document_ids[:, None, None, :])
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
-    return out.transpose(1, 2)
+    return kernel_attention(q, k, v, causal=True, window=window, scale=scale, document_ids=document_ids)
 
 
 class Attention(nn.Module):

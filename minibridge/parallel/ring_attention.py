@@ -50,7 +50,7 @@ def chunk_ids(cp: int, rank: int) -> tuple[int, int]:
 
 def allowed_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
     """(Tq, Tk) bool, True where a query at q_pos may see a key at k_pos: causal, and inside the window
-    (keys q - W + 1 .. q) if one is given; the semantics of `models.common.sliding_window_mask`."""
+    (keys q - W + 1 .. q) if one is given; the semantics of `minibridge.kernels.attention_mask.allowed_mask`."""
     allowed = k_pos[None, :] <= q_pos[:, None]
     if window is not None:
         allowed &= k_pos[None, :] > q_pos[:, None] - window

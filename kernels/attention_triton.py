@@ -1,0 +1,235 @@
+"""Flash-attention 2 in Triton: forward here, backward in `attention_triton_bwd.py`.
+
+Layout: q (B, Tq, H, D), k and v (B, Tk, Hkv, D), any strides (views of fused projections and
+transposes are fine); the output is (B, Tq, H, D), contiguous, in q's dtype. Grouped-query attention
+never repeats K/V in memory: the program of query head h reads KV head h // (H // Hkv).
+
+Masking rules (the same as `attention_mask.allowed_mask`). Queries are the last Tq of the Tk
+positions, query i sits at position p = Tk - Tq + i (bottom-right alignment: a KV-cache step or a
+prefill chunk). Key j is allowed for query i iff
+  - causal:     j <= p, and with a window W also j > p - W (keys p - W + 1 .. p, HF semantics,
+                flash-attn's window_size=(W - 1, 0)); a window >= Tk is no window;
+  - documents:  document_ids[b, j] == document_ids[b, p] (packed sequences), combined with the above;
+  - causal=False allows every key (up to the documents), and takes no window.
+A query with no allowed key (impossible for causal self-attention) outputs 0 and has lse = -inf.
+
+Forward (one program per BLOCK_M queries of one (batch, head)): the program walks the key blocks
+in order with the online softmax: for each block, s = q k^T * scale (fp32 accumulation), masked
+entries set to -inf, running row max m and row sum l rescaled by exp(m_old - m_new), and the output
+accumulator acc rescaled likewise plus p v. Exponentials are exp2 of scores pre-multiplied by
+log2(e). At the end out = acc / l and the log-sum-exp lse = m + log l (natural log, fp32, (B, H, Tq))
+is kept for the backward. Only the key blocks that can hold an allowed key are visited: from the
+block holding key p_first - W + 1 (the window's left edge of the block's first query) up to the
+causal diagonal of its last query, so a local layer costs O(Tq x W), not O(Tq x Tk).
+
+Precision: fp32 inputs take IEEE fp32 dots (no TF32), bf16/fp16 inputs bf16/fp16 dots with fp32
+accumulation. Triton 3.9's interpreter computes `tl.dot` on bf16 operands wrongly, so under
+TRITON_INTERPRET=1 bf16 operands are upcast to fp32 first (DOT_FP32, see `_triton.py`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._triton import dot_in_fp32, interpreting, tl, triton
+from .attention_mask import check_attention_args
+
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------- shared device helpers
+@triton.jit
+def _dot(a, b, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
+    """a @ b with fp32 accumulation; operands upcast to fp32 first under the interpreter for bf16."""
+    if DOT_FP32:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _key_range(start_m, Tq, Tk, window, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[lo, hi) of the keys that queries start_m .. start_m + BLOCK_M - 1 may see; lo is block-aligned.
+
+    Causal: from the window's left edge of the first query (`window` is Tk when there is none, and
+    the edge first - Tk + 1 <= 0 is clamped to 0) to the diagonal of the last query.
+    """
+    if IS_CAUSAL:
+        first = Tk - Tq + start_m  # position of the block's first query
+        lo = tl.maximum(first - window + 1, 0) // BLOCK_N * BLOCK_N
+        hi = tl.minimum(first + BLOCK_M, Tk)
+    else:
+        lo = 0
+        hi = Tk
+    return lo, hi
+
+
+@triton.jit
+def _allowed(q_pos, k_pos, row_ok, col_ok, window, doc_q, doc_k, IS_CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) mask: inside the tensors, causal and in the window, same document."""
+    ok = row_ok[:, None] & col_ok[None, :]
+    if IS_CAUSAL:
+        ok = ok & (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] > q_pos[:, None] - window)
+    if HAS_DOCS:
+        ok = ok & (doc_q[:, None] == doc_k[None, :])
+    return ok
+
+
+@triton.jit
+def _load_docs(DOC, b, pos, ok, sdb, sdt, HAS_DOCS: tl.constexpr):
+    """document_ids[b, pos] (or the positions themselves when there are no documents: unused then)."""
+    if HAS_DOCS:
+        doc = tl.load(DOC + b * sdb + pos * sdt, mask=ok, other=-1)
+    else:
+        doc = pos
+    return doc
+
+
+# ----------------------------------------------------------------------------- forward kernel
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, O, LSE, DOC,
+    sqb, sqt, sqh, sqd, skb, skt, skh, skd, svb, svt, svh, svd, sob, sot, soh, sod, sdb, sdt,
+    H, GROUP, Tq, Tk, D, window, qk_scale,
+    IS_CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    hk = h // GROUP
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < Tq
+    d_ok = offs_d < D
+    q_pos = Tk - Tq + offs_m
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    doc_q = _load_docs(DOC, b, q_pos, row_ok, sdb, sdt, HAS_DOCS)
+    K += b * skb + hk * skh
+    V += b * svb + hk * svh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max of the log2-scaled scores
+    l_i = tl.zeros([BLOCK_M], tl.float32)  # running row sum of exp2(s - m_i)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    lo, hi = _key_range(start_m, Tq, Tk, window, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        k_pos = start_n + offs_n
+        col_ok = k_pos < Tk
+        kv_mask = col_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + k_pos[:, None] * skt + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
+        s = _dot(q, tl.trans(k), DOT_FP32, PRECISION) * qk_scale
+        doc_k = _load_docs(DOC, b, k_pos, col_ok, sdb, sdt, HAS_DOCS)
+        ok = _allowed(q_pos, k_pos, row_ok, col_ok, window, doc_q, doc_k, IS_CAUSAL, HAS_DOCS)
+        s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing allowed yet: no NaN
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + k_pos[:, None] * svt + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_FP32, PRECISION)
+        m_i = m_new
+
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :] * sod,
+             out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + (b * H + h) * Tq + offs_m, lse, mask=row_ok)
+
+
+# ----------------------------------------------------------------------------- host side
+def _block_sizes(D: int, kernel: str) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for kernel "fwd", "dkdv" or "dq".
+
+    BLOCK_M counts queries, BLOCK_N keys. The interpreter runs each program in Python: small blocks
+    waste the least work on the short sequences of the tests.
+    """
+    if interpreting():
+        return 16, 16, 4, 1
+    warps = 4 if D <= 64 else 8
+    if kernel == "fwd":
+        return (128, 64, warps, 3) if D <= 128 else (64, 32, 8, 2)
+    if kernel == "dkdv":  # a program holds BLOCK_N keys and their fp32 dK, dV accumulators
+        return (32, 64, warps, 2) if D <= 128 else (32, 32, 8, 1)
+    return (64, 32, warps, 2) if D <= 128 else (32, 32, 8, 1)  # dq
+
+
+def _block_d(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def _dot_config(dtype: torch.dtype) -> tuple[bool, str]:
+    """(DOT_FP32, PRECISION): fp32 operands take IEEE dots, never TF32."""
+    upcast = dot_in_fp32(dtype)
+    return upcast, "ieee" if upcast or dtype == torch.float32 else "tf32"
+
+
+def _doc_args(document_ids: torch.Tensor | None, like: torch.Tensor):
+    """(tensor, stride_b, stride_t, HAS_DOCS): a dummy pointer when there are no documents."""
+    if document_ids is None:
+        return like, 0, 0, False
+    return document_ids, document_ids.stride(0), document_ids.stride(1), True
+
+
+def _check(q, k, v, causal, window, document_ids) -> None:
+    check_attention_args("attention_triton", q, k, v, causal, window, document_ids)
+    if q.shape[-1] > 256:
+        raise ValueError(f"attention_triton: head_dim {q.shape[-1]} > 256 is not supported")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"attention_triton: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def attention_triton_forward(q, k, v, causal: bool, window: int | None, scale: float,
+                             document_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel alone: (out (B, Tq, H, D) in q's dtype, lse (B, H, Tq) fp32, natural log)."""
+    (B, Tq, H, D), Tk, Hkv = q.shape, k.shape[1], k.shape[2]
+    out = torch.empty(B, Tq, H, D, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    BLOCK_M, BLOCK_N, warps, stages = _block_sizes(D, "fwd")
+    dot_fp32, precision = _dot_config(q.dtype)
+    doc, sdb, sdt, has_docs = _doc_args(document_ids, q)
+    _fwd_kernel[(triton.cdiv(Tq, BLOCK_M), B * H)](
+        q, k, v, out, lse, doc, *q.stride(), *k.stride(), *v.stride(), *out.stride(), sdb, sdt,
+        H, H // Hkv, Tq, Tk, D, Tk if window is None else window, scale * LOG2E,
+        IS_CAUSAL=causal, HAS_DOCS=has_docs, DOT_FP32=dot_fp32, PRECISION=precision,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=_block_d(D), num_warps=warps, num_stages=stages,
+    )
+    return out, lse
+
+
+class _AttentionFunction(torch.autograd.Function):
+    """Forward and backward Triton kernels; the backward recomputes probabilities from the saved lse."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, window, scale, document_ids):
+        out, lse = attention_triton_forward(q, k, v, causal, window, scale, document_ids)
+        ctx.save_for_backward(q, k, v, out, lse, document_ids)
+        ctx.causal, ctx.window, ctx.scale = causal, window, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from .attention_triton_bwd import attention_triton_backward
+
+        q, k, v, out, lse, document_ids = ctx.saved_tensors
+        dq, dk, dv = attention_triton_backward(grad_out, q, k, v, out, lse, ctx.causal, ctx.window, ctx.scale,
+                                               document_ids)
+        return dq, dk, dv, None, None, None, None
+
+
+def attention_triton(q, k, v, causal: bool = True, window: int | None = None, scale: float | None = None,
+                     document_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v with the masking rules of the module docstring; differentiable
+    in q, k and v. q (B, Tq, H, D), k and v (B, Tk, Hkv, D); returns (B, Tq, H, D) in q's dtype."""
+    _check(q, k, v, causal, window, document_ids)
+    if window is not None and window >= k.shape[1]:
+        window = None  # every key is inside the window
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return _AttentionFunction.apply(q, k, v, causal, window, scale, document_ids)
