@@ -26,6 +26,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+	$(PY) benchmarks/summarize.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

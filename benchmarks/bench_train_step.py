@@ -126,7 +126,13 @@ def main():
     dtype = pick_dtype() if args.dtype == "auto" else args.dtype
     lines = [f"# bench_train_step (CPU, {dtype}, batch 1, best of {args.steps} step(s) after a warm-up)", "",
              "| case | side | seq | tokens/s | step (s) | peak RSS (GB) |", "|---|---|---|---|---|---|"]
-    ratios = []
+    ratios, efficiency = [], []
+    import torch
+
+    from minibridge.bridge import config_from_hf
+    from minibridge.training.flops import measure_cpu_matmul_flops, model_flops_per_token
+
+    matmul_rate = measure_cpu_matmul_flops({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype], seconds=2.0)
     for case in args.cases.split(","):
         results = {side: run_side(side, case, dtype, args.steps, args.seq_divisor) for side in ("minibridge", "hf")}
         for side, r in results.items():
@@ -135,10 +141,18 @@ def main():
             else:
                 lines.append(f"| {case} | {side} | {r['seq']} | {r['tokens_per_sec']:.1f} | {r['step_s']:.1f} | {r['peak_gb']:.2f} |")
             print(lines[-1], flush=True)
+        for side, r in results.items():  # achieved model FLOP/s as a fraction of this CPU's measured matmul rate
+            if isinstance(r, dict):
+                name, layers, _ = CASES[case]
+                achieved = r["tokens_per_sec"] * model_flops_per_token(config_from_hf(_hf_config(name, layers)), r["seq"])
+                efficiency.append(f"| {case} | {side} | {achieved / 1e9:.2f} | {achieved / matmul_rate:.1%} |")
         mb, hf = results["minibridge"], results["hf"]
         if isinstance(mb, dict) and isinstance(hf, dict):
             ratios.append(f"| {case} | {mb['tokens_per_sec'] / hf['tokens_per_sec']:.2f}x | {mb['peak_gb'] / hf['peak_gb']:.2f}x |")
     lines += ["", "| case | throughput minibridge / HF | peak memory minibridge / HF |", "|---|---|---|", *ratios]
+    lines += ["", f"Model FLOP/s (forward + backward, attention within the window) against this CPU's measured {dtype} "
+              f"matmul rate of {matmul_rate / 1e9:.1f} GFLOP/s:", "",
+              "| case | side | achieved GFLOP/s | fraction of the matmul rate |", "|---|---|---|---|", *efficiency]
     write_report("bench_train_step", lines)
 
 

@@ -19,6 +19,12 @@ import torch.nn.functional as F
 from .attention_mask import allowed_mask
 
 
+# Below ~1k keys one (T, T) masked SDPA call is as fast as the slices (measured here for Gemma 1B heads,
+# fwd+bwd: T=512 W=128 256 ms vs 296 ms; T=1024 W=512 1.9 s vs 0.38 s, SDPA's masked backward being the
+# slow part) and it keeps transformers' exact order of operations, so short sequences stay bit-identical.
+SLICES_FROM_KEYS = 1024
+
+
 def default_block(window: int) -> int:
     """Query rows per slice. Small blocks waste little (a slice computes block + W - 1 keys where W are
     needed), and SDPA stays efficient since GQA folds G heads of rows into each slice: W=512 gives 64,
@@ -34,7 +40,7 @@ def attention_cpu(q, k, v, causal: bool = True, window: int | None = None, scale
     if window is None or not causal or window >= Tk:
         return _sdpa(q, k, v, causal, None, scale, document_ids)
     block = block or default_block(window)
-    if Tk <= 4 * window:  # the (T, T) masked call is as cheap as the slices (and keeps SDPA's op order)
+    if Tk < SLICES_FROM_KEYS or Tk <= 2 * window:
         return _sdpa(q, k, v, causal, window, scale, document_ids)
     if Tq <= block:  # one slice: only the last Tq + W - 1 keys can be seen (a KV-cache step is O(W))
         start = max(0, Tk - Tq - window + 1)

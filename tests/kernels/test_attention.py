@@ -43,8 +43,17 @@ def _run(fn, q, k, v, dout, **kwargs):
     return [out.detach(), *torch.autograd.grad(out, leaves, dout.to(out.dtype))]
 
 
+@pytest.fixture
+def slices_always(monkeypatch):
+    """Take the blockwise path at any length (by default it starts at 1k keys) so small cases test it."""
+    monkeypatch.setattr(cpu_module, "SLICES_FROM_KEYS", 0)
+
+
+@pytest.mark.parametrize("sliced", [True, False], ids=["slices", "one-call"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
-def test_cpu_path_forward_and_gradients_follow_flash_rule(case):
+def test_cpu_path_forward_and_gradients_follow_flash_rule(case, sliced, monkeypatch):
+    if sliced:
+        monkeypatch.setattr(cpu_module, "SLICES_FROM_KEYS", 0)
     B, Tq, Tk, H, Hkv, D, window, docs = case
     q, k, v, document_ids = _inputs(B, Tq, Tk, H, Hkv, D, docs)
     dout = torch.randn(B, Tq, H, D, dtype=torch.float64)
@@ -77,7 +86,7 @@ def test_non_causal_and_bf16_on_cpu():
         assert_flash_rule(f"causal={causal}", got, attention_ref(*lowp, causal=causal, document_ids=docs), want)
 
 
-def test_sliding_window_cost_is_linear_in_sequence(monkeypatch):
+def test_sliding_window_cost_is_linear_in_sequence(monkeypatch, slices_always):
     """Every SDPA call of a local layer sees block + W - 1 keys, whatever T: cost O(T x W), not O(T^2)."""
     seen = []
     real = F.scaled_dot_product_attention
@@ -95,7 +104,7 @@ def test_sliding_window_cost_is_linear_in_sequence(monkeypatch):
     assert seen == [(T // block, 2 * block, block + window - 1) for T in (512, 2048)]
 
 
-def test_far_keys_are_never_read():
+def test_far_keys_are_never_read(slices_always):
     """NaN in keys beyond every query's window leaves the last queries finite (a (T, T) call would not)."""
     T, window = 600, 40
     q, k, v, _ = _inputs(1, T, T, 2, 1, 8, False)
@@ -104,6 +113,15 @@ def test_far_keys_are_never_read():
     out = attention(q.float(), k, v, window=window, backend="cpu")
     assert torch.isfinite(out[:, -100:]).all()
     assert torch.isnan(attention(q.float(), k, v, window=window, backend="ref")[:, -100:]).all()
+
+
+def test_long_sequences_take_the_slices_by_default(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_module, "_sliding_blocks", lambda *a: calls.append(a[0].shape[1]) or a[0])
+    q = torch.randn(1, cpu_module.SLICES_FROM_KEYS, 1, 4)
+    attention(q, q, q, window=64, backend="cpu")
+    attention(q[:, :-1], q[:, :-1], q[:, :-1], window=64, backend="cpu")  # one key short: one SDPA call
+    assert calls == [cpu_module.SLICES_FROM_KEYS]
 
 
 def test_cu_seqlens_and_document_ids_agree():
