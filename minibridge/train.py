@@ -24,11 +24,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<{width}}  {summary}")
             return 0
         config = build_config(args.recipe, args.pretrained_checkpoint, args.peft_scheme, args.overrides)
-        if config.peft is not None:
-            raise ConfigError(
-                f"peft scheme {config.peft.scheme!r}: LoRA/DoRA fine-tuning is not supported yet "
-                "(pass --peft_scheme none for full fine-tuning)"
-            )
         from .training.loop import Trainer
 
         trainer = Trainer(config)  # validates the layout against the world before any work

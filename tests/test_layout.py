@@ -11,6 +11,7 @@ RULES = {
     ROOT / "kernels": ("minibridge.kernels", {"minibridge.models", "minibridge.bridge", "minibridge.parallel", "minibridge.training", "minibridge.peft", "torch.distributed"}),
     ROOT / "minibridge" / "models": ("minibridge.models", {"minibridge.bridge", "minibridge.parallel", "minibridge.training", "minibridge.peft", "torch.distributed"}),
     ROOT / "minibridge" / "bridge": ("minibridge.bridge", {"minibridge.training"}),
+    ROOT / "minibridge" / "peft": ("minibridge.peft", {"minibridge.training"}),
 }
 
 

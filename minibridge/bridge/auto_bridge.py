@@ -4,6 +4,8 @@
     model = bridge.to_model(dtype=torch.float32, device="cpu")
     bridge.save_hf_pretrained(model, "out_dir")
     for name, tensor in bridge.export_hf_weights(model): ...
+    bridge.save_hf_adapter(peft_model, "adapter_dir")          # LoRA/DoRA adapters (minibridge.peft)
+    bridge.load_hf_adapter(model, "adapter_dir")
 """
 
 from __future__ import annotations
@@ -114,6 +116,27 @@ class AutoBridge:
 
     to_provider = to_megatron_provider
 
+    # ----------------------------------------------------------------- minibridge checkpoints (minibridge.conversion)
+    # The conversion package reads and writes training's checkpoint format, a layer above the bridge:
+    # these two methods import it when called, so the bridge package itself never depends on training.
+
+    @classmethod
+    def import_ckpt(cls, hf_model_path: str | os.PathLike, megatron_path: str | os.PathLike, **kwargs) -> Path:
+        """Write the HF checkpoint at `hf_model_path` as a minibridge checkpoint (the format training
+        saves and resumes from) at `megatron_path`; kwargs: tp, pp, dtype, overwrite, progress."""
+        from ..conversion import import_checkpoint
+
+        return import_checkpoint(hf_model_path, megatron_path, **kwargs)
+
+    def export_ckpt(self, megatron_path: str | os.PathLike, hf_path: str | os.PathLike, adapter_only: bool = False,
+                    **kwargs) -> Path:
+        """Write the minibridge checkpoint at `megatron_path` as an HF folder at `hf_path` (LoRA/DoRA
+        adapters merged), or with `adapter_only` its adapters as an HF PEFT folder; kwargs: dtype,
+        max_shard_size, overwrite, progress."""
+        from ..conversion import export_with_bridge
+
+        return export_with_bridge(self, megatron_path, hf_path, adapter_only=adapter_only, **kwargs)
+
     # ----------------------------------------------------------------- export
 
     def _hf_dtype(self, hf_name: str, model_dtype: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
@@ -128,6 +151,7 @@ class AutoBridge:
         """Yield (HF name, full tensor) for every model weight, in the source checkpoint's dtype
         (or `dtype`), one at a time. `model` may be a sharded model or this rank's pipeline chunks;
         under torchrun every rank must iterate (the tensors are gathered collectively)."""
+        _refuse_adapters(model)
         for name, tensor in full_parameters(model):
             hf_name = self.mapping.to_hf(name)
             tensor = tensor.to(self._hf_dtype(hf_name, tensor.dtype, dtype))
@@ -163,7 +187,9 @@ class AutoBridge:
         config.json and the tokenizer / generation files are copied from the source folder when there
         is one; a multimodal source keeps its vision weights, passed through byte for byte. `model` may
         be sharded or this rank's pipeline chunks: under torchrun every rank calls this, rank 0 writes.
+        A model with LoRA/DoRA adapters is refused: merge them first (`minibridge.peft.merge_peft`).
         """
+        _refuse_adapters(model)
         stream = self.export_hf_weights(model, dtype=dtype, cpu=True)
 
         passthrough = set(self._passthrough_names())
@@ -181,6 +207,24 @@ class AutoBridge:
             own = [e for e in entries if e[0] not in passthrough]
             return self._save_sharded(out_dir, entries, own, tensor_of, dims, max_shard_size, overwrite, progress)
         return self._write_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress)
+
+    # ----------------------------------------------------------------- adapters (minibridge.peft)
+
+    def save_hf_adapter(self, model, out_dir: str | os.PathLike, dtype: torch.dtype | None = None,
+                        overwrite: bool = False) -> Path:
+        """Write `model`'s LoRA/DoRA adapters as an HF PEFT folder (adapter_config.json +
+        adapter_model.safetensors) that `peft.PeftModel.from_pretrained(hf_model, out_dir)` loads.
+        `model` may be sharded or this rank's pipeline chunks: every rank calls this, rank 0 writes."""
+        from .peft_adapter import save_hf_adapter
+
+        return save_hf_adapter(self, model, out_dir, dtype=dtype, overwrite=overwrite)
+
+    def load_hf_adapter(self, model, folder: str | os.PathLike):
+        """Attach the adapters of an HF PEFT folder to `model` (as returned by `to_model`) and load them,
+        trainable, to continue training or to merge. Returns `model`."""
+        from .peft_adapter import load_hf_adapter
+
+        return load_hf_adapter(self, model, folder)
 
     def _save_sharded(self, out_dir, entries, own, tensor_of, dims, max_shard_size, overwrite, progress):
         """Every rank joins the gathers in the same order; global rank 0 writes the folder."""
@@ -208,6 +252,13 @@ class AutoBridge:
             else:
                 write_config(tmp, config_to_hf(self.config, DTYPE_NAMES_TORCH[entries[0][1]]))
         return Path(out_dir)
+
+
+def _refuse_adapters(model) -> None:
+    chunks = model if isinstance(model, (list, tuple)) else [model]
+    if any(".lora_" in name for chunk in chunks for name, _ in chunk.named_parameters()):
+        raise ValueError("the model carries LoRA/DoRA adapters: write them with bridge.save_hf_adapter(model, dir), or "
+                         "fold them in first: bridge.save_hf_pretrained(minibridge.peft.merge_peft(model), dir)")
 
 
 DTYPE_NAMES_TORCH = {dtype: str(dtype).removeprefix("torch.") for dtype in DTYPE_NAMES}

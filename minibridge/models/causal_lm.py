@@ -14,6 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from .common import RMSNorm, rope_tables
 from .output import OutputHead
 from .config import FULL, SLIDING, ModelConfig
+from .kv_cache import KVCache
 
 
 class CausalLM(nn.Module):
@@ -60,6 +61,8 @@ class CausalLM(nn.Module):
         loss_reduction: str = "mean",
         hidden_states: torch.Tensor | None = None,
         labels_shifted: bool = False,
+        kv_cache: KVCache | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
         """Logits (B, T, vocab), or with `labels` the next-token loss (HF convention: labels aligned with
         inputs, shifted inside, -100 ignored), averaged over tokens or, with loss_reduction="sum", summed.
@@ -67,18 +70,31 @@ class CausalLM(nn.Module):
         Packed sequences pass `position_ids` that restart at each document and `document_ids`.
         A pipeline stage after the first takes the previous stage's `hidden_states`; one before the
         last returns its hidden states.
+        Generation passes a `kv_cache` (models/kv_cache.py): `input_ids` are then the new tokens after
+        the cached ones (positions continue from the cache unless given), and `logits_to_keep=1` computes
+        the output layer for the last position only.
         """
         hidden = self.embed(input_ids) if self.is_first else hidden_states
         if position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            start = kv_cache.length if kv_cache is not None else 0
+            position_ids = torch.arange(start, start + input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         tables = self.rope(position_ids)
         full = self.recompute == "full" and torch.is_grad_enabled()
+        if kv_cache is not None:
+            kv_cache.begin(input_ids.shape[1], document_ids)
         for index, block in self.layers.items():
             args = (hidden, tables[self.config.layer_types[int(index)]], document_ids)
+            if kv_cache is not None:
+                hidden = block(*args, kv_cache=kv_cache.layer(int(index)))
+                continue
             # Full recomputation keeps only each block's input and reruns the block in backward.
             hidden = checkpoint(block, *args, use_reentrant=False) if full else block(*args)
+        if kv_cache is not None:
+            kv_cache.end()
         if not self.is_last:
             return hidden
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
         hidden = self.norm(hidden)
         if labels is None:
             return self.head.logits(hidden, self.output_weight())

@@ -118,7 +118,8 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], document_ids: torch.Tensor | None = None
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], document_ids: torch.Tensor | None = None,
+        kv_cache=None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, -1, self.head_dim)
@@ -127,6 +128,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, k, *rope)
+        if kv_cache is not None:  # generation (models/kv_cache.py): attend over the cached positions too
+            k, v, document_ids = kv_cache.update(k, v)
         if self.recompute_core and torch.is_grad_enabled():
             out = checkpoint(self.core, q, k, v, self.scale, self.window, document_ids, use_reentrant=False)
         else:

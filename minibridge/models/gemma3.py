@@ -32,8 +32,8 @@ class Gemma3Block(nn.Module):
         self.mlp = GatedMLP(config)
         self.post_mlp_norm = RMSNorm(h, eps, gemma=True)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], document_ids=None) -> torch.Tensor:
-        h = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope, document_ids))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], document_ids=None, kv_cache=None):
+        h = x + self.post_attn_norm(self.attn(self.attn_norm(x), rope, document_ids, kv_cache))
         return h + self.post_mlp_norm(self.mlp(self.mlp_norm(h)))
 
 

@@ -25,8 +25,8 @@ class LlamaBlock(nn.Module):
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = GatedMLP(config)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], document_ids=None) -> torch.Tensor:
-        h = x + self.attn(self.attn_norm(x), rope, document_ids)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], document_ids=None, kv_cache=None):
+        h = x + self.attn(self.attn_norm(x), rope, document_ids, kv_cache)
         return h + self.mlp(self.mlp_norm(h))
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+FEW_ROWS = 16  # OutputHead.logits: up to this many rows take the weight-streaming product on CPU
 
 
 def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -33,6 +34,13 @@ class OutputHead:
     """How final hidden states become logits and the loss."""
 
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        rows = hidden.numel() // hidden.shape[-1]
+        if 1 < rows <= FEW_ROWS and hidden.device.type == "cpu" and weight.dtype == torch.float32:
+            # A batch of decode steps: torch's fp32 CPU GEMM runs a few rows against the (vocab, hidden)
+            # weight about as one matrix-vector product each (4 rows ~4x the time of one), while
+            # weight @ hidden^T streams the weight once: 3.5x faster for 4 rows of Gemma's 262k x 1152.
+            flat = hidden.reshape(rows, hidden.shape[-1])
+            return (weight @ flat.t()).t().reshape(*hidden.shape[:-1], weight.shape[0])
         return F.linear(hidden, weight)
 
     def loss(self, hidden, weight, labels, reduction: str = "mean", shifted: bool = False):
@@ -49,9 +57,10 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_tokens):
         grad_hidden = torch.zeros_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        need_weight = ctx.needs_input_grad[1]  # False for a frozen output layer (LoRA / DoRA)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        need_grad = ctx.needs_input_grad[0] or need_weight
         for start in range(0, hidden.shape[0], chunk_tokens):
             h, t = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens]
             logits = F.linear(h, weight).float()
@@ -64,8 +73,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 grad_logits[torch.arange(len(t), device=t.device), t.clamp(min=0)] -= 1.0
                 grad_logits *= valid[:, None]
                 grad_hidden[start : start + chunk_tokens] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
-                grad_weight.addmm_(grad_logits.t(), h.float())
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+                if need_weight:
+                    grad_weight.addmm_(grad_logits.t(), h.float())
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if need_weight else None)
         return total
 
     @staticmethod
@@ -73,7 +83,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         # Scaled in place and handed over: autograd then adopts them as .grad without another copy
         # (the weight gradient alone is vocab x hidden, 1.2 GB in fp32 for Gemma 3 1B).
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden.mul_(grad_total.to(grad_hidden.dtype)), grad_weight.mul_(grad_total.to(grad_weight.dtype)), None, None
+        if grad_weight is not None:
+            grad_weight = grad_weight.mul_(grad_total.to(grad_weight.dtype))
+        return grad_hidden.mul_(grad_total.to(grad_hidden.dtype)), grad_weight, None, None
 
 
 class ChunkedOutputHead(OutputHead):

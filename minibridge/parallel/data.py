@@ -79,8 +79,9 @@ def finalize_pipeline_grads(chunks: list, dims: ParallelDims) -> None:
     if dims.config.pp == 1 or dims.embedding_group is None or not chunks[0].config.tie_word_embeddings:
         return
     for chunk in chunks:
-        if chunk.embed_tokens is not None and (chunk.is_first or chunk.is_last):
-            all_reduce_(grad_of(chunk.embed_tokens.weight), dims.embedding_group)
+        embed = chunk.embed_tokens
+        if embed is not None and embed.weight.requires_grad and (chunk.is_first or chunk.is_last):  # frozen: PEFT
+            all_reduce_(grad_of(embed.weight), dims.embedding_group)
 
 
 def zero_optimizer(params, dims: ParallelDims, optimizer_class=torch.optim.AdamW, **kwargs):

@@ -98,11 +98,13 @@ def block_of(tensor: torch.Tensor, spec: ShardSpec | None):
     return ShardedBlock(tensor, tuple(offsets), spec.full_shape)
 
 
-def training_state(model, optimizer=None, rank: int | None = None) -> dict:
-    """The flat DCP state: model blocks, this rank's optimizer state blocks, this rank's RNG."""
+def training_state(model, optimizer=None, rank: int | None = None, trainable_only: bool = False) -> dict:
+    """The flat DCP state: model blocks, this rank's optimizer state blocks, this rank's RNG.
+    `trainable_only` (PEFT): only parameters that train, i.e. the adapters; the frozen base is not saved."""
     chunks = model if isinstance(model, (list, tuple)) else [model]  # pipeline chunks of this rank
     specs = {n: s for c in chunks for n, s in getattr(c, "tp_specs", {}).items()}
-    state = {f"model.{n}": block_of(p.data, specs.get(n)) for c in chunks for n, p in c.named_parameters()}
+    state = {f"model.{n}": block_of(p.data, specs.get(n)) for c in chunks for n, p in c.named_parameters()
+             if p.requires_grad or not trainable_only}
     if optimizer is not None:
         for name, entries in optimizer.named_state().items():
             for key, value in entries.items():
@@ -135,7 +137,8 @@ def latest_iteration(save: str | Path) -> int | None:
     return int(text)
 
 
-def save_checkpoint(save: str | Path, iteration: int, model, optimizer, run_info: dict, keep_last: int | None = None):
+def save_checkpoint(save: str | Path, iteration: int, model, optimizer, run_info: dict, keep_last: int | None = None,
+                    trainable_only: bool = False):
     """Collective: every rank writes its blocks; rank 0 publishes the folder and moves `latest`."""
     save = Path(save)
     final = iteration_dir(save, iteration)
@@ -145,7 +148,7 @@ def save_checkpoint(save: str | Path, iteration: int, model, optimizer, run_info
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     _barrier()
-    dcp.save(training_state(model, optimizer, rank=_rank()), checkpoint_id=str(tmp), planner=_BlockSavePlanner())
+    dcp.save(training_state(model, optimizer, rank=_rank(), trainable_only=trainable_only), checkpoint_id=str(tmp), planner=_BlockSavePlanner())
     _fault_point("kill_during_save", iteration)
     _barrier()
     if _rank() == 0:
@@ -185,13 +188,14 @@ def read_run_info(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool = True) -> dict:
+def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool = True,
+                    trainable_only: bool = False) -> dict:
     """Fill `model` (and `optimizer`) in place from `folder` under the current layout; returns run.json."""
     folder = Path(folder)
     info = read_run_info(folder)
     reader = SafeFileSystemReader(str(folder))
     stored = reader.read_metadata().state_dict_metadata
-    state = training_state(model, optimizer, rank=_rank() if restore_rng else None)
+    state = training_state(model, optimizer, rank=_rank() if restore_rng else None, trainable_only=trainable_only)
     missing = [k for k in state if k not in stored and not k.startswith("rng.")]
     if missing:
         raise KeyError(f"{folder}: checkpoint lacks {missing[:5]}{' ...' if len(missing) > 5 else ''} (another model?)")

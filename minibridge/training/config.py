@@ -46,6 +46,7 @@ LOW_PRECISION = {
 PRECISIONS = MIXED_PRECISION + tuple(LOW_PRECISION)
 # Megatron's names of the four linear layers of a block; LoRA/DoRA target them (wildcards also allowed).
 PEFT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+PEFT_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # HF / minibridge names
 
 
 @dataclass
@@ -378,8 +379,8 @@ def _validate_peft(p: PeftConfig, ck: CheckpointConfig) -> None:
     if not p.target_modules:
         raise ConfigError("peft.target_modules is empty: nothing would be trained")
     for name in p.target_modules + p.exclude_modules:
-        if name not in PEFT_TARGETS and "*" not in name:
-            raise ConfigError(choice_message("peft.target_modules entry", name, PEFT_TARGETS,
+        if name not in PEFT_TARGETS + PEFT_MODULES and "*" not in name and "." not in name:
+            raise ConfigError(choice_message("peft.target_modules entry", name, PEFT_TARGETS + PEFT_MODULES,
                                               extra=" (or a wildcard pattern such as '*.layers.0.*.linear_qkv')"))
     if not ck.pretrained_checkpoint:
         raise ConfigError(f"peft.scheme={p.scheme!r} trains adapters on frozen weights, so it needs "

@@ -22,6 +22,7 @@ from ..parallel.context import split_batch_for_context_parallel
 from ..parallel.data import finalize_pipeline_grads
 from ..parallel.pipeline import MicroBatch, PipelineExecutor
 from ..parallel.collectives import all_reduce_
+from ..peft import apply_peft, base_model_fingerprint, count_parameters, merge_peft
 from . import checkpoint as ckpt
 from .config import ConfigContainer
 from .data import DataIterator, build_datasets, load_tokenizer
@@ -39,6 +40,7 @@ class TrainResult:
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     last_checkpoint: Path | None = None
     hf_export: Path | None = None
+    hf_adapter_export: Path | None = None  # PEFT runs: the adapters in HF PEFT format
 
 
 class Trainer:
@@ -88,14 +90,63 @@ class Trainer:
         # Pipeline ranks hold chunks (virtual stages); everything below treats the model as a list.
         self.chunks = model if isinstance(model, list) else [model]
         if source and not (Path(source) / "config.json").exists():  # a minibridge checkpoint: weights only
-            folder = ckpt.iteration_dir(source, ckpt.latest_iteration(source)) if (Path(source) / ckpt.LATEST).exists() else source
-            ckpt.load_checkpoint(folder, self.chunks, restore_rng=False)
+            if (Path(source) / ckpt.LATEST).exists():
+                source = ckpt.iteration_dir(source, ckpt.latest_iteration(source))
+            ckpt.load_checkpoint(source, self.chunks, restore_rng=False)
+        self.base_model = None  # PEFT: fingerprint of the frozen base the adapters belong to
+        if c.peft is not None:
+            self._attach_adapters(bridge.source or source)  # a hub id resolves to its local folder
         for chunk in self.chunks:
             chunk.set_recompute(c.model.recompute_granularity)
             if self.dims.tp == 1 and chunk.is_last:  # never hold (tokens x vocab) fp32 logits at once
                 chunk.head = ChunkedOutputHead(max(1, LOGITS_CHUNK_BYTES // (4 * chunk.config.vocab_size)))
         self.pipeline = PipelineExecutor(self.chunks, self.dims) if self.dims.pp > 1 else None
         return bridge, model
+
+    def _attach_adapters(self, source):
+        """LoRA/DoRA on the frozen pretrained model (initialised identically under every layout)."""
+        p = self.config.peft
+        apply_peft(self.chunks, p.scheme, rank=p.dim, alpha=p.alpha, dropout=p.dropout, targets=p.target_modules,
+                   exclude=p.exclude_modules, dropout_position=p.dropout_position, init=p.lora_A_init_method,
+                   seed=self.config.train.seed)
+        found = [base_model_fingerprint(source) if self.dims.rank == 0 else None]
+        dist.broadcast_object_list(found, src=0)
+        self.base_model = found[0]
+        trainable, total = count_parameters(self.chunks)
+        if self.dims.rank == 0:
+            layers = len(self.chunks[0].peft_config["modules"])
+            print(f"{p.scheme}: rank {p.dim}, alpha {p.alpha:g} on {layers} linear layers; trainable parameters "
+                  f"{trainable:,} of {total:,} ({100 * trainable / total:.3f}%)", flush=True)
+
+    def _peft_info(self) -> dict | None:
+        p = self.config.peft
+        if p is None:
+            return None
+        return {"scheme": p.scheme, "dim": p.dim, "modules": self.chunks[0].peft_config["modules"],
+                "base_model": self.base_model}
+
+    def _check_checkpoint_kind(self, folder: str) -> None:
+        """An adapter-only checkpoint resumes only a PEFT run with the same adapters on the same base."""
+        stored, ours = ckpt.read_run_info(folder).get("peft"), self._peft_info()
+        if stored is None and ours is None:
+            return
+        if stored is None:
+            raise ValueError(f"{folder} is a full-model checkpoint, but this run trains {ours['scheme']} adapters; "
+                             f"use another checkpoint.save / checkpoint.load folder, or drop --peft_scheme")
+        if ours is None:
+            raise ValueError(f"{folder} holds only {stored['scheme']} adapters; resume it with --peft_scheme "
+                             f"{stored['scheme']} on its base model {stored['base_model']['source']}")
+        theirs, mine = stored["base_model"], ours["base_model"]
+        if theirs["fingerprint"] != mine["fingerprint"]:
+            raise ValueError(
+                f"{folder} holds adapters trained on base model {theirs['source']} (fingerprint "
+                f"{theirs['fingerprint']}), but this run loads base model {mine['source']} (fingerprint "
+                f"{mine['fingerprint']}); adapters only fit the weights they were trained on: pass that "
+                f"--pretrained-checkpoint, or save to a fresh checkpoint.save folder")
+        for key in ("scheme", "dim", "modules"):
+            if stored[key] != ours[key]:
+                raise ValueError(f"{folder} holds adapters with peft {key}={stored[key]!r}, but this run asks for "
+                                 f"{ours[key]!r}; keep the peft settings of the run you resume")
 
     def _build_data(self):
         c = self.config
@@ -129,7 +180,9 @@ class Trainer:
                         break
         dist.broadcast_object_list(found, src=0)
         if found[0] is not None:
-            info = ckpt.load_checkpoint(found[0], self.chunks, self.optimizer)
+            self._check_checkpoint_kind(found[0])
+            info = ckpt.load_checkpoint(found[0], self.chunks, self.optimizer,
+                                        trainable_only=self.config.peft is not None)
             self.step = self.saved_step = info["iteration"]
             self.iterator.load_state_dict(info["data"])
             if self.dims.rank == 0:
@@ -220,8 +273,11 @@ class Trainer:
     def save(self) -> Path:
         info = {"config": self.config.to_dict(), "data": self.iterator.state_dict(),
                 "world_size": self.dims.world_size, "tp": self.dims.tp, "dp": self.dims.dp}
+        if self.config.peft is not None:  # adapters (and their optimizer state) only
+            info["peft"] = self._peft_info()
         folder = ckpt.save_checkpoint(self.save_dir, self.step, self.chunks, self.optimizer, info,
-                                      keep_last=self.config.checkpoint.keep_last)
+                                      keep_last=self.config.checkpoint.keep_last,
+                                      trainable_only=self.config.peft is not None)
         self.saved_step = self.step
         return folder
 
@@ -242,23 +298,31 @@ class Trainer:
                     result.last_checkpoint = self.save()
             if self.save_dir and self.step > 0 and self.saved_step != self.step:  # the final state
                 result.last_checkpoint = self.save()
-            result.hf_export = self._export_hf()
+            result.hf_export, result.hf_adapter_export = self._export_hf()
         finally:
             self.logger.finish()
         return result
 
-    def _export_hf(self) -> Path | None:
+    def _export_hf(self) -> tuple[Path | None, Path | None]:
+        """The final model as an HF folder; a PEFT run also writes its adapters in HF PEFT format to
+        `<folder>_adapter`, then merges them (fp32) into the weights it exports."""
         target = self.config.checkpoint.export_hf_on_finish
         if not target:
-            return None
+            return None, None
         if target is True:
             if self.save_dir is None:
                 raise ValueError("checkpoint.export_hf_on_finish=true needs checkpoint.save (or give a folder)")
             target = self.save_dir / "hf"
+        adapter = None
+        if self.config.peft is not None:
+            adapter = Path(f"{target}_adapter")
+            self.bridge.save_hf_adapter(self.chunks, adapter, overwrite=True)
+            merge_peft(self.chunks)  # the run is over: fold the adapters in for the full export
         out = self.bridge.save_hf_pretrained(self.chunks, target, overwrite=True, progress=self.dims.rank == 0)
         if self.dims.rank == 0:
-            print(f"exported the final model in Hugging Face format to {out}", flush=True)
-        return Path(out)
+            where = f" (adapters merged; the adapters alone in HF PEFT format in {adapter})" if adapter else ""
+            print(f"exported the final model in Hugging Face format to {out}{where}", flush=True)
+        return Path(out), adapter
 
 
 def pretrain(config: ConfigContainer) -> TrainResult:

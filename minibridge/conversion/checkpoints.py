@@ -1,0 +1,168 @@
+"""Finding, checking and loading minibridge checkpoints for conversion and generation.
+
+A checkpoint is the DCP format training writes (`minibridge.training.checkpoint`): a save folder with
+`latest_checkpointed_iteration.txt` and `iter_NNNNNNN/` folders, each holding DCP files and `run.json`.
+Before reading any tensor, a checkpoint is checked against the HF config it is meant for: the model
+sizes recorded in run.json, then the shape of every stored parameter, so a checkpoint of another model
+is refused with the names and values that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..bridge.loading import _skip_default_init, empty_model
+from ..models import ModelConfig, model_class
+from ..training import checkpoint as ckpt
+from ..training.safe_dcp import SafeFileSystemReader
+
+# The fields that decide which tensors a model has and their shapes: a checkpoint must agree on them.
+SHAPE_FIELDS = ("family", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                "num_kv_heads", "head_dim", "tie_word_embeddings", "attention_bias", "mlp_bias")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint belongs to another model than the HF config given with it."""
+
+
+def model_fingerprint(config: ModelConfig) -> str:
+    """A short digest of the shape-deciding fields (stored in run.json by `convert import`)."""
+    fields = {k: getattr(config, k) for k in SHAPE_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The iteration folder to read: the latest of a save folder, or `path` itself when it is one."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder; expected a minibridge checkpoint (a save folder with "
+                                f"{ckpt.LATEST}, or one of its iter_NNNNNNN folders)")
+    if (folder / ckpt.LATEST).is_file():
+        folder = ckpt.iteration_dir(folder, ckpt.latest_iteration(folder))
+    elif not (folder / ckpt.RUN_FILE).is_file():
+        hf_folder = (folder / "config.json").is_file()
+        hint = " (it looks like a Hugging Face folder: pass it as --hf-model)" if hf_folder else ""
+        raise FileNotFoundError(f"{folder}: not a minibridge checkpoint: neither {ckpt.LATEST} nor {ckpt.RUN_FILE} "
+                                f"is there{hint}")
+    if not (folder / ".metadata").is_file():
+        raise FileNotFoundError(f"{folder}: incomplete checkpoint, the DCP .metadata file is missing")
+    return folder
+
+
+def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
+    """(iteration folder, run.json, {DCP key: storage metadata}) of a checkpoint."""
+    folder = resolve_checkpoint(path)
+    try:
+        info = ckpt.read_run_info(folder)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{folder / ckpt.RUN_FILE}: not valid JSON ({err})") from None
+    stored = SafeFileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    return folder, info, stored
+
+
+def stored_model_config(info: dict) -> dict | None:
+    """The model config a run.json records (training and `convert import` both keep it here)."""
+    model = (info.get("config") or {}).get("model") or {}
+    return model.get("config") if isinstance(model, dict) else None
+
+
+def whole_model_inventory(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """name -> (full shape, dtype) of every parameter of the whole (single-device) model, in order."""
+    with torch.device("meta"), _skip_default_init():
+        model = model_class(config)(config)
+    return {n: (tuple(p.shape), p.dtype) for n, p in model.named_parameters()}
+
+
+def check_same_model(config: ModelConfig, hf_source: str | Path, folder: Path, info: dict, stored: dict,
+                     adapters_only: bool = False) -> None:
+    """Refuse a checkpoint whose model differs from `config` (read from `hf_source`)."""
+    recorded = stored_model_config(info)
+    if recorded:
+        diffs = [f"{k}={recorded.get(k)!r} (the HF config says {getattr(config, k)!r})"
+                 for k in SHAPE_FIELDS if k in recorded and recorded[k] != getattr(config, k)]
+        if diffs:
+            raise CheckpointMismatchError(
+                f"{folder} is a checkpoint of another model than {hf_source}/config.json: " + "; ".join(diffs))
+    if adapters_only:
+        return
+    for name, (shape, _) in whole_model_inventory(config).items():
+        meta = stored.get(f"model.{name}")
+        if meta is None:
+            raise CheckpointMismatchError(f"{folder}: parameter {name!r} is missing; the checkpoint does not hold "
+                                          f"the model of {hf_source}/config.json (or holds adapters only)")
+        if tuple(meta.size) != shape:
+            raise CheckpointMismatchError(
+                f"{folder}: parameter {name!r} has shape {list(meta.size)}, but the model of {hf_source}/config.json "
+                f"has {list(shape)}: a checkpoint of another model")
+
+
+def stored_dtype(stored: dict, adapters: bool = False) -> torch.dtype:
+    """The dtype of the stored model tensors (of the adapters, for an adapter checkpoint)."""
+    for key, meta in stored.items():
+        if key.startswith("model.") and (".lora_" in key) == adapters:
+            return meta.properties.dtype
+    return torch.float32
+
+
+def load_model_state(folder: Path, model, trainable_only: bool = False) -> None:
+    """Fill `model` (sharded or not) from the checkpoint, collectively under torchrun."""
+    with warnings.catch_warnings():  # DCP warns that a single process without a process group loads alone
+        warnings.filterwarnings("ignore", message=".*torch.distributed is .*")
+        ckpt.load_checkpoint(folder, model, restore_rng=False, trainable_only=trainable_only)
+
+
+def load_megatron_model(bridge, path: str | Path, parallel=None, dtype: torch.dtype | None = None,
+                        device=None, merge_adapters: bool = True, progress: bool = True):
+    """The model of `bridge` (an AutoBridge of the matching HF folder) with the weights of the minibridge
+    checkpoint at `path`: a full checkpoint is read directly (resharded to `parallel`); an adapter-only
+    (LoRA/DoRA) checkpoint is attached to its base model and, by default, merged into it.
+    `dtype` defaults to the dtype stored in the checkpoint."""
+    if parallel is not None and parallel.config.pp > 1:
+        raise ValueError("loading a checkpoint for export or generation supports tensor parallelism only (pp=1)")
+    folder, info, stored = read_checkpoint(path)
+    peft = info.get("peft")
+    check_same_model(bridge.config, bridge.source, folder, info, stored, adapters_only=peft is not None)
+    device = device or (parallel.device if parallel is not None else "cpu")
+    if peft is None:
+        model = empty_model(bridge.config, dtype or stored_dtype(stored), device, parallel)
+        load_model_state(folder, model)
+        return model
+    from ..peft import apply_peft, merge_peft
+
+    model = _load_base(bridge, folder, peft, parallel, dtype or stored_dtype(stored, adapters=True), device, progress)
+    settings = (info.get("config") or {}).get("peft") or {}
+    apply_peft(model, peft["scheme"], rank=peft["dim"], alpha=settings.get("alpha"), targets=peft["modules"],
+               dropout_position=settings.get("dropout_position", "pre"))
+    load_model_state(folder, model, trainable_only=True)
+    return merge_peft(model) if merge_adapters else model
+
+
+def _load_base(bridge, folder: Path, peft: dict, parallel, dtype, device, progress):
+    """The frozen base the adapters were trained on: the HF folder of `bridge` when its fingerprint is the
+    one recorded, else the recorded minibridge checkpoint when it is still there and unchanged."""
+    from ..peft import base_model_fingerprint
+
+    base = peft.get("base_model") or {}
+    wanted = base.get("fingerprint")
+    if wanted is None or base_model_fingerprint(bridge.source)["fingerprint"] == wanted:
+        return bridge.to_model(parallel=parallel, dtype=dtype, device=device, progress=progress)
+    recorded = Path(base.get("source", ""))
+    if recorded.is_dir() and not (recorded / "config.json").is_file():
+        try:
+            base_folder = resolve_checkpoint(recorded)
+        except FileNotFoundError:
+            base_folder = None
+        if base_folder is not None and base_model_fingerprint(recorded)["fingerprint"] == wanted:
+            model = empty_model(bridge.config, dtype, device, parallel)
+            load_model_state(base_folder, model)
+            return model
+    raise CheckpointMismatchError(
+        f"{folder} holds {peft['scheme']} adapters trained on base model {base.get('source')} (fingerprint "
+        f"{wanted}), but {bridge.source} has other weights (fingerprint "
+        f"{base_model_fingerprint(bridge.source)['fingerprint']}); adapters only fit the weights they were "
+        f"trained on: pass that base model's HF folder")

@@ -1,0 +1,185 @@
+"""minibridge checkpoint -> HF folder (`convert export`, `bridge.export_ckpt`), and the `roundtrip` check.
+
+A full-model checkpoint is streamed: for each tensor of the HF layout, DCP reads just that tensor
+(whatever layout wrote it: its chunks are put back together) and it is written to the safetensors
+file at once, so memory is bounded by the largest tensor. Tensors take the dtypes of the `--hf-model`
+folder's files, which also supplies config.json, the tokenizer and generation files, and (for a
+multimodal Gemma) the vision tower passed through. Under torchrun, rank 0 streams; the others wait.
+
+An adapter-only (LoRA/DoRA) checkpoint needs its base model: the adapters are attached to it (under
+torchrun, sharded over the ranks) and either merged into a full HF folder or written alone as an HF
+PEFT adapter (`adapter_only`). Output folders are written under a temporary name and renamed when
+complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+from ..bridge import AutoBridge
+from ..bridge.auto_bridge import HF_DEFAULT_MAX_SHARD_SIZE
+from ..bridge.hf_folder import HFFolder
+from ..bridge.safetensors_io import read_tensor
+from ..training.checkpoint import _BlockLoadPlanner
+from ..training.safe_dcp import SafeFileSystemReader
+from .checkpoints import check_same_model, load_megatron_model, read_checkpoint, whole_model_inventory
+
+
+class _CachedReader(SafeFileSystemReader):
+    """Reads (and safely unpickles) the DCP metadata once for the many single-tensor loads."""
+
+    _metadata = None
+
+    def read_metadata(self, *args, **kwargs):
+        if self._metadata is None:
+            self._metadata = super().read_metadata(*args, **kwargs)
+        return self._metadata
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def export_checkpoint(hf_model: str | os.PathLike, megatron_path: str | os.PathLike, hf_path: str | os.PathLike,
+                      adapter_only: bool = False, **kwargs) -> Path:
+    """Write the minibridge checkpoint at `megatron_path` as an HF folder at `hf_path`; `hf_model` is
+    the HF folder of the same model (config, tokenizer, dtypes). See `export_with_bridge`."""
+    return export_with_bridge(AutoBridge.from_hf_pretrained(hf_model), megatron_path, hf_path, adapter_only, **kwargs)
+
+
+def export_with_bridge(bridge: AutoBridge, megatron_path, hf_path, adapter_only: bool = False,
+                       dtype: torch.dtype | None = None, max_shard_size: int | str = HF_DEFAULT_MAX_SHARD_SIZE,
+                       overwrite: bool = False, progress: bool = True, tp: int = 1) -> Path:
+    """The export itself. A LoRA/DoRA checkpoint is merged into its base (or, with `adapter_only`,
+    written as an HF PEFT adapter folder), sharded over `tp` ranks under torchrun; `dtype` overrides
+    the tensors' dtype."""
+    from .importer import parallel_layout
+
+    if bridge.source is None:
+        raise ValueError("export needs the HF folder of the model (for its config, tokenizer and dtypes); "
+                         "use AutoBridge.from_hf_pretrained(folder)")
+    folder, info, stored = read_checkpoint(megatron_path)
+    peft = info.get("peft")
+    check_same_model(bridge.config, bridge.source, folder, info, stored, adapters_only=peft is not None)
+    dims = parallel_layout(bridge.config, tp, command="export")
+    if peft is not None:
+        return _export_peft(bridge, folder, hf_path, adapter_only, dims, dtype, max_shard_size, overwrite, progress)
+    if adapter_only:
+        raise ValueError(f"{folder} is a full-model checkpoint: it holds no LoRA/DoRA adapters for --adapter-only "
+                         "(that exports the adapters of a PEFT fine-tuning checkpoint)")
+    target = Path(hf_path)
+    if _rank() == 0:
+        _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwrite, progress)
+    if dist.is_initialized():
+        dist.barrier()
+    return target
+
+
+def _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwrite, progress) -> None:
+    reader = _CachedReader(str(folder))
+    local_of, entries = {}, []
+    for name, (shape, _) in whole_model_inventory(bridge.config).items():
+        hf_name = bridge.mapping.to_hf(name)
+        kept = stored[f"model.{name}"].properties.dtype
+        entries.append((hf_name, bridge._hf_dtype(hf_name, kept, dtype), shape))
+        local_of[hf_name] = (name, shape, kept)
+    out_dtype = {hf_name: d for hf_name, d, _ in entries}
+    for hf_name in bridge._passthrough_names():  # outside the text model (a multimodal Gemma's vision tower)
+        info = bridge.folder.tensors[hf_name]
+        entries.append((hf_name, info.dtype, info.shape))
+
+    def tensor_of(hf_name: str) -> torch.Tensor:
+        if hf_name not in local_of:
+            return read_tensor(bridge.folder.tensors[hf_name])
+        name, shape, kept = local_of[hf_name]
+        tensor = torch.empty(shape, dtype=kept)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed is .*")
+            dcp.load({f"model.{name}": tensor}, storage_reader=reader, planner=_BlockLoadPlanner(), no_dist=True)
+        return tensor.to(out_dtype[hf_name])
+
+    bridge._write_folder(target, entries, tensor_of, max_shard_size, overwrite, progress)
+
+
+def _export_peft(bridge, folder, hf_path, adapter_only, dims, dtype, max_shard_size, overwrite, progress) -> Path:
+    """Base + adapters as a model (this rank's shard under torchrun), then the collective writers."""
+    rank0 = dims is None or dims.rank == 0
+    model = load_megatron_model(bridge, folder, parallel=dims, dtype=dtype, merge_adapters=not adapter_only,
+                                progress=progress and rank0)
+    if adapter_only:
+        return bridge.save_hf_adapter(model, hf_path, overwrite=overwrite)
+    return bridge.save_hf_pretrained(model, hf_path, max_shard_size=max_shard_size, overwrite=overwrite,
+                                     progress=progress and rank0)
+
+
+# ------------------------------------------------------------------------------------- round trip
+
+
+@dataclass
+class TensorComparison:
+    name: str
+    status: str  # "identical", "values differ", "dtype differs", "shape differs", "missing", "unexpected"
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "identical"
+
+
+def compare_folders(reference: str | Path, candidate: str | Path) -> list[TensorComparison]:
+    """Every tensor of two HF folders, compared bit for bit, one tensor at a time."""
+    ref, cand = HFFolder(reference).tensors, HFFolder(candidate).tensors
+    out = []
+    for name in sorted(set(ref) | set(cand)):
+        if name not in cand:
+            out.append(TensorComparison(name, "missing", f"in {reference} only"))
+            continue
+        if name not in ref:
+            out.append(TensorComparison(name, "unexpected", f"in {candidate} only"))
+            continue
+        a, b = ref[name], cand[name]
+        if a.dtype != b.dtype:
+            out.append(TensorComparison(name, "dtype differs", f"{a.dtype} vs {b.dtype}"))
+        elif tuple(a.shape) != tuple(b.shape):
+            out.append(TensorComparison(name, "shape differs", f"{list(a.shape)} vs {list(b.shape)}"))
+        else:
+            x, y = read_tensor(a), read_tensor(b)
+            if torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8)):
+                out.append(TensorComparison(name, "identical"))
+            else:
+                diff = (x.double() - y.double()).abs()
+                out.append(TensorComparison(name, "values differ", f"max abs diff {diff.max().item():.3g}, "
+                                            f"{int((diff != 0).sum())} of {diff.numel()} elements"))
+    return out
+
+
+def roundtrip(hf_model: str | os.PathLike, tp: int = 1, pp: int = 1, work_dir: str | os.PathLike | None = None,
+              progress: bool = True) -> list[TensorComparison]:
+    """Import `hf_model`, export it back and compare every tensor with the source (on rank 0; other ranks
+    get an empty list). Intermediate folders live in a temporary folder under `work_dir`, removed after."""
+    from .importer import import_checkpoint, parallel_layout
+
+    bridge = AutoBridge.from_hf_pretrained(hf_model)
+    parallel_layout(bridge.config, tp, pp, command="roundtrip")
+    where = [tempfile.mkdtemp(prefix="minibridge-roundtrip-", dir=work_dir) if _rank() == 0 else None]
+    if dist.is_initialized():
+        dist.broadcast_object_list(where, src=0)
+    work = Path(where[0])
+    try:
+        import_checkpoint(hf_model, work / "megatron", tp=tp, pp=pp, progress=progress)
+        exported = export_with_bridge(bridge, work / "megatron", work / "hf", progress=progress)
+        return compare_folders(hf_model, exported) if _rank() == 0 else []
+    finally:
+        if dist.is_initialized():
+            dist.barrier()
+        if _rank() == 0:
+            shutil.rmtree(work, ignore_errors=True)

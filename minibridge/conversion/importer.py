@@ -1,0 +1,210 @@
+"""HF folder -> minibridge checkpoint (`convert import`, `AutoBridge.import_ckpt`), streamed.
+
+The checkpoint is the one training writes and resumes from (`--pretrained-checkpoint DIR`), a DCP
+folder resharded on load, so it serves any later layout. No model is ever allocated: each rank describes
+its parameter blocks under the requested layout (tp, pp) with their shapes only, and DCP asks for each
+block's data when it writes it, at which point the block is read from the safetensors (only this rank's
+slice of it). Memory is bounded by the largest tensor block, not the model.
+
+    <megatron_path>/latest_checkpointed_iteration.txt      "0"
+    <megatron_path>/iter_0000000/                          DCP files + run.json
+
+The folder is written under a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from tqdm.auto import tqdm
+
+from ..bridge import AutoBridge
+from ..bridge.sharded_io import read_block
+from ..models import model_class
+from ..parallel.dims import LayoutError, ParallelConfig, validate_model_layout
+from ..training import checkpoint as ckpt
+from .checkpoints import model_fingerprint
+
+ITERATION = 0
+
+
+class _LazyBlock(ckpt.ShardedBlock):
+    """A parameter block DCP plans with (shape and dtype only) and reads when it writes it."""
+
+    def __init__(self, read, shape, dtype, offsets, global_shape):
+        super().__init__(torch.empty(shape, dtype=dtype, device="meta"), offsets, global_shape)
+        self.read = read
+
+
+class _LazySavePlanner(ckpt._BlockSavePlanner):
+    def lookup_object(self, index):
+        block = self.state_dict[index.fqn]
+        return block.read() if isinstance(block, _LazyBlock) else super().lookup_object(index)
+
+
+def parallel_layout(config, tp: int = 1, pp: int = 1, vp: int = 1, command: str = "import"):
+    """The ParallelDims to convert under: None in a plain single process, else torchrun's world."""
+    layout = ParallelConfig(tp=tp, pp=pp, vp=vp)
+    layout.check_supported()
+    validate_model_layout(config, layout)
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        if tp * pp > 1:
+            raise LayoutError(
+                f"--tp {tp} --pp {pp} needs {tp * pp} processes: torchrun --nproc-per-node={tp * pp} -m "
+                f"minibridge.convert {command} ... (checkpoints are resharded on load, so a single-process "
+                f"import with --tp 1 serves every later layout too)")
+        return None
+    from ..parallel import initialize
+
+    return initialize(layout)
+
+
+def _stages(config, dims):
+    if dims is None or dims.config.pp == 1:
+        return [()]
+    from ..bridge.loading import pipeline_stages
+
+    return pipeline_stages(config, dims)
+
+
+def lazy_state(bridge: AutoBridge, dims, dtype: torch.dtype | None, bar) -> dict:
+    """DCP state of this rank's parameter blocks, each read from the HF folder when DCP writes it."""
+    from ..bridge.loading import _skip_default_init
+
+    config, tensors = bridge.config, bridge.folder.tensors
+    state = {}
+    for stage in _stages(config, dims):
+        with torch.device("meta"), _skip_default_init():
+            model = model_class(config)(config, *stage)
+        if dims is not None:
+            from ..parallel import apply_tensor_parallel
+
+            apply_tensor_parallel(model, dims)
+        specs = getattr(model, "tp_specs", {})
+        for name, param in model.named_parameters():
+            hf_name = bridge.mapping.to_hf(name)
+            info = tensors.get(hf_name)
+            spec = specs.get(name)
+            full = tuple(spec.full_shape) if spec is not None else tuple(param.shape)
+            if info is None:
+                raise KeyError(f"{bridge.source}: tensor {hf_name!r} (parameter {name}) is missing from the "
+                               "checkpoint files")
+            if tuple(info.shape) != full:
+                raise ValueError(f"{info.path}: tensor {hf_name!r} has shape {list(info.shape)}, but config.json "
+                                 f"implies {list(full)}")
+            state[f"model.{name}"] = _block(info, spec, tuple(param.shape), dtype or info.dtype, full, bar)
+    return state
+
+
+def _block(info, spec, local_shape, dtype, full, bar):
+    offsets, shape = [0] * len(full), list(local_shape)
+    rows = None
+    if spec is not None and spec.dim is not None and spec.size > 1:
+        start, stop = spec.local_range()
+        offsets[spec.dim] = start
+        if spec.kind == "vocab":  # padding rows past the real vocabulary are not stored (as training does)
+            rows = max(0, min(stop, full[0]) - start)
+            shape[0] = rows
+
+    def read():
+        out = torch.empty(local_shape, dtype=dtype)
+        read_block(info, out, spec)
+        bar.update(out.nbytes)
+        return out if rows is None else out[:rows]
+
+    return _LazyBlock(read, tuple(shape), dtype, tuple(offsets), full)
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _agree(ok: bool, message: str) -> None:
+    """Raise on every rank when rank 0 found a problem (so no rank waits in a collective)."""
+    flag = [None if ok else message]
+    if dist.is_initialized():
+        dist.broadcast_object_list(flag, src=0)
+    if flag[0] is not None:
+        raise FileExistsError(flag[0])
+
+
+def import_checkpoint(hf_model: str | os.PathLike, megatron_path: str | os.PathLike, tp: int = 1, pp: int = 1,
+                      vp: int = 1, dtype: torch.dtype | None = None, overwrite: bool = False,
+                      progress: bool = True) -> Path:
+    """Write the weights of the HF folder `hf_model` as a minibridge checkpoint at `megatron_path`;
+    returns the iteration folder. Tensors keep the checkpoint's dtypes unless `dtype` is given.
+    With tp/pp > 1 it runs under torchrun, each rank reading and writing its own blocks."""
+    bridge = AutoBridge.from_hf_pretrained(hf_model)
+    target = Path(megatron_path)
+    dims = parallel_layout(bridge.config, tp, pp, vp)
+    busy = target.exists() and (not target.is_dir() or any(target.iterdir()))
+    _agree(_rank() != 0 or not busy or overwrite,
+           f"{target} exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+    rank0 = _rank() == 0
+    bar = tqdm(unit="B", unit_scale=True, desc="importing", disable=not (progress and rank0))
+    state = lazy_state(bridge, dims, dtype, bar)
+    bar.total = sum(b.local.numel() * b.local.itemsize for b in state.values())
+    tmp = target.parent / f".{target.name}.importing"
+    final_iter = ckpt.iteration_dir(tmp, ITERATION)
+    if rank0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        final_iter.mkdir(parents=True)
+    _barrier()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch.distributed is .*")
+            dcp.save(state, checkpoint_id=str(final_iter), planner=_LazySavePlanner(),
+                     no_dist=not dist.is_initialized())
+        _barrier()
+        if rank0:
+            bar.close()
+            info = {"iteration": ITERATION, "config": {"model": {"config": _config_dict(bridge.config)}},
+                    "converted_from": {"hf_model": str(Path(hf_model).resolve()),
+                                       "architecture": bridge.architecture.name},
+                    "model_fingerprint": model_fingerprint(bridge.config),
+                    "world_size": dist.get_world_size() if dist.is_initialized() else 1, "tp": tp, "pp": pp,
+                    "dtype": str(dtype).removeprefix("torch.") if dtype else "as stored"}
+            ckpt._write_atomic(final_iter / ckpt.RUN_FILE, _json(info))
+            ckpt._write_atomic(tmp / ckpt.LATEST, str(ITERATION))
+            _publish(tmp, target)
+    except BaseException:
+        if rank0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _barrier()
+    return ckpt.iteration_dir(target, ITERATION)
+
+
+def _config_dict(config) -> dict:
+    from dataclasses import asdict
+
+    return asdict(config)
+
+
+def _json(data) -> str:
+    import json
+
+    return json.dumps(data, indent=2)
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename the complete temporary folder onto `target`, replacing an old one only at the end."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()

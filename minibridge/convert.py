@@ -1,0 +1,109 @@
+"""Checkpoint conversion on the command line, as in the Megatron Bridge docs:
+
+    python -m minibridge.convert import --hf-model DIR --megatron-path DIR [--tp N --pp N] [--dtype bf16]
+    python -m minibridge.convert export --hf-model DIR --megatron-path DIR --hf-path DIR [--adapter-only]
+    python -m minibridge.convert roundtrip --hf-model DIR [--tp N]
+    torchrun --nproc-per-node=2 -m minibridge.convert import --hf-model DIR --megatron-path DIR --tp 2
+
+`import` writes a minibridge checkpoint (what training saves and resumes from; `--pretrained-checkpoint`
+takes it). `export` writes an HF folder, merging LoRA/DoRA adapters, or with `--adapter-only` the
+adapters as an HF PEFT folder; `--hf-model` supplies the config, the tokenizer and the dtypes.
+`roundtrip` imports, exports and compares every tensor with the source; it exits 1 on any difference.
+Bad inputs exit 2 with a message naming the path and what was expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m minibridge.convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(cmd, megatron: bool = True):
+        cmd.add_argument("--hf-model", "--hf_model", required=True, help="Hugging Face model folder (or hub id)")
+        if megatron:
+            cmd.add_argument("--megatron-path", "--megatron_path", required=True, help="minibridge checkpoint folder")
+        cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    imp = sub.add_parser("import", help="HF folder -> minibridge checkpoint")
+    common(imp)
+    imp.add_argument("--tp", type=int, default=1, help="tensor parallel size of the written layout (under torchrun)")
+    imp.add_argument("--pp", type=int, default=1, help="pipeline parallel size of the written layout (under torchrun)")
+    imp.add_argument("--dtype", choices=DTYPES, help="cast the weights (default: keep the checkpoint's dtypes)")
+    imp.add_argument("--overwrite", action="store_true", help="replace a non-empty --megatron-path")
+
+    exp = sub.add_parser("export", help="minibridge checkpoint -> HF folder (or HF PEFT adapter)")
+    common(exp)
+    exp.add_argument("--hf-path", "--hf_path", required=True, help="output folder")
+    exp.add_argument("--adapter-only", "--adapter_only", action="store_true",
+                     help="write only the LoRA/DoRA adapters, as an HF PEFT folder")
+    exp.add_argument("--dtype", choices=DTYPES, help="cast the weights (default: the --hf-model files' dtypes)")
+    exp.add_argument("--max-shard-size", default="50GB", help="safetensors shard size (default 50GB)")
+    exp.add_argument("--tp", type=int, default=1, help="shard a LoRA/DoRA merge over tp ranks (under torchrun)")
+    exp.add_argument("--overwrite", action="store_true", help="replace a non-empty --hf-path")
+
+    rt = sub.add_parser("roundtrip", help="import, export and compare every tensor with the source")
+    common(rt, megatron=False)
+    rt.add_argument("--tp", type=int, default=1)
+    rt.add_argument("--pp", type=int, default=1)
+    rt.add_argument("--work-dir", help="where the intermediate folders go (default: the system's temp folder)")
+    return p
+
+
+def _dtype(name):
+    import torch
+
+    return getattr(torch, DTYPES[name]) if name else None
+
+
+def _rank0() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _report(results) -> int:
+    bad = [r for r in results if not r.ok]
+    width = max((len(r.name) for r in bad), default=0)
+    for r in bad:
+        print(f"  {r.name:<{width}}  {r.status}: {r.detail}")
+    print(f"roundtrip: {len(results)} tensors compared, {len(results) - len(bad)} identical, {len(bad)} differ")
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from .bridge import CorruptCheckpointError
+    from .conversion import export_checkpoint, import_checkpoint, roundtrip
+
+    progress = not args.no_progress
+    try:
+        if args.command == "import":
+            out = import_checkpoint(args.hf_model, args.megatron_path, tp=args.tp, pp=args.pp, dtype=_dtype(args.dtype),
+                                    overwrite=args.overwrite, progress=progress)
+            message = f"imported {args.hf_model} into {out}"
+        elif args.command == "export":
+            out = export_checkpoint(args.hf_model, args.megatron_path, args.hf_path, adapter_only=args.adapter_only,
+                                    dtype=_dtype(args.dtype), max_shard_size=args.max_shard_size,
+                                    overwrite=args.overwrite, progress=progress, tp=args.tp)
+            message = f"exported {args.megatron_path} to {out}" + (" (adapters only)" if args.adapter_only else "")
+        else:
+            results = roundtrip(args.hf_model, tp=args.tp, pp=args.pp, work_dir=args.work_dir, progress=progress)
+            return _report(results) if _rank0() else 0
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, CorruptCheckpointError) as err:
+        text = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"minibridge.convert {args.command}: {text}", file=sys.stderr)
+        return 2
+    if _rank0():
+        print(message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
