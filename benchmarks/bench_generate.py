@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_train_step import pick_dtype  # noqa: E402
-from report import write_report  # noqa: E402
+from report import run_child, write_report  # noqa: E402
 
 CASES = {"llama": ("Llama-3.2-1B", 2, 256), "gemma": ("gemma-3-1b-it", 6, 640)}
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
@@ -116,14 +115,7 @@ def child(side: str, folder: str, dtype_name: str, batch: int, length: int, new_
 
 
 def run_side(side, folder, dtype, batch, length, new_tokens, threads) -> dict | str:
-    cmd = [sys.executable, __file__, "--child", side, str(folder), dtype, str(batch), str(length), str(new_tokens),
-           str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode in (-9, 137):
-        return "killed (out of memory)"
-    if proc.returncode != 0:
-        return f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, side, folder, dtype, batch, length, new_tokens, threads)
 
 
 def _best(runs: list) -> dict | str:

@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from report import write_report  # noqa: E402
+from report import run_child, write_report  # noqa: E402
 
 SIDES = ("minibridge-full", "minibridge-lora", "hf+peft-lora")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -115,13 +114,7 @@ def pick_dtype() -> str:
 
 
 def run_side(side: str, dtype: str, layers: int, seq: int, steps: int) -> dict | str:
-    cmd = [sys.executable, __file__, "--child", side, dtype, str(layers), str(seq), str(steps)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode in (-9, 137):
-        return "killed (out of memory)"
-    if proc.returncode != 0:
-        return f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, side, dtype, layers, seq, steps)
 
 
 def main():

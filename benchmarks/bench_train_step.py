@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from report import write_report  # noqa: E402
+from report import run_child, write_report  # noqa: E402
 
 CASES = {"llama-2048": ("Llama-3.2-1B", 4, 2048), "gemma-4096": ("gemma-3-1b-it", 6, 4096),
          "gemma-8192": ("gemma-3-1b-it", 6, 8192)}
@@ -103,13 +102,7 @@ def pick_dtype() -> str:
 
 
 def run_side(side, case, dtype, steps, seq_divisor) -> dict | str:
-    cmd = [sys.executable, __file__, "--child", side, case, dtype, str(steps), str(seq_divisor)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode in (-9, 137):
-        return "killed (out of memory)"
-    if proc.returncode != 0:
-        return f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(__file__, side, case, dtype, steps, seq_divisor)
 
 
 def main():

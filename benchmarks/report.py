@@ -1,5 +1,8 @@
 """Shared by the benchmark scripts: print a markdown report and keep it under benchmarks/results/."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -23,3 +26,14 @@ def write_report(name: str, lines: list[str], device: str = "cpu", suffix: str =
     path = RESULTS / f"{name}-{device_tag(device)}.{suffix}"
     path.write_text(report)
     return path
+
+
+def run_child(script: str, *args) -> dict | str:
+    """Run `script --child args...` in a fresh process (so its peak RSS is its own) and return the JSON
+    dict its last stdout line holds, or a short reason why there is none (out of memory, an error)."""
+    proc = subprocess.run([sys.executable, script, "--child", *map(str, args)], capture_output=True, text=True)
+    if proc.returncode in (-9, 137):
+        return "killed (out of memory)"
+    if proc.returncode != 0:
+        return f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -55,3 +55,12 @@ def pydoc_data(tmp_path_factory):
     jsonl = folder / "pydoc.jsonl"
     jsonl.write_text("".join(_json.dumps({"text": t}) + "\n" for t in texts))
     return {"jsonl": str(jsonl), "tokenizer": str(tokenizer), "vocab_size": 512}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one torch thread is fastest, and never stalls on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

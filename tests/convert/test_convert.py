@@ -14,6 +14,8 @@ from minibridge import AutoBridge
 from minibridge.conversion import compare_folders, import_checkpoint
 from minibridge.convert import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _tp2_import(src, dst):
     assert main(["import", "--hf-model", src, "--megatron-path", dst, "--tp", "2", "--no-progress"]) == 0

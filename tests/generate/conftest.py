@@ -23,14 +23,3 @@ def tiny_lms(tmp_path_factory):
             shutil.copy(file, folder / file.name)
         out[key] = folder
     return out
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models decode one token at a time: one thread is fastest, and never stalls on a busy CPU."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -15,6 +15,8 @@ from minibridge import AutoBridge
 from minibridge.generate import GenerationStats, choose_tokens, generate, generate_ids, left_pad, main
 from minibridge.models import KVCache
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EOS, PAD = 1, 2
 
 
