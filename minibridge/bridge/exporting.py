@@ -41,13 +41,7 @@ def atomic_folder(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    publish_folder(tmp, final)
 
 
 def write_weights(
@@ -84,3 +78,14 @@ def copy_side_files(folder: Path, files: list[Path]) -> None:
     for path in files:
         shutil.copy2(path, folder / path.name)
 
+
+
+def publish_folder(tmp: Path, final: Path) -> None:
+    """Rename the complete folder `tmp` onto `final`, moving an old `final` aside only at the end."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()

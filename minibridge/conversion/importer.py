@@ -25,6 +25,7 @@ import torch.distributed.checkpoint as dcp
 from tqdm.auto import tqdm
 
 from ..bridge import AutoBridge
+from ..bridge.exporting import publish_folder
 from ..bridge.sharded_io import read_block
 from ..models import model_class
 from ..parallel.dims import LayoutError, ParallelConfig, validate_model_layout
@@ -178,7 +179,7 @@ def import_checkpoint(hf_model: str | os.PathLike, megatron_path: str | os.PathL
                     "dtype": str(dtype).removeprefix("torch.") if dtype else "as stored"}
             ckpt._write_atomic(final_iter / ckpt.RUN_FILE, _json(info))
             ckpt._write_atomic(tmp / ckpt.LATEST, str(ITERATION))
-            _publish(tmp, target)
+            publish_folder(tmp, target)
     except BaseException:
         if rank0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -197,14 +198,3 @@ def _json(data) -> str:
     import json
 
     return json.dumps(data, indent=2)
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename the complete temporary folder onto `target`, replacing an old one only at the end."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
