@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from report import run_child, write_report  # noqa: E402
+from report import best_training_step, run_child, write_report  # noqa: E402
 
 SIDES = ("minibridge-full", "minibridge-lora", "hf+peft-lora")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -87,15 +87,7 @@ def child(side: str, dtype_name: str, layers: int, seq: int, steps: int) -> dict
         vocab = cfg.vocab_size
     model.train()
     ids = torch.randint(0, vocab, (1, seq))
-    times = []
-    for _ in range(steps + 1):  # the first step warms up (allocator, optimizer state)
-        start = time.perf_counter()
-        loss = step_fn(ids)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        times.append(time.perf_counter() - start)
-    best = min(times[1:]) if len(times) > 1 else times[0]
+    best, loss = best_training_step(step_fn, optimizer, ids, steps)
     return {"step_s": best, "tokens_per_sec": seq / best, "peak_gb": _rss_gb() - base, "loss": float(loss),
             "trainable": int(trainable), "total": int(total)}
 

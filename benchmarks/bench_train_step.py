@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from report import run_child, write_report  # noqa: E402
+from report import best_training_step, run_child, write_report  # noqa: E402
 
 CASES = {"llama-2048": ("Llama-3.2-1B", 4, 2048), "gemma-4096": ("gemma-3-1b-it", 6, 4096),
          "gemma-8192": ("gemma-3-1b-it", 6, 8192)}
@@ -76,15 +76,7 @@ def child(side: str, case: str, dtype_name: str, steps: int, seq_divisor: int) -
         vocab = cfg.vocab_size
     model.train()
     ids = torch.randint(0, vocab, (1, seq))
-    times = []
-    for _ in range(steps + 1):  # the first step warms up (allocator, optimizer state)
-        start = time.perf_counter()
-        loss = step_fn(ids)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        times.append(time.perf_counter() - start)
-    best = min(times[1:]) if len(times) > 1 else times[0]
+    best, loss = best_training_step(step_fn, optimizer, ids, steps)
     return {"tokens_per_sec": seq / best, "step_s": best, "peak_gb": _rss_gb() - base, "loss": float(loss), "seq": seq}
 
 

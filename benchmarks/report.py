@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -37,3 +38,17 @@ def run_child(script: str, *args) -> dict | str:
     if proc.returncode != 0:
         return f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def best_training_step(step_fn, optimizer, ids, steps: int) -> tuple[float, float]:
+    """(best seconds, last loss) over `steps` forward + backward + optimizer steps after one warm-up
+    step (allocator, optimizer state); the best, since other processes only ever slow a step down."""
+    times = []
+    for _ in range(steps + 1):  # the first step warms up (allocator, optimizer state)
+        start = time.perf_counter()
+        loss = step_fn(ids)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter() - start)
+    return min(times[1:]) if len(times) > 1 else times[0], float(loss)
