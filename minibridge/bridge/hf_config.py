@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UnsupportedModelError
 from ..models.config import FULL, SLIDING, ModelConfig, RopeConfig
 
 
@@ -59,8 +60,6 @@ GEMMA3_DEFAULTS = dict(
 )
 
 
-class UnsupportedModelError(ValueError):
-    pass
 
 
 def read_config_json(folder: str | Path) -> dict:

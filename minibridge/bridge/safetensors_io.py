@@ -23,6 +23,8 @@ from typing import Iterable, Iterator
 
 import torch
 
+from ..errors import CorruptCheckpointError
+
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -32,8 +34,6 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's limit
 
 
-class CorruptCheckpointError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

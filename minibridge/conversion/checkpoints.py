@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import CheckpointMismatchError
 from ..bridge.loading import _skip_default_init, empty_model
 from ..models import ModelConfig, model_class
 from ..training import checkpoint as ckpt
@@ -26,8 +27,6 @@ SHAPE_FIELDS = ("family", "vocab_size", "hidden_size", "intermediate_size", "num
                 "num_kv_heads", "head_dim", "tie_word_embeddings", "attention_bias", "mlp_bias")
 
 
-class CheckpointMismatchError(ValueError):
-    """The checkpoint belongs to another model than the HF config given with it."""
 
 
 def model_fingerprint(config: ModelConfig) -> str:

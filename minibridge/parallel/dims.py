@@ -15,11 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from ..errors import LayoutError
 from ..models.config import ModelConfig
-
-
-class LayoutError(ValueError):
-    pass
 
 
 @dataclass

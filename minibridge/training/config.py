@@ -26,11 +26,10 @@ from typing import Literal
 
 import torch
 
+from ..errors import ConfigError
 from ..models.config import ModelConfig, RopeConfig
 
 
-class ConfigError(ValueError):
-    """A bad configuration value, raised before any work starts. The message names key and value."""
 
 
 # Megatron Bridge's mixed-precision recipe names (megatron/bridge/training/mixed_precision.py) plus "fp32".

@@ -26,11 +26,13 @@ from pathlib import Path
 
 import torch
 
+from ..errors import TrainingDivergedError
+
 _log = _stdlib_logging.getLogger("minibridge.training")
 REQUIRED_KEYS = ("loss", "lr", "grad_norm", "tokens_per_sec")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingDivergedError):
     """The loss became nan or inf; training cannot recover from this step on its own."""
 
     def __init__(self, loss: float, step: int, last_checkpoint: str | Path | None = None):

@@ -1,8 +1,8 @@
 """Error types of the data pipeline: every message names the file (and line or key) and the bad value."""
 
+from ...errors import DataError
 
-class DataError(ValueError):
-    """Bad data or bad data arguments: an unreadable row, an empty dataset, mismatched blend weights..."""
+__all__ = ["CorruptIndexError", "DataError"]
 
 
 class CorruptIndexError(DataError):
