@@ -1,21 +1,22 @@
-from setuptools import setup
+"""Package discovery; all metadata lives in pyproject.toml.
 
-# kernels/ and recipes/ sit at the top of the repository but install as minibridge.kernels and
-# minibridge.recipes, so no generic top-level `kernels` package lands in site-packages.
-setup(
-    name="minibridge",
-    version="0.1.0",
-    description="Llama 3 and Gemma 3 training in plain PyTorch with Hugging Face checkpoint import/export",
-    python_requires=">=3.10",
-    packages=[
-        "minibridge", "minibridge.models", "minibridge.bridge", "minibridge.parallel", "minibridge.training",
-        "minibridge.training.data", "minibridge.kernels", "minibridge.recipes",
-    ],
-    package_dir={"minibridge.kernels": "kernels", "minibridge.recipes": "recipes"},
-    # torch is installed first by the Makefile (a CPU wheel where there is no CUDA); any torch >= 2.4 does.
-    install_requires=["torch>=2.4", "safetensors>=0.4", "numpy", "tqdm", "huggingface_hub", "transformers>=4.50", "tokenizers"],
-    extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "hypothesis>=6", "transformers>=5.0", "peft", "psutil", "triton>=3.0; platform_system == 'Linux'"],
-        "flash": ["flash-attn"],
-    },
-)
+kernels/ and recipes/ sit at the top of the repository but install as minibridge.kernels and
+minibridge.recipes (PyPI has an unrelated top-level `kernels`), so only `minibridge` lands in
+site-packages. Every folder below minibridge/, kernels/ and recipes/ is found here, so a new subpackage
+needs no edit (tests/test_packaging.py checks that the wheel holds every file of the source tree).
+"""
+
+from setuptools import find_namespace_packages, setup
+
+SOURCES = {"minibridge": "minibridge", "minibridge.kernels": "kernels", "minibridge.recipes": "recipes"}
+
+
+def _packages() -> list[str]:
+    found = []
+    for name, folder in SOURCES.items():
+        subs = find_namespace_packages(folder, exclude=["__pycache__", "*.__pycache__"])
+        found += [name] + [f"{name}.{sub}" for sub in subs]
+    return found
+
+
+setup(packages=_packages(), package_dir={k: v for k, v in SOURCES.items() if k != v})
