@@ -32,7 +32,7 @@ def flash_window(window: int | None) -> tuple[int, int]:
 
 def attention_flash(q, k, v, causal: bool, window: int | None, scale: float, document_ids=None) -> torch.Tensor:
     if not HAS_FLASH_ATTN:
-        raise RuntimeError("flash-attn is not installed (pip install minibridge[flash] on a CUDA machine)")
+        raise RuntimeError("flash-attn is not installed (pip install flash-attn on a CUDA machine)")
     if document_ids is None:
         return flash_attn_func(q, k, v, softmax_scale=scale, causal=causal, window_size=flash_window(window))
     B, T, H, D = q.shape

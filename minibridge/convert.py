@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli import run_main
+
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -77,32 +79,30 @@ def _report(results) -> int:
     return 1 if bad else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from .bridge import CorruptCheckpointError
     from .conversion import export_checkpoint, import_checkpoint, roundtrip
 
     progress = not args.no_progress
-    try:
-        if args.command == "import":
-            out = import_checkpoint(args.hf_model, args.megatron_path, tp=args.tp, pp=args.pp, dtype=_dtype(args.dtype),
-                                    overwrite=args.overwrite, progress=progress)
-            message = f"imported {args.hf_model} into {out}"
-        elif args.command == "export":
-            out = export_checkpoint(args.hf_model, args.megatron_path, args.hf_path, adapter_only=args.adapter_only,
-                                    dtype=_dtype(args.dtype), max_shard_size=args.max_shard_size,
-                                    overwrite=args.overwrite, progress=progress, tp=args.tp)
-            message = f"exported {args.megatron_path} to {out}" + (" (adapters only)" if args.adapter_only else "")
-        else:
-            results = roundtrip(args.hf_model, tp=args.tp, pp=args.pp, work_dir=args.work_dir, progress=progress)
-            return _report(results) if _rank0() else 0
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, CorruptCheckpointError) as err:
-        text = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"minibridge.convert {args.command}: {text}", file=sys.stderr)
-        return 2
+    if args.command == "import":
+        out = import_checkpoint(args.hf_model, args.megatron_path, tp=args.tp, pp=args.pp, dtype=_dtype(args.dtype),
+                                overwrite=args.overwrite, progress=progress)
+        message = f"imported {args.hf_model} into {out}"
+    elif args.command == "export":
+        out = export_checkpoint(args.hf_model, args.megatron_path, args.hf_path, adapter_only=args.adapter_only,
+                                dtype=_dtype(args.dtype), max_shard_size=args.max_shard_size,
+                                overwrite=args.overwrite, progress=progress, tp=args.tp)
+        message = f"exported {args.megatron_path} to {out}" + (" (adapters only)" if args.adapter_only else "")
+    else:
+        results = roundtrip(args.hf_model, tp=args.tp, pp=args.pp, work_dir=args.work_dir, progress=progress)
+        return _report(results) if _rank0() else 0
     if _rank0():
         print(message)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("minibridge.convert", _main, argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ diverge.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .cli import run_main
+from .errors import ConfigError
 from .models import KVCache
 
 
@@ -53,6 +56,37 @@ class GenerationStats:
 
 
 # ------------------------------------------------------------------------------------------ sampling
+
+
+def sampling_settings(do_sample: bool, temperature: float | None, top_k: int | None, top_p: float | None,
+                      max_new_tokens: int) -> tuple[bool, float, int | None, float | None]:
+    """Checked (do_sample, temperature, top_k, top_p). Temperature 0 means greedy, whatever top-k/top-p
+    say (the limit of sampling as the temperature goes to 0)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens={max_new_tokens!r}: expected an integer >= 1")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not math.isfinite(temperature) or temperature < 0):
+        raise ConfigError(f"temperature={temperature!r}: expected a finite number >= 0 (0: greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ConfigError(f"top_k={top_k!r}: expected an integer >= 1 (or none for no top-k filtering)")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not math.isfinite(top_p) or not 0 < top_p <= 1):
+        raise ConfigError(f"top_p={top_p!r}: expected a number in (0, 1] (or none for no top-p filtering)")
+    if temperature == 0:
+        return False, 1.0, None, None
+    return do_sample, 1.0 if temperature is None else float(temperature), top_k, top_p
+
+
+def check_context(model, lengths: torch.Tensor, max_new_tokens: int) -> None:
+    """The longest prompt plus the new tokens stays within the positions the model was trained for."""
+    limit = model.config.max_position_embeddings
+    needed = int(lengths.max()) + max_new_tokens
+    if limit is not None and needed > limit:
+        raise ConfigError(
+            f"a prompt of {int(lengths.max())} tokens + max_new_tokens={max_new_tokens} needs {needed} positions, "
+            f"past the model's max_position_embeddings={limit}; lower max_new_tokens (or the prompt), or extend the "
+            f"context with a RoPE scaling (rope_scaling in config.json, e.g. linear with factor "
+            f"{-(-needed // limit)}) and max_position_embeddings={needed}")
 
 
 def choose_tokens(logits: torch.Tensor, do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
@@ -108,15 +142,15 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     """(B, N <= max_new_tokens) new token ids after left-padded `input_ids` (B, T) (`attention_mask`
     1 for real tokens, 0 for padding). Rows that reached EOS continue with `pad_token_id`."""
     if isinstance(model, (list, tuple)):
-        raise ValueError("generation runs a whole model; pipeline-parallel chunks are not supported")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens}: expected at least 1")
+        raise ConfigError("generation runs a whole model; pipeline-parallel chunks are not supported")
+    do_sample, temperature, top_k, top_p = sampling_settings(do_sample, temperature, top_k, top_p, max_new_tokens)
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     B, T = input_ids.shape
     mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.to(device).bool()
     if not mask.any(dim=1).all():
-        raise ValueError("every prompt needs at least one token")
+        raise ConfigError("every prompt needs at least one token")
+    check_context(model, mask.sum(dim=1), max_new_tokens)
     padded = not bool(mask.all())
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
     documents = torch.where(mask, 0, -1) if padded else None  # padding never attends to real tokens, nor they to it
@@ -163,7 +197,7 @@ def encode_prompts(tokenizer, prompts: list[str], apply_chat_template: bool = Fa
     for prompt in prompts:
         if apply_chat_template:
             if not getattr(tokenizer, "chat_template", None):
-                raise ValueError("apply_chat_template: the tokenizer has no chat template")
+                raise ConfigError("apply_chat_template: the tokenizer has no chat template")
             text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                  add_generation_prompt=True)
             encoded.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
@@ -202,7 +236,7 @@ def generate(model, tokenizer, prompts: str | list[str], max_new_tokens: int = 3
     single = isinstance(prompts, str)
     prompts = [prompts] if single else list(prompts)
     if not prompts:
-        raise ValueError("generate: no prompts")
+        raise ConfigError("generate: no prompts")
     eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
     pad = tokenizer.pad_token_id
     if pad is None:
@@ -226,7 +260,7 @@ def _parse(argv):
                    help="a minibridge checkpoint (from training or `minibridge.convert import`) to load instead")
     p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
     p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, help="sampling temperature (sampling when set and > 0)")
+    p.add_argument("--temperature", type=float, help="sampling temperature (sampling when > 0; 0: greedy)")
     p.add_argument("--top_k", "--top-k", type=int, help="sample among the k most likely tokens")
     p.add_argument("--top_p", "--top-p", type=float, help="sample among the most likely tokens of mass p")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default 0)")
@@ -245,52 +279,58 @@ def _eos_of_folder(folder, tokenizer):
 
     for name in ("generation_config.json", "config.json"):
         path = Path(folder) / name
-        if path.is_file():
+        if not path.is_file():
+            continue
+        try:
             data = json.loads(path.read_text())
-            eos = data.get("eos_token_id", (data.get("text_config") or {}).get("eos_token_id"))
-            if eos is not None:
-                return eos
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: not valid JSON ({err})") from None
+        data = data if isinstance(data, dict) else {}
+        text = data.get("text_config") if isinstance(data.get("text_config"), dict) else {}
+        eos = data.get("eos_token_id", text.get("eos_token_id"))
+        ids = eos if isinstance(eos, list) else [eos]
+        if eos is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            raise ConfigError(f"{path}: eos_token_id={eos!r}: expected a token id or a list of token ids")
+        if eos is not None:
+            return eos
     return tokenizer.eos_token_id
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     from .bridge import AutoBridge
+    from .bridge.hf_folder import check_contained
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     tp = args.tp or world
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
+    wants_sampling = bool(args.temperature) or args.top_k is not None or args.top_p is not None
+    do_sample, temperature, top_k, top_p = sampling_settings(wants_sampling, args.temperature, args.top_k,
+                                                             args.top_p, args.max_new_tokens)
+    bridge = AutoBridge.from_hf_pretrained(args.hf_model_path)
+    from transformers import AutoTokenizer
+
     try:
-        if args.temperature is not None and args.temperature < 0:
-            raise ValueError(f"--temperature {args.temperature}: expected a value >= 0")
-        bridge = AutoBridge.from_hf_pretrained(args.hf_model_path)
-        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(str(check_contained(bridge.source)), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{args.hf_model_path}: no usable tokenizer ({err})") from None
+    dims = None
+    if tp > 1 or world > 1:
+        from .parallel import ParallelConfig, initialize
 
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(args.hf_model_path))
-        except (OSError, ValueError) as err:
-            raise FileNotFoundError(f"{args.hf_model_path}: no usable tokenizer ({err})") from None
-        dims = None
-        if tp > 1 or world > 1:
-            from .parallel import ParallelConfig, initialize
+        dims = initialize(ParallelConfig(tp=tp))
+    device = args.device or (dims.device if dims is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    rank0 = dims is None or dims.rank == 0
+    if args.megatron_model_path:
+        from .conversion import load_megatron_model
 
-            dims = initialize(ParallelConfig(tp=tp))
-        device = args.device or (dims.device if dims is not None else "cuda" if torch.cuda.is_available() else "cpu")
-        rank0 = dims is None or dims.rank == 0
-        if args.megatron_model_path:
-            from .conversion import load_megatron_model
-
-            model = load_megatron_model(bridge, args.megatron_model_path, parallel=dims, dtype=dtype, device=device)
-        else:
-            model = bridge.to_model(parallel=dims, dtype=dtype, device=device, progress=rank0)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"minibridge.generate: {err}", file=sys.stderr)
-        return 2
+        model = load_megatron_model(bridge, args.megatron_model_path, parallel=dims, dtype=dtype, device=device)
+    else:
+        model = bridge.to_model(parallel=dims, dtype=dtype, device=device, progress=rank0)
     model.eval()
-    do_sample = bool(args.temperature) or bool(args.top_k) or args.top_p is not None
     stats = GenerationStats()
     texts = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, do_sample=do_sample,
-                     temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                     temperature=temperature, top_k=top_k, top_p=top_p, seed=args.seed,
                      eos_token_id=_eos_of_folder(args.hf_model_path, tokenizer),
                      apply_chat_template=args.apply_chat_template, stats=stats)
     if rank0:
@@ -298,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"=== prompt: {prompt}\n{text}", flush=True)
         print(stats.summary(), flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("minibridge.generate", _main, argv)
 
 
 if __name__ == "__main__":

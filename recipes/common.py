@@ -9,11 +9,12 @@ needs no download to pretrain from scratch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
-from minibridge.bridge.hf_config import config_from_hf
+from minibridge.bridge.hf_config import config_from_hf, read_config_json
+from minibridge.bridge.hf_folder import inside
+from minibridge.bridge.json_checks import parse_json
 from minibridge.models.config import ModelConfig
 from minibridge.training.config import (
     CheckpointConfig, ConfigContainer, ConfigError, DatasetConfig, LoggerConfig, ModelSettings, OptimizerConfig,
@@ -65,12 +66,12 @@ def architecture(hf_path: str) -> ModelConfig:
     return config_from_hf(HF_CONFIGS[hf_path], source=f"built-in {hf_path}")
 
 
-def output_dirs(dir: str | None, name: str) -> tuple[str, str]:
-    """(checkpoint dir, tensorboard dir) as Megatron Bridge lays them out: {dir}/{name}/checkpoints and
-    {dir}/{name}/tb_logs. Without `dir`: $SAVE_DIR, else ./nemo_experiments (Megatron Bridge's default)."""
+def checkpoint_dir(dir: str | None, name: str) -> str:
+    """{dir}/{name}/checkpoints as Megatron Bridge lays it out; without `dir`: $SAVE_DIR, else
+    ./nemo_experiments (Megatron Bridge's default). TensorBoard follows the run into <save>/tb_logs
+    (logger.tensorboard_dir="auto"), wherever checkpoint.save is moved."""
     base = dir or os.environ.get("SAVE_DIR") or os.path.join(os.getcwd(), "nemo_experiments")
-    run = os.path.join(base, name)
-    return os.path.join(run, "checkpoints"), os.path.join(run, "tb_logs")
+    return os.path.join(base, name, "checkpoints")
 
 
 def split_blend(data_paths: list[str] | None) -> tuple[list[str], list[float] | None]:
@@ -119,7 +120,7 @@ def checkpoint_architecture(pretrained_checkpoint: str | None) -> ModelConfig | 
     """The architecture of an HF folder (its config.json); None for anything else."""
     if pretrained_checkpoint and (Path(pretrained_checkpoint) / "config.json").is_file():
         path = Path(pretrained_checkpoint) / "config.json"
-        return config_from_hf(json.loads(path.read_text()), source=str(path))
+        return config_from_hf(read_config_json(pretrained_checkpoint), source=str(path))
     return None
 
 
@@ -140,15 +141,17 @@ def finetune_architecture(builtin: ModelConfig, pretrained_checkpoint: str | Non
 
 def tokenizer_vocab_size(folder: str) -> int:
     """Number of token ids of an HF tokenizer folder (tokenizer.json: vocabulary + added tokens)."""
-    path = Path(folder) / "tokenizer.json"
+    path = inside(folder, "tokenizer.json")
     if not path.is_file():
         raise ConfigError(f"tokenizer={folder}: no tokenizer.json there; expected a Hugging Face tokenizer folder")
-    data = json.loads(path.read_text())
-    vocab = (data.get("model") or {}).get("vocab") or {}
-    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))  # BPE dict / Unigram list
-    ids += [t["id"] for t in data.get("added_tokens", [])]
-    if not ids:
-        raise ConfigError(f"{path}: no vocabulary found under model.vocab or added_tokens")
+    data = parse_json(path.read_bytes(), str(path))
+    model = data.get("model") if isinstance(data, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab))) if isinstance(vocab, list) else []
+    ids += [t.get("id") for t in (data.get("added_tokens") or []) if isinstance(t, dict)] if isinstance(data, dict) else []
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ConfigError(f"{path}: expected token ids (integers >= 0) under model.vocab (BPE dict or Unigram list) "
+                          f"and added_tokens")
     return max(ids) + 1
 
 
@@ -168,7 +171,11 @@ def make_container(
     if not isinstance(precision_config, str):
         raise ConfigError(f"precision_config={precision_config!r}: expected a mixed-precision recipe name such "
                           f"as 'bf16_mixed' or 'fp32'")
-    checkpoint_dir, tensorboard_dir = output_dirs(dir, name)
+    save = checkpoint_dir(dir, name)
+    if not finetune and pretrained_checkpoint is None and seq_length > arch.max_position_embeddings:
+        # Pretraining from scratch at a longer context (the 16k/64k/128k recipes): the model being made
+        # is trained for seq_length positions, as Megatron Bridge's providers take them from seq_length.
+        arch = dataclasses.replace(arch, max_position_embeddings=seq_length)
     paths, weights = split_blend(data_paths)
     kind = "mock" if mock else dataset_kind(paths, finetune)
     if tokenizer is None and checkpoint_architecture(pretrained_checkpoint) is not None:
@@ -189,9 +196,9 @@ def make_container(
         scheduler=SchedulerConfig(lr_warmup_iters=lr_warmup_iters, lr_decay_iters=lr_decay_iters),
         dataset=DatasetConfig(kind=kind, data_paths=paths, blend_weights=weights, seq_length=seq_length,
                               tokenizer=tokenizer, packing=packing, num_workers=num_workers),
-        checkpoint=CheckpointConfig(save=checkpoint_dir, load=checkpoint_dir, save_interval=save_interval,
+        checkpoint=CheckpointConfig(save=save, load=save, save_interval=save_interval,
                                     pretrained_checkpoint=pretrained_checkpoint),
-        logger=LoggerConfig(log_interval=log_interval, tensorboard_dir=tensorboard_dir, wandb_project=wandb_project,
+        logger=LoggerConfig(log_interval=log_interval, wandb_project=wandb_project,
                             wandb_entity=wandb_entity, wandb_exp_name=wandb_exp_name),
         peft=peft,
         mixed_precision=precision_config,

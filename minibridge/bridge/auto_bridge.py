@@ -16,10 +16,12 @@ from typing import Iterator
 
 import torch
 
+from ..errors import ConfigError
+from ..files import busy_message
 from ..models import CausalLM, ModelConfig
 from .exporting import atomic_folder, copy_side_files, write_config, write_weights
 from .hf_config import ARCHITECTURES, Architecture, architecture_of, config_from_hf, config_to_hf, read_config_json
-from .hf_folder import HFFolder, resolve_model_path
+from .hf_folder import HFFolder, inside, resolve_model_path
 from .loading import empty_model, init_fresh_weights, load_hf_weights, pipeline_stages
 from .mappings import WeightMapping
 from .safetensors_io import DTYPE_NAMES, parse_size, read_tensor
@@ -60,7 +62,11 @@ class AutoBridge:
 
     @classmethod
     def supports(cls, hf_config: dict) -> bool:
-        return any(a in ARCHITECTURES for a in hf_config.get("architectures") or [])
+        try:
+            architecture_of(hf_config)
+        except ConfigError:
+            return False
+        return True
 
     @property
     def folder(self) -> HFFolder | None:
@@ -231,11 +237,10 @@ class AutoBridge:
         import torch.distributed as dist
 
         # Agree up front on whether rank 0 may write, so no rank is left waiting in a gather.
-        target = Path(out_dir)
-        refused = torch.tensor([dims.rank == 0 and target.exists() and any(target.iterdir()) and not overwrite])
-        dist.broadcast(refused, src=0)
-        if refused.item():
-            raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True to replace it")
+        refusal = [busy_message(Path(out_dir)) if dims.rank == 0 and not overwrite else None]
+        dist.broadcast_object_list(refusal, src=0)
+        if refusal[0] is not None:
+            raise FileExistsError(refusal[0])
         if dims.rank == 0:
             self._write_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress)
         else:
@@ -248,7 +253,7 @@ class AutoBridge:
         with atomic_folder(out_dir, overwrite=overwrite) as tmp:
             write_weights(tmp, entries, tensor_of, parse_size(max_shard_size), progress=progress)
             if self.source is not None:
-                copy_side_files(tmp, self.folder.side_files() + [self.source / "config.json"])
+                copy_side_files(tmp, self.folder.side_files() + [inside(self.source, "config.json")])
             else:
                 write_config(tmp, config_to_hf(self.config, DTYPE_NAMES_TORCH[entries[0][1]]))
         return Path(out_dir)
@@ -257,7 +262,7 @@ class AutoBridge:
 def _refuse_adapters(model) -> None:
     chunks = model if isinstance(model, (list, tuple)) else [model]
     if any(".lora_" in name for chunk in chunks for name, _ in chunk.named_parameters()):
-        raise ValueError("the model carries LoRA/DoRA adapters: write them with bridge.save_hf_adapter(model, dir), or "
+        raise ConfigError("the model carries LoRA/DoRA adapters: write them with bridge.save_hf_adapter(model, dir), or "
                          "fold them in first: bridge.save_hf_pretrained(minibridge.peft.merge_peft(model), dir)")
 
 

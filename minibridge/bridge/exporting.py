@@ -1,47 +1,26 @@
 """Write an HF model folder: sharded safetensors (+ index), config.json and the source's side files.
 
-Everything is written into a temporary sibling folder that is renamed onto the final name only when
-complete, so an interrupted export never leaves a partial folder under the name a user asked for.
+Everything is written into a temporary sibling folder (`minibridge.files.atomic_folder`) that is renamed
+onto the final name only when complete, so an interrupted export never leaves a partial folder under
+the name a user asked for. A write that fails (a full disk) names the file it was writing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from ..files import atomic_folder, naming_failures, publish_folder
 from .hf_folder import INDEX_NAME, SINGLE_NAME
 from .safetensors_io import numel, plan_shards, write_safetensors
 
 Entry = tuple[str, torch.dtype, tuple[int, ...]]
-
-
-@contextlib.contextmanager
-def atomic_folder(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder that becomes `final` when the block completes, and vanishes if it fails.
-
-    A non-empty `final` is refused unless `overwrite`; then it is replaced only after the new folder
-    is complete.
-    """
-    final = Path(final)
-    if final.exists() and (not final.is_dir() or any(final.iterdir())) and not overwrite:
-        raise FileExistsError(f"{final} exists and is not empty; pass overwrite=True to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish_folder(tmp, final)
+__all__ = ["atomic_folder", "copy_side_files", "publish_folder", "write_config", "write_weights"]
 
 
 def write_weights(
@@ -62,30 +41,27 @@ def write_weights(
     weight_map = {}
     for k, shard in enumerate(shards, 1):
         file = SINGLE_NAME if len(shards) == 1 else f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-        write_safetensors(folder / file, shard, stream(shard))
+        with naming_failures(folder / file):
+            write_safetensors(folder / file, shard, stream(shard))
         weight_map.update({name: file for name, _, _ in shard})
     bar.close()
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        write_text(folder / INDEX_NAME, json.dumps(index, indent=2) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    with naming_failures(path):
+        path.write_text(text)
 
 
 def write_config(folder: Path, config: dict) -> None:
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def copy_side_files(folder: Path, files: list[Path]) -> None:
     for path in files:
-        shutil.copy2(path, folder / path.name)
+        with naming_failures(folder / path.name):
+            shutil.copyfile(path, folder / path.name)  # the bytes only: never a link, nor its permissions
 
 
-
-def publish_folder(tmp: Path, final: Path) -> None:
-    """Rename the complete folder `tmp` onto `final`, moving an old `final` aside only at the end."""
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()

@@ -3,17 +3,21 @@
 Accepts both spellings transformers has used: 4.x (`rope_theta`, `rope_scaling`, `rope_local_base_freq`,
 `sliding_window_pattern`) and 5.x (`rope_parameters`, per layer type for Gemma, and `layer_types`), and
 the nested `text_config` of multimodal Gemma 3. Missing keys take transformers' class defaults, which
-is what `from_pretrained` does (the gemma-3-4b config, for example, omits most text sizes).
+is what `from_pretrained` does (the gemma-3-4b config, for example, omits most text sizes), except the
+sizes of a text-only config, which must be stated. Every value is type- and range-checked first
+(json_checks.Fields): a bad one is a ConfigError naming the file and the key path, an unsupported
+feature an UnsupportedModelError.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UnsupportedModelError
-from ..models.config import FULL, SLIDING, ModelConfig, RopeConfig
+from ..errors import ConfigError, UnsupportedModelError
+from ..models.config import ACTIVATIONS, FULL, SLIDING, ModelConfig, RopeConfig
+from .hf_folder import inside
+from .json_checks import MAX_INT, REQUIRED, Fields, parse_json
 
 
 @dataclass(frozen=True)
@@ -58,98 +62,140 @@ GEMMA3_DEFAULTS = dict(
     rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=False, query_pre_attn_scalar=256, pad_token_id=0,
     sliding_window=4096, sliding_window_pattern=6, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
 )
-
-
+# The sizes a text-only config.json must state (what each means, for the error message).
+SIZES = dict(
+    vocab_size="the vocabulary size", hidden_size="the model's width", intermediate_size="the MLP's width",
+    num_hidden_layers="the number of layers", num_attention_heads="the number of attention heads",
+)
+ROPE_TYPES = ("default", "linear", "llama3")
+MAXIMA = {"num_hidden_layers": 100_000}  # a list entry per layer is built from it (the largest has 126)
 
 
 def read_config_json(folder: str | Path) -> dict:
-    path = Path(folder) / "config.json"
+    path = inside(folder, "config.json")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no config.json; expected a Hugging Face model folder")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    return parse_json(path.read_bytes(), str(path))
 
 
 def architecture_of(hf: dict, source: str = "config.json") -> Architecture:
-    names = list(hf.get("architectures") or [])
-    if not names and hf.get("model_type") in MODEL_TYPES:
-        names = [MODEL_TYPES[hf["model_type"]]]
+    top = Fields(hf, source)
+    names = top.strings("architectures", [], null="default")
+    model_type = top.string("model_type", None, null="default")
+    if not names and model_type in MODEL_TYPES:
+        names = [MODEL_TYPES[model_type]]
     for name in names:
         if name in ARCHITECTURES:
             return ARCHITECTURES[name]
-    found = names or [hf.get("model_type")]
+    found = names or [model_type]
     raise UnsupportedModelError(
         f"{source}: architecture {found} is not supported; supported architectures: {sorted(ARCHITECTURES)}"
     )
 
 
-def _rope_from(params: dict | None, theta: float) -> RopeConfig:
-    params = dict(params or {})
-    kind = params.get("rope_type", params.get("type", "default"))
-    theta = params.get("rope_theta", theta)
-    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-    return RopeConfig(theta=float(theta), rope_type=kind, **{k: params[k] for k in keys if k in params})
+def _rope_from(params: Fields | None, theta: float) -> RopeConfig:
+    if params is None:
+        return RopeConfig(theta=float(theta))
+    kind = params.string("rope_type", None, ROPE_TYPES, null="default") or params.string(
+        "type", "default", ROPE_TYPES, null="default")
+    values = {k: float(params.number(k)) for k in ("factor", "low_freq_factor", "high_freq_factor") if k in params.obj}
+    if "original_max_position_embeddings" in params.obj:
+        values["original_max_position_embeddings"] = params.int("original_max_position_embeddings")
+    rope = RopeConfig(theta=float(params.number("rope_theta", theta)), rope_type=kind, **values)
+    if kind == "llama3" and rope.high_freq_factor <= rope.low_freq_factor:
+        params.fail("high_freq_factor", rope.high_freq_factor, f"more than low_freq_factor={rope.low_freq_factor}")
+    return rope
 
 
-def _rope_params(hf: dict) -> dict:
+def _rope_params(text: Fields) -> dict[str, Fields | None]:
     """Per-layer-type rope parameters from either spelling (5.x `rope_parameters` or 4.x keys)."""
-    params = hf.get("rope_parameters")
-    if params and (FULL in params or SLIDING in params):
-        return params
-    if params:
+    params = text.object("rope_parameters")
+    if params is not None and (FULL in params.obj or SLIDING in params.obj):
+        return {FULL: params.object(FULL), SLIDING: params.object(SLIDING)}
+    if params is not None and params.obj:
         return {FULL: params}
-    return {FULL: hf.get("rope_scaling") or {}}
+    return {FULL: text.object("rope_scaling")}
 
 
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
+    """The ModelConfig of an HF config.json (as a dict; `source` names the file in every error)."""
+    top = Fields(hf, source)
     arch = architecture_of(hf, source)
-    text = hf.get("text_config") or {} if arch.multimodal else hf
+    text = top
+    if arch.multimodal:
+        text = top.object("text_config") or Fields({}, source, "text_config.")
     defaults = GEMMA3_DEFAULTS if arch.family == "gemma3" else LLAMA_DEFAULTS
-    get = lambda key: text.get(key, defaults.get(key))  # noqa: E731
-    heads = get("num_attention_heads")
-    layers = get("num_hidden_layers")
-    tie = hf.get("tie_word_embeddings", text.get("tie_word_embeddings")) if arch.multimodal else None
+    # A text-only config must state its sizes: transformers' defaults would describe another model,
+    # and loading would fail later on a misleading shape. The multimodal text_config legitimately
+    # relies on Gemma3TextConfig's defaults (the gemma-3-4b config omits most sizes).
+    sizes = [text.int(key, defaults[key] if arch.multimodal else REQUIRED, what=what, maximum=MAXIMA.get(key, MAX_INT))
+             for key, what in SIZES.items()]
+    vocab, hidden, inter, layers, heads = sizes
+    kv_heads = text.int("num_key_value_heads", defaults.get("num_key_value_heads", heads), null="default")
+    if heads % kv_heads:
+        text.fail("num_key_value_heads", kv_heads, f"a divisor of num_attention_heads={heads}")
+    head_dim = text.int("head_dim", defaults.get("head_dim"), null="default")
+    head_dim = head_dim or hidden // heads  # transformers' rule, rounding down when heads do not divide hidden
+    if head_dim % 2:
+        text.fail("head_dim", head_dim, "an even number (rotary embeddings turn pairs of channels)")
+    pad = text.int("pad_token_id", defaults.get("pad_token_id"), minimum=-vocab, null="keep")
+    if pad is not None and pad >= vocab:
+        text.fail("pad_token_id", pad, f"a token id below vocab_size={vocab}, or null")
+    tie = text.bool("tie_word_embeddings", defaults["tie_word_embeddings"])
+    if arch.multimodal:
+        tie = top.bool("tie_word_embeddings", tie, null="default")
     rope = _rope_params(text)
     common = dict(
-        family=arch.family,
-        vocab_size=get("vocab_size"),
-        hidden_size=get("hidden_size"),
-        intermediate_size=get("intermediate_size"),
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=text.get("num_key_value_heads") or defaults.get("num_key_value_heads") or heads,
-        head_dim=text.get("head_dim") or defaults.get("head_dim") or get("hidden_size") // heads,
-        rms_norm_eps=get("rms_norm_eps"),
-        rope=_rope_from(rope.get(FULL), get("rope_theta")),
-        tie_word_embeddings=bool(tie if tie is not None else get("tie_word_embeddings")),
-        attention_bias=bool(get("attention_bias")),
-        max_position_embeddings=get("max_position_embeddings"),
-        init_std=text.get("initializer_range", 0.02),
-        pad_token_id=get("pad_token_id"),
+        family=arch.family, vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_layers=layers,
+        num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+        rms_norm_eps=float(text.number("rms_norm_eps", defaults["rms_norm_eps"])),
+        rope=_rope_from(rope.get(FULL), text.number("rope_theta", defaults["rope_theta"])),
+        tie_word_embeddings=tie,
+        attention_bias=text.bool("attention_bias", defaults["attention_bias"]),
+        max_position_embeddings=text.int("max_position_embeddings", defaults["max_position_embeddings"]),
+        init_std=float(text.number("initializer_range", 0.02, positive=False)),
+        pad_token_id=pad,
     )
     if arch.family == "llama":
-        return ModelConfig(**common, hidden_act=get("hidden_act"), mlp_bias=bool(get("mlp_bias")))
+        activation = text.string("hidden_act", defaults["hidden_act"], ACTIVATIONS)
+        mlp_bias = text.bool("mlp_bias", defaults["mlp_bias"])
+        return _model_config(source, **common, hidden_act=activation, mlp_bias=mlp_bias)
     for key in ("final_logit_softcapping", "attn_logit_softcapping"):
-        if text.get(key) is not None:
-            raise UnsupportedModelError(f"{source}: {key}={text[key]} is not supported (Gemma 3 has none)")
-    if text.get("use_bidirectional_attention"):
-        raise UnsupportedModelError(f"{source}: use_bidirectional_attention is not supported")
-    pattern = get("sliding_window_pattern")
-    layer_types = text.get("layer_types") or [
-        SLIDING if (i + 1) % pattern else FULL for i in range(layers)
-    ]
+        if text.obj.get(key) is not None:
+            text.fail(key, text.obj[key], "null (Gemma 3 has no softcapping; it is not supported)",
+                      UnsupportedModelError)
+    if text.bool("use_bidirectional_attention", False, null="default"):
+        text.fail("use_bidirectional_attention", True, "false (bidirectional attention is not supported)",
+                  UnsupportedModelError)
+    layer_types = text.strings("layer_types", None, choices=(FULL, SLIDING), null="default")
+    if layer_types is None:
+        pattern = text.int("sliding_window_pattern", defaults["sliding_window_pattern"])
+        layer_types = [SLIDING if (i + 1) % pattern else FULL for i in range(layers)]
+    elif len(layer_types) != layers:
+        text.fail("layer_types", layer_types, f"{layers} entries, one per layer (num_hidden_layers={layers})")
+    window = text.int("sliding_window", defaults["sliding_window"], null="keep")
+    if window is None and SLIDING in layer_types:
+        text.fail("sliding_window", window, "a positive integer (the config has sliding_attention layers)")
+    activation = text.string("hidden_activation", defaults["hidden_activation"], ACTIVATIONS, null="keep")
     # Local layers: base `rope_local_base_freq`, never scaled (scaling applies to global layers only).
-    local = _rope_from(rope.get(SLIDING), get("rope_local_base_freq"))
-    return ModelConfig(
+    local = _rope_from(rope.get(SLIDING), text.number("rope_local_base_freq", defaults["rope_local_base_freq"]))
+    return _model_config(
+        source,
         **common,
-        hidden_act=get("hidden_activation") or get("hidden_act"),
+        hidden_act=activation or text.string("hidden_act", REQUIRED, ACTIVATIONS),
         rope_local=local,
         layer_types=tuple(layer_types),
-        sliding_window=get("sliding_window"),
-        query_pre_attn_scalar=get("query_pre_attn_scalar"),
+        sliding_window=window,
+        query_pre_attn_scalar=text.number("query_pre_attn_scalar", defaults["query_pre_attn_scalar"]),
     )
+
+
+def _model_config(source: str, **fields) -> ModelConfig:
+    """ModelConfig's own checks come after ours; should one still fire, it names the file too."""
+    try:
+        return ModelConfig(**fields)
+    except ValueError as err:  # a ConfigError, or a plain ValueError in older models/config.py
+        raise (type(err) if isinstance(err, ConfigError) else ConfigError)(f"{source}: {err}") from None
 
 
 def _rope_to_hf(rope: RopeConfig) -> dict | None:

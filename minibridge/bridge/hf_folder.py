@@ -1,11 +1,20 @@
-"""A Hugging Face model folder: its config, its (possibly sharded) safetensors, its side files."""
+"""A Hugging Face model folder: its config, its (possibly sharded) safetensors, its side files.
+
+Every file read from a folder is named through `inside`, which refuses a name or a symbolic link that
+leads outside it: an index naming `../x.safetensors` or `/etc/passwd`, or a `tokenizer.json` linked to
+a file elsewhere, is an UnsafeCheckpointError rather than a read (or a copy into an export). A
+huggingface_hub cache snapshot, `.../models--org--name/snapshots/<revision>/`, is made of links into
+`../../blobs/`: for such a folder that blobs folder is inside too.
+"""
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from pathlib import Path
 
+from ..errors import UnsafeCheckpointError
+from .json_checks import Fields, parse_json
 from .safetensors_io import CorruptCheckpointError, TensorInfo, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -37,6 +46,54 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     return Path(snapshot_download(name, allow_patterns=patterns, token=os.environ.get("HF_TOKEN")))
 
 
+def allowed_roots(folder: str | Path) -> tuple[Path, ...]:
+    """The real folders that files of `folder` may resolve into: itself, and for a hub cache snapshot
+    the blobs of its repository."""
+    real = Path(folder).resolve()
+    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+        return real, real.parent.parent / "blobs"
+    return (real,)
+
+
+def inside(folder: str | Path, name: str) -> Path:
+    """`folder / name`, after checking that it resolves (links followed) inside `folder`'s allowed roots."""
+    path = Path(folder) / name
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as err:  # a link loop
+        raise UnsafeCheckpointError(f"{path}: cannot be resolved ({err}); expected a file inside {folder}") from None
+    roots = allowed_roots(folder)
+    if not any(real.is_relative_to(root) for root in roots):
+        target = " (a symbolic link)" if path.is_symlink() else ""
+        raise UnsafeCheckpointError(f"{path}{target} leads to {real}, outside {roots[0]}; expected a file inside "
+                                    f"the model folder")
+    return path
+
+
+def check_contained(folder: str | Path) -> Path:
+    """Every entry of `folder` resolves inside it: for folders a library reads for us (transformers'
+    AutoTokenizer picks tokenizer.json, vocab.json, merges.txt, ... itself), so no file it opens is a
+    link to elsewhere. Returns `folder`."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for entry in sorted(folder.iterdir()):
+            inside(folder, entry.name)
+    return folder
+
+
+# A shard name of an index: one file name, no folder part, no drive, not "." or "..".
+_PLAIN_NAME = re.compile(r"(?!\.\.?$)[^/\\\x00]+")
+
+
+def shard_name(index: Path, tensor: str, file) -> str:
+    if not isinstance(file, str):
+        raise CorruptCheckpointError(f"{index}: weight_map[{tensor!r}]={file!r}: expected a file name (a string)")
+    if not _PLAIN_NAME.fullmatch(file) or re.match(r"[A-Za-z]:", file):
+        raise UnsafeCheckpointError(f"{index}: weight_map[{tensor!r}]={file!r}: expected a plain file name inside "
+                                    f"{index.parent} (no folder, drive or '..')")
+    return file
+
+
 class HFFolder:
     """Tensor directory of a model folder: name -> TensorInfo, across every shard."""
 
@@ -51,37 +108,42 @@ class HFFolder:
         self._check_index()
 
     def _shard_paths(self) -> list[Path]:
-        index = self.folder / INDEX_NAME
+        index = inside(self.folder, INDEX_NAME)
         if index.is_file():
             self.weight_map = self._read_index(index)
-            paths = [self.folder / f for f in dict.fromkeys(self.weight_map.values())]
+            paths = [inside(self.folder, f) for f in dict.fromkeys(self.weight_map.values())]
             for p in paths:
                 if not p.is_file():
                     raise FileNotFoundError(f"{index} names shard {p.name}, which is missing from {self.folder}")
             return paths
         self.weight_map = None
-        if (self.folder / SINGLE_NAME).is_file():
-            return [self.folder / SINGLE_NAME]
-        found = sorted(self.folder.glob("*.safetensors"))
+        single = inside(self.folder, SINGLE_NAME)
+        if single.is_file():
+            return [single]
+        found = [inside(self.folder, p.name) for p in sorted(self.folder.glob("*.safetensors"))]
         if not found:
             raise FileNotFoundError(f"{self.folder}: no {SINGLE_NAME}, {INDEX_NAME} or other *.safetensors file")
         return found
 
     @staticmethod
     def _read_index(index: Path) -> dict[str, str]:
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CorruptCheckpointError(f"{index}: corrupt index, expected a 'weight_map' object ({err!r})") from None
-        return weight_map
+        """The index's weight_map {tensor name: shard file name}, every entry checked."""
+        fields = Fields(parse_json(index.read_bytes(), str(index)), str(index), error=CorruptCheckpointError)
+        weight_map = fields.object("weight_map", null="error")
+        if weight_map is None:
+            raise CorruptCheckpointError(f"{index}: missing required key 'weight_map' (tensor name -> shard file)")
+        return {name: shard_name(index, name, file) for name, file in weight_map.obj.items()}
 
     def _check_index(self):
         for name, file in (self.weight_map or {}).items():
-            if name not in self.tensors:
+            info = self.tensors.get(name)
+            if info is None or info.path.name != file:
                 raise CorruptCheckpointError(f"{self.folder / INDEX_NAME} lists {name!r} in {file}, which lacks it")
 
     def side_files(self) -> list[Path]:
-        return [self.folder / n for n in SIDE_FILES if (self.folder / n).is_file()]
+        """The tokenizer and generation files an export copies; one that leads outside the folder is
+        refused (UnsafeCheckpointError), since an export must be complete and must not leak a file."""
+        return [path for path in (inside(self.folder, n) for n in SIDE_FILES) if path.is_file()]
 
     def total_bytes(self) -> int:
         return sum(info.nbytes for info in self.tensors.values())

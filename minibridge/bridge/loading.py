@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import CheckpointMismatchError, MissingTensorError
 from ..models import CausalLM, ModelConfig, model_class
 from .hf_folder import HFFolder
 from .mappings import IGNORED_HF, WeightMapping
@@ -80,7 +81,7 @@ def load_hf_weights(model: CausalLM, folder: HFFolder, mapping: WeightMapping, p
         local = mapping.to_local(info.name)
         if local is None:
             if mapping.is_text(info.name) and not IGNORED_HF.match(info.name):
-                raise KeyError(f"{info.path}: unexpected tensor {info.name!r}; it matches no {mapping.family} parameter")
+                raise MissingTensorError(f"{info.path}: unexpected tensor {info.name!r}; it matches no {mapping.family} parameter")
             if not IGNORED_HF.match(info.name):
                 passthrough.append(info.name)
             continue
@@ -89,20 +90,20 @@ def load_hf_weights(model: CausalLM, folder: HFFolder, mapping: WeightMapping, p
         if local not in params and _other_stage(model, local):
             continue  # a pipeline stage reads only its own layers
         if local not in params:
-            raise KeyError(
+            raise MissingTensorError(
                 f"{info.path}: tensor {info.name!r} has no parameter {local!r} in this model "
                 f"(a bias the config does not enable, or a tied output layer stored separately?)"
             )
         param = params[local]
         expected = full_shape(model, local, param)
         if expected != info.shape:
-            raise ValueError(f"{info.path}: tensor {info.name!r} has shape {list(info.shape)}, expected {list(expected)}")
+            raise CheckpointMismatchError(f"{info.path}: tensor {info.name!r} has shape {list(info.shape)}, expected {list(expected)}")
         jobs.append((info, param.data, specs.get(local)))
         loaded.add(local)
     missing = [name for name in params if name not in loaded]
     if missing:
         hf_names = [mapping.to_hf(n) for n in missing]
-        raise KeyError(f"{folder.folder}: missing tensors {hf_names[:8]}{' ...' if len(missing) > 8 else ''}")
+        raise MissingTensorError(f"{folder.folder}: missing tensors {hf_names[:8]}{' ...' if len(missing) > 8 else ''}")
     bar = tqdm(total=sum(j[0].nbytes for j in jobs), unit="B", unit_scale=True, desc="loading", disable=not progress)
 
     def read(job):

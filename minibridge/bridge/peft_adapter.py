@@ -21,9 +21,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..errors import CheckpointMismatchError, MissingTensorError, UnsupportedModelError
 from ..parallel.sharding import take_block
 from ..peft.apply import ADAPTER_PARAMS, _chunks, adapter_parameters, apply_peft, candidate_modules
 from .exporting import atomic_folder
+from .hf_folder import inside
+from .json_checks import Fields, parse_json
 from .mappings import WeightMapping
 from .sharded_io import full_tensor
 
@@ -129,31 +132,47 @@ def save_hf_adapter(bridge, model, out_dir, dtype: torch.dtype | None = None, ov
 
 
 def _read_config(folder: Path) -> dict:
-    path = folder / CONFIG_NAME
+    """adapter_config.json, checked and completed with peft's LoraConfig defaults (r 8, alpha 8).
+
+    `target_modules` (a list of names or, as peft allows, one regex string) and `exclude_modules` are
+    only type-checked: the adapted modules are those the tensors name."""
+    path = inside(folder, CONFIG_NAME)
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no {CONFIG_NAME}; expected a folder written by peft's save_pretrained")
-    cfg = json.loads(path.read_text())
+    cfg = Fields(parse_json(path.read_bytes(), str(path)), str(path))
+    for key in ("target_modules", "exclude_modules", "modules_to_save"):
+        cfg.strings(key, None, null="keep", allow_str=key != "modules_to_save")
+    for key in ("rank_pattern", "alpha_pattern"):
+        cfg.object(key, null="keep")
+    checked = dict(
+        r=cfg.int("r", 8), lora_alpha=cfg.number("lora_alpha", 8, positive=False),
+        lora_dropout=cfg.number("lora_dropout", 0.0, positive=False, null="default"),
+        use_dora=cfg.bool("use_dora", False, null="default"), use_rslora=cfg.bool("use_rslora", False, null="default"),
+        base_model_name_or_path=cfg.string("base_model_name_or_path", None, null="keep"),
+    )
+    if checked["lora_dropout"] >= 1:
+        cfg.fail("lora_dropout", checked["lora_dropout"], "a probability in [0, 1)")
     problems = []
-    if cfg.get("peft_type", "LORA") != "LORA":
-        problems.append(f"peft_type {cfg.get('peft_type')!r} (only LORA, with or without use_dora)")
-    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
+    if cfg.string("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type {cfg.obj['peft_type']!r} (only LORA, with or without use_dora)")
+    if cfg.string("bias", "none", null="default") != "none" or cfg.bool("lora_bias", False, null="default"):
         problems.append("trained biases (bias / lora_bias)")
-    if cfg.get("fan_in_fan_out"):
+    if cfg.bool("fan_in_fan_out", False, null="default"):
         problems.append("fan_in_fan_out=true (Conv1D-style layers)")
-    if cfg.get("modules_to_save"):
-        problems.append(f"modules_to_save={cfg['modules_to_save']}")
-    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+    if cfg.obj.get("modules_to_save"):
+        problems.append(f"modules_to_save={cfg.obj['modules_to_save']}")
+    if cfg.obj.get("rank_pattern") or cfg.obj.get("alpha_pattern"):
         problems.append("per-module rank_pattern / alpha_pattern")
     if problems:
-        raise ValueError(f"{path}: adapter features minibridge does not support: {'; '.join(problems)}")
-    return cfg
+        raise UnsupportedModelError(f"{path}: adapter features minibridge does not support: {'; '.join(problems)}")
+    return {**cfg.obj, **checked}
 
 
 def _read_tensors(folder: Path, mappings: list[WeightMapping], config) -> dict[str, dict[str, torch.Tensor]]:
     """{local module: {suffix: tensor}} from adapter_model.safetensors."""
     from safetensors.torch import load_file
 
-    path = folder / WEIGHTS_NAME
+    path = inside(folder, WEIGHTS_NAME)
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} (adapter_model.bin is not read: save with safetensors)")
     modules: dict[str, dict[str, torch.Tensor]] = {}
@@ -193,11 +212,11 @@ def load_hf_adapter(bridge, model, folder, seed: int = 0):
                 module, suffix = _split(name)
                 tensor = tensors[module].get(suffix)
                 if tensor is None:
-                    raise KeyError(f"{folder / WEIGHTS_NAME}: {hf_module_name(mappings[0], module)}.{suffix} is missing")
+                    raise MissingTensorError(f"{folder / WEIGHTS_NAME}: {hf_module_name(mappings[0], module)}.{suffix} is missing")
                 spec = specs.get(name)
                 expected = tuple(spec.full_shape) if spec is not None else tuple(param.shape)
                 if tuple(tensor.shape) != expected:
-                    raise ValueError(f"{folder / WEIGHTS_NAME}: {hf_module_name(mappings[0], module)}.{suffix} has "
+                    raise CheckpointMismatchError(f"{folder / WEIGHTS_NAME}: {hf_module_name(mappings[0], module)}.{suffix} has "
                                      f"shape {list(tensor.shape)}, expected {list(expected)} (another base model?)")
                 param.copy_(take_block(tensor, spec))
             chunk.peft_config["base_model_name_or_path"] = cfg.get("base_model_name_or_path")

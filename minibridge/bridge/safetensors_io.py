@@ -8,7 +8,8 @@ We parse it ourselves instead of memory-mapping whole files: a tensor is read wi
 straight into the destination parameter when the dtypes agree (no intermediate copy, no mapped pages
 counted in the process's RSS), so loading a model costs about one copy of its weights. Every header is
 validated against the file size first, so a truncated or corrupt file fails with its name and the
-offending key instead of a crash deep in a read.
+offending key instead of a crash deep in a read. The checks mirror the safetensors library's, so a
+file we read is one it reads too, with the same bytes (tests/bridge/test_fuzz_parsers.py).
 """
 
 from __future__ import annotations
@@ -24,15 +25,22 @@ from typing import Iterable, Iterator
 import torch
 
 from ..errors import CorruptCheckpointError
+from .json_checks import is_int, kind, parse_json, show
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's limit
-
+MAX_HEADER_BYTES = 100_000_000  # the reference implementation's limit (MAX_HEADER_SIZE)
+EXPECTED = {
+    "entry": "an object with dtype, shape and data_offsets",
+    "dtype": f"one of {sorted(DTYPES)}",
+    "shape": "a list of non-negative integers",
+    "data_offsets": "[begin, end], two integers with 0 <= begin <= end",
+}
 
 
 
@@ -63,46 +71,76 @@ def _as_bytes(tensor: torch.Tensor):
 
 
 def read_header(path: str | Path) -> dict[str, TensorInfo]:
+    """{name: TensorInfo} of a safetensors file, validated as the safetensors library does (its Rust
+    `Metadata::validate`): a JSON object of entries {dtype, shape, data_offsets} and an optional
+    `__metadata__` {str: str}; sorted by offsets, the tensors tile the data section exactly (each
+    starts where the previous ended, spans numel * itemsize bytes, the last ends at the end of the
+    file), so no tensor aliases or overlaps another and no byte is unaccounted for."""
     path = Path(path)
-    size = path.stat().st_size
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         raw = f.read(8)
         if len(raw) < 8:
             raise CorruptCheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header)")
         (header_len,) = struct.unpack("<Q", raw)
         if header_len > min(MAX_HEADER_BYTES, size - 8):
-            raise CorruptCheckpointError(
-                f"{path}: corrupt safetensors header length {header_len} (file has {size} bytes)"
-            )
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CorruptCheckpointError(f"{path}: corrupt safetensors header ({err})") from None
+            raise CorruptCheckpointError(f"{path}: corrupt safetensors header length {header_len} (file has {size} "
+                                         f"bytes; expected at most {min(MAX_HEADER_BYTES, size - 8)})")
+        blob = f.read(header_len)
+    source = f"{path}: corrupt safetensors header"
+    header = parse_json(blob, source, strict=True)
     if not isinstance(header, dict):
-        raise CorruptCheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
-    data_start = 8 + header_len
-    infos = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CorruptCheckpointError(f"{path}: corrupt header entry for tensor {name!r}: {entry!r}") from None
-        expected = numel(shape) * dtype.itemsize
-        if end - begin != expected or begin < 0:
-            raise CorruptCheckpointError(
-                f"{path}: tensor {name!r} of shape {list(shape)} {entry['dtype']} needs {expected} bytes "
-                f"but its offsets [{begin}, {end}] span {end - begin}"
-            )
-        if data_start + end > size:
-            raise CorruptCheckpointError(
-                f"{path}: truncated: tensor {name!r} ends at byte {data_start + end} but the file has {size} bytes"
-            )
-        infos[name] = TensorInfo(name, dtype, shape, data_start + begin, data_start + end, path)
-    return infos
+        raise CorruptCheckpointError(f"{source}: a JSON {kind(header)}, expected an object")
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise CorruptCheckpointError(f"{source}: __metadata__={show(metadata)}: expected an object of strings")
+    data_start, data_len = 8 + header_len, size - 8 - header_len
+    infos = [_tensor_info(path, source, name, entry, data_start, data_len)
+             for name, entry in header.items() if name != "__metadata__"]
+    end, previous = data_start, None  # absolute positions from here on
+    for info in sorted(infos, key=lambda i: (i.begin, i.end)):
+        if info.begin != end:
+            what = f"overlap tensor {previous.name!r}" if info.begin < end else f"leave a gap after {end - data_start}"
+            raise CorruptCheckpointError(f"{source}: tensor {info.name!r} at data offsets "
+                                         f"[{info.begin - data_start}, {info.end - data_start}] would {what}; "
+                                         f"expected each tensor to start where the previous one ends")
+        end, previous = info.end, info
+    if end != size:
+        raise CorruptCheckpointError(f"{source}: the tensors cover {end - data_start} bytes of data but the file "
+                                     f"holds {data_len}; expected them to cover it exactly")
+    return {info.name: info for info in infos}
+
+
+def _tensor_info(path: Path, source: str, name: str, entry, data_start: int, data_len: int) -> TensorInfo:
+    def bad(what: str, value) -> CorruptCheckpointError:
+        return CorruptCheckpointError(f"{source}: tensor {name!r}: {what}={show(value)}: expected {EXPECTED[what]}")
+
+    if not isinstance(entry, dict):
+        raise bad("entry", entry)
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in entry:
+            raise bad("entry", entry)
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise bad("dtype", dtype)
+    if not isinstance(shape, list) or not all(is_int(s) and 0 <= s < 2**64 for s in shape):
+        raise bad("shape", shape)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) and 0 <= o < 2**64 for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise bad("data_offsets", offsets)
+    expected = DTYPES[dtype].itemsize
+    for s in shape:
+        expected *= s
+        if expected >= 2**64:
+            raise CorruptCheckpointError(f"{source}: tensor {name!r}: shape {shape} {dtype} overflows 64 bits")
+    begin, end = offsets
+    if end - begin != expected:
+        raise CorruptCheckpointError(f"{path}: tensor {name!r} of shape {shape} {dtype} needs {expected} bytes "
+                                     f"but its offsets [{begin}, {end}] span {end - begin}")
+    if end > data_len:
+        raise CorruptCheckpointError(f"{path}: truncated: tensor {name!r} ends at byte {data_start + end} but the "
+                                     f"file has {data_start + data_len} bytes")
+    return TensorInfo(name, DTYPES[dtype], tuple(shape), data_start + begin, data_start + end, path)
 
 
 def read_tensor(info: TensorInfo, out: torch.Tensor | None = None, rows: slice | None = None) -> torch.Tensor:

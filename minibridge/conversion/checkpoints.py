@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointMismatchError
+from ..errors import CheckpointMismatchError, ConfigError
 from ..bridge.loading import _skip_default_init, empty_model
 from ..models import ModelConfig, model_class
 from ..training import checkpoint as ckpt
@@ -56,10 +56,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
     """(iteration folder, run.json, {DCP key: storage metadata}) of a checkpoint."""
     folder = resolve_checkpoint(path)
-    try:
-        info = ckpt.read_run_info(folder)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{folder / ckpt.RUN_FILE}: not valid JSON ({err})") from None
+    info = ckpt.read_run_info(folder)
     stored = SafeFileSystemReader(str(folder)).read_metadata().state_dict_metadata
     return folder, info, stored
 
@@ -122,7 +119,7 @@ def load_megatron_model(bridge, path: str | Path, parallel=None, dtype: torch.dt
     (LoRA/DoRA) checkpoint is attached to its base model and, by default, merged into it.
     `dtype` defaults to the dtype stored in the checkpoint."""
     if parallel is not None and parallel.config.pp > 1:
-        raise ValueError("loading a checkpoint for export or generation supports tensor parallelism only (pp=1)")
+        raise ConfigError("loading a checkpoint for export or generation supports tensor parallelism only (pp=1)")
     folder, info, stored = read_checkpoint(path)
     peft = info.get("peft")
     check_same_model(bridge.config, bridge.source, folder, info, stored, adapters_only=peft is not None)

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from ..errors import ConfigError
 from ..bridge import AutoBridge
 from ..bridge.auto_bridge import HF_DEFAULT_MAX_SHARD_SIZE
 from ..bridge.hf_folder import HFFolder
@@ -65,7 +66,7 @@ def export_with_bridge(bridge: AutoBridge, megatron_path, hf_path, adapter_only:
     from .importer import parallel_layout
 
     if bridge.source is None:
-        raise ValueError("export needs the HF folder of the model (for its config, tokenizer and dtypes); "
+        raise ConfigError("export needs the HF folder of the model (for its config, tokenizer and dtypes); "
                          "use AutoBridge.from_hf_pretrained(folder)")
     folder, info, stored = read_checkpoint(megatron_path)
     peft = info.get("peft")
@@ -74,7 +75,7 @@ def export_with_bridge(bridge: AutoBridge, megatron_path, hf_path, adapter_only:
     if peft is not None:
         return _export_peft(bridge, folder, hf_path, adapter_only, dims, dtype, max_shard_size, overwrite, progress)
     if adapter_only:
-        raise ValueError(f"{folder} is a full-model checkpoint: it holds no LoRA/DoRA adapters for --adapter-only "
+        raise ConfigError(f"{folder} is a full-model checkpoint: it holds no LoRA/DoRA adapters for --adapter-only "
                          "(that exports the adapters of a PEFT fine-tuning checkpoint)")
     target = Path(hf_path)
     if _rank() == 0:

@@ -24,8 +24,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from tqdm.auto import tqdm
 
+from ..errors import CheckpointMismatchError, MissingTensorError
 from ..bridge import AutoBridge
-from ..bridge.exporting import publish_folder
+from ..files import busy_message, clean_stale_temporaries, publish_folder, temporary_sibling, write_atomic
 from ..bridge.sharded_io import read_block
 from ..models import model_class
 from ..parallel.dims import LayoutError, ParallelConfig, validate_model_layout
@@ -95,10 +96,10 @@ def lazy_state(bridge: AutoBridge, dims, dtype: torch.dtype | None, bar) -> dict
             spec = specs.get(name)
             full = tuple(spec.full_shape) if spec is not None else tuple(param.shape)
             if info is None:
-                raise KeyError(f"{bridge.source}: tensor {hf_name!r} (parameter {name}) is missing from the "
+                raise MissingTensorError(f"{bridge.source}: tensor {hf_name!r} (parameter {name}) is missing from the "
                                "checkpoint files")
             if tuple(info.shape) != full:
-                raise ValueError(f"{info.path}: tensor {hf_name!r} has shape {list(info.shape)}, but config.json "
+                raise CheckpointMismatchError(f"{info.path}: tensor {hf_name!r} has shape {list(info.shape)}, but config.json "
                                  f"implies {list(full)}")
             state[f"model.{name}"] = _block(info, spec, tuple(param.shape), dtype or info.dtype, full, bar)
     return state
@@ -132,13 +133,18 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _from_rank0(value):
+    box = [value]
+    if dist.is_initialized():
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _agree(ok: bool, message: str) -> None:
     """Raise on every rank when rank 0 found a problem (so no rank waits in a collective)."""
-    flag = [None if ok else message]
-    if dist.is_initialized():
-        dist.broadcast_object_list(flag, src=0)
-    if flag[0] is not None:
-        raise FileExistsError(flag[0])
+    flag = _from_rank0(None if ok else message)
+    if flag is not None:
+        raise FileExistsError(flag)
 
 
 def import_checkpoint(hf_model: str | os.PathLike, megatron_path: str | os.PathLike, tp: int = 1, pp: int = 1,
@@ -150,17 +156,17 @@ def import_checkpoint(hf_model: str | os.PathLike, megatron_path: str | os.PathL
     bridge = AutoBridge.from_hf_pretrained(hf_model)
     target = Path(megatron_path)
     dims = parallel_layout(bridge.config, tp, pp, vp)
-    busy = target.exists() and (not target.is_dir() or any(target.iterdir()))
-    _agree(_rank() != 0 or not busy or overwrite,
-           f"{target} exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+    busy = busy_message(target) if _rank() == 0 and not overwrite else None
+    _agree(busy is None, busy or "")
     rank0 = _rank() == 0
     bar = tqdm(unit="B", unit_scale=True, desc="importing", disable=not (progress and rank0))
     state = lazy_state(bridge, dims, dtype, bar)
     bar.total = sum(b.local.numel() * b.local.itemsize for b in state.values())
-    tmp = target.parent / f".{target.name}.importing"
+    tmp = Path(_from_rank0(str(temporary_sibling(target)) if rank0 else None))
     final_iter = ckpt.iteration_dir(tmp, ITERATION)
     if rank0:
-        shutil.rmtree(tmp, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(target)
         final_iter.mkdir(parents=True)
     _barrier()
     try:
@@ -177,8 +183,8 @@ def import_checkpoint(hf_model: str | os.PathLike, megatron_path: str | os.PathL
                     "model_fingerprint": model_fingerprint(bridge.config),
                     "world_size": dist.get_world_size() if dist.is_initialized() else 1, "tp": tp, "pp": pp,
                     "dtype": str(dtype).removeprefix("torch.") if dtype else "as stored"}
-            ckpt._write_atomic(final_iter / ckpt.RUN_FILE, _json(info))
-            ckpt._write_atomic(tmp / ckpt.LATEST, str(ITERATION))
+            write_atomic(final_iter / ckpt.RUN_FILE, _json(info))
+            write_atomic(tmp / ckpt.LATEST, str(ITERATION))
             publish_folder(tmp, target)
     except BaseException:
         if rank0:

@@ -11,6 +11,7 @@ from torch import nn
 
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import ConfigError
 from .common import RMSNorm, rope_tables
 from .output import OutputHead
 from .config import FULL, SLIDING, ModelConfig
@@ -103,7 +104,7 @@ class CausalLM(nn.Module):
     def set_recompute(self, granularity: str) -> None:
         """Activation recomputation: "none", "selective" (attention core only) or "full" (whole blocks)."""
         if granularity not in ("none", "selective", "full"):
-            raise ValueError(f"recompute granularity {granularity!r}: expected none, selective or full")
+            raise ConfigError(f"recompute granularity {granularity!r}: expected none, selective or full")
         self.recompute = granularity
         for block in self.layers.values():
             block.attn.recompute_core = granularity == "selective"

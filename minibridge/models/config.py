@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from ..errors import ConfigError
+
 FULL = "full_attention"
 SLIDING = "sliding_attention"
 FAMILIES = ("llama", "gemma3")
@@ -33,7 +35,7 @@ class RopeConfig:
 
     def __post_init__(self):
         if self.rope_type not in ("default", "linear", "llama3"):
-            raise ValueError(f"rope_type {self.rope_type!r} is not supported; expected default, linear or llama3")
+            raise ConfigError(f"rope_type {self.rope_type!r} is not supported; expected default, linear or llama3")
 
 
 @dataclass
@@ -66,21 +68,21 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.family not in FAMILIES:
-            raise ValueError(f"model family {self.family!r} is not supported; expected one of {FAMILIES}")
+            raise ConfigError(f"model family {self.family!r} is not supported; expected one of {FAMILIES}")
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; expected one of {ACTIVATIONS}")
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; expected one of {ACTIVATIONS}")
         if not self.layer_types:
             self.layer_types = (FULL,) * self.num_layers
         self.layer_types = tuple(self.layer_types)
         if len(self.layer_types) != self.num_layers:
-            raise ValueError(f"layer_types has {len(self.layer_types)} entries but num_layers is {self.num_layers}")
+            raise ConfigError(f"layer_types has {len(self.layer_types)} entries but num_layers is {self.num_layers}")
         for kind in self.layer_types:
             if kind not in (FULL, SLIDING):
-                raise ValueError(f"layer type {kind!r} is not supported; expected {FULL!r} or {SLIDING!r}")
+                raise ConfigError(f"layer type {kind!r} is not supported; expected {FULL!r} or {SLIDING!r}")
         if SLIDING in self.layer_types and not self.sliding_window:
-            raise ValueError("sliding_attention layers need a positive sliding_window")
+            raise ConfigError("sliding_attention layers need a positive sliding_window")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
             )
 

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..errors import LayoutError
 from .collectives import _all_gather
 from .ring_attention import _check_local_shapes, _exchange, _wait, allowed_mask, chunk_ids, ring_attention
 
@@ -47,7 +48,7 @@ __all__ = [
 
 def _check_divisible(seq_len: int, cp: int):
     if cp < 1 or seq_len % (2 * cp):
-        raise ValueError(f"context parallelism needs the sequence length divisible by 2 * cp: "
+        raise LayoutError(f"context parallelism needs the sequence length divisible by 2 * cp: "
                          f"seq_len {seq_len} is not divisible by 2 * {cp} = {2 * cp}")
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import LayoutError
 from .collectives import _record
 
 
@@ -30,7 +31,7 @@ def stage_layers(num_layers: int, stages: int, layout: list[int] | None = None,
     if layout is None:
         total = num_layers + account_for_embedding + account_for_loss
         if total % stages:
-            raise ValueError(
+            raise LayoutError(
                 f"num_layers={num_layers} (+ embedding/loss when accounted: {total}) is not divisible by "
                 f"pp*vp={stages} pipeline stages; give an explicit layout (layers per stage)"
             )
@@ -38,7 +39,7 @@ def stage_layers(num_layers: int, stages: int, layout: list[int] | None = None,
         layout[0] -= account_for_embedding
         layout[-1] -= account_for_loss
     if len(layout) != stages or sum(layout) != num_layers or min(layout) < 0 or max(layout) < 1:
-        raise ValueError(f"pipeline layout {list(layout)}: expected {stages} counts summing to {num_layers}")
+        raise LayoutError(f"pipeline layout {list(layout)}: expected {stages} counts summing to {num_layers}")
     starts = [sum(layout[:i]) for i in range(stages)]
     return [range(start, start + count) for start, count in zip(starts, layout)]
 
@@ -69,7 +70,7 @@ def interleaved_1f1b(num_microbatches: int, pp: int, vp: int, pp_rank: int) -> l
     """Megatron's interleaved schedule: micro-batches go through the vp chunks in groups of pp."""
     m = num_microbatches
     if m % pp:
-        raise ValueError(
+        raise LayoutError(
             f"the interleaved schedule needs the number of micro-batches ({m}) to be a multiple of pp ({pp})"
         )
     total = m * vp

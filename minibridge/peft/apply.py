@@ -24,6 +24,7 @@ from fnmatch import fnmatchcase
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..parallel.sharding import ShardSpec, take_block
 from .lora import attach, detach_adapter, is_adapted
 
@@ -77,7 +78,7 @@ def select_modules(config, targets=None, exclude=None) -> list[str]:
     spellings = {name: _spellings(name, mapping) for name in candidate_modules(config)}
     for pattern in targets + exclude:
         if not any(_matches(pattern, s) for s in spellings.values()):
-            raise ValueError(
+            raise ConfigError(
                 f"peft target {pattern!r} matches no linear layer of this {config.family} model; expected a "
                 f"Megatron name ({', '.join(DEFAULT_TARGETS)}), a module name ({', '.join(MEGATRON_NAMES)}), a full "
                 f"name ('layers.0.attn.q_proj', 'model.layers.0.self_attn.q_proj') or a wildcard "
@@ -85,7 +86,7 @@ def select_modules(config, targets=None, exclude=None) -> list[str]:
     chosen = [n for n, s in spellings.items()
               if any(_matches(t, s) for t in targets) and not any(_matches(e, s) for e in exclude)]
     if not chosen:
-        raise ValueError(f"peft targets {targets} minus excludes {exclude} leave no layer to adapt")
+        raise ConfigError(f"peft targets {targets} minus excludes {exclude} leave no layer to adapt")
     return chosen
 
 
@@ -104,7 +105,7 @@ def init_lora_a(shape: tuple[int, int], method: str, generator: torch.Generator)
         return nn.init.xavier_uniform_(a, generator=generator)
     if method == "normal":
         return a.normal_(0.0, 0.2, generator=generator)
-    raise ValueError(f"lora A init {method!r}: expected one of {', '.join(INITS)}")
+    raise ConfigError(f"lora A init {method!r}: expected one of {', '.join(INITS)}")
 
 
 def adapter_specs(base: ShardSpec | None, rank: int) -> dict[str, ShardSpec]:
@@ -133,17 +134,17 @@ def apply_peft(model, scheme: str = "lora", rank: int = 32, alpha: float | None 
     Under tensor parallelism every rank of the group calls this (DoRA's norms of row-parallel layers
     are all-reduced)."""
     if scheme not in SCHEMES:
-        raise ValueError(f"peft scheme {scheme!r}: expected one of {', '.join(SCHEMES)}")
+        raise ConfigError(f"peft scheme {scheme!r}: expected one of {', '.join(SCHEMES)}")
     if not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"LoRA rank {rank!r}: expected a positive integer")
+        raise ConfigError(f"LoRA rank {rank!r}: expected a positive integer")
     alpha = DEFAULT_ALPHA[scheme] if alpha is None else alpha
     if dropout_position not in ("pre", "post") or (scheme == "dora" and dropout_position == "post"):
-        raise ValueError(f"dropout_position={dropout_position!r}: expected 'pre' or 'post' ('pre' only for DoRA)")
+        raise ConfigError(f"dropout_position={dropout_position!r}: expected 'pre' or 'post' ('pre' only for DoRA)")
     if not 0 <= dropout < 1:
-        raise ValueError(f"LoRA dropout {dropout}: expected a value in [0, 1)")
+        raise ConfigError(f"LoRA dropout {dropout}: expected a value in [0, 1)")
     chunks = _chunks(model)
     if has_adapters(chunks):
-        raise ValueError("the model already has adapters; merge_peft(model) or start from a fresh model")
+        raise ConfigError("the model already has adapters; merge_peft(model) or start from a fresh model")
     names = select_modules(chunks[0].config, targets, exclude)
     scale = alpha / math.sqrt(rank) if use_rslora else alpha / rank
     for chunk in chunks:

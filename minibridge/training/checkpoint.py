@@ -10,8 +10,11 @@ the full (unpadded) tensor. DCP stores the chunks with those coordinates, dedupl
 chunks held by several ranks (replicated norms, KV heads replicated under tp, dp replicas), and on
 load reads whatever overlaps each rank's block under the *current* layout: that is the resharding.
 
-A save goes to `.iter_0000100.tmp`, renamed when every rank has finished, and only then does the
-`latest` file move on, so a process killed mid-save leaves the previous checkpoint in charge.
+A save goes to `.iter_0000100.tmp-HOST-PID`, renamed when every rank has finished, and only then does
+the `latest` file move on, so a process killed mid-save leaves the previous checkpoint in charge.
+A load checks before reading a byte that every stored tensor has the shape this run expects and that
+every shard file holds the bytes the metadata points at, so a checkpoint of another model or a
+truncated file is named instead of failing deep inside DCP.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ from torch.distributed.checkpoint import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorProperties
 from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
 
+from torch.distributed.checkpoint.api import CheckpointException
+
+from ..errors import (CheckpointError, CheckpointMismatchError, CorruptCheckpointError, MinibridgeError,
+                      MissingTensorError)
+from ..files import publish_folder, temporary_sibling, write_atomic
 from ..parallel.sharding import ShardSpec
 from .safe_dcp import SafeFileSystemReader
 
@@ -123,6 +131,15 @@ def _barrier():
         dist.barrier()
 
 
+def _from_rank0(value):
+    """Rank 0's `value` on every rank."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def iteration_dir(save: str | Path, iteration: int) -> Path:
     return Path(save) / f"iter_{iteration:07d}"
 
@@ -131,32 +148,50 @@ def latest_iteration(save: str | Path) -> int | None:
     path = Path(save) / LATEST
     if not path.is_file():
         return None
-    text = path.read_text().strip()
+    text = path.read_text(errors="replace").strip()
     if not text.isdigit() or not iteration_dir(save, int(text)).is_dir():
-        raise ValueError(f"{path}: expected the number of a complete iteration folder, found {text!r}")
+        raise CorruptCheckpointError(f"{path}: expected the number of a complete iteration folder, found {text!r}")
     return int(text)
+
+
+def _cause(err: BaseException) -> BaseException:
+    """The first rank's exception inside DCP's CheckpointException (its own text is a traceback dump)."""
+    failures = getattr(err, "failures", None)
+    if failures:
+        first = next(iter(failures.values()))
+        return first[0] if isinstance(first, tuple) else first
+    return err
 
 
 def save_checkpoint(save: str | Path, iteration: int, model, optimizer, run_info: dict, keep_last: int | None = None,
                     trainable_only: bool = False):
-    """Collective: every rank writes its blocks; rank 0 publishes the folder and moves `latest`."""
+    """Collective: every rank writes its blocks; rank 0 publishes the folder and moves `latest`.
+    The caller holds the folder's RunLock, so no other run writes there."""
     save = Path(save)
     final = iteration_dir(save, iteration)
-    tmp = save / f".{final.name}.tmp"
+    tmp = _from_rank0(temporary_sibling(final) if _rank() == 0 else None)
     if _rank() == 0:
         save.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     _barrier()
-    dcp.save(training_state(model, optimizer, rank=_rank(), trainable_only=trainable_only), checkpoint_id=str(tmp), planner=_BlockSavePlanner())
+    try:
+        dcp.save(training_state(model, optimizer, rank=_rank(), trainable_only=trainable_only),
+                 checkpoint_id=str(tmp), planner=_BlockSavePlanner())
+    except (Exception, CheckpointException) as err:
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        cause = _cause(err)
+        if isinstance(cause, OSError):
+            raise type(cause)(cause.errno, f"{cause.strerror} (saving checkpoint {final.name})",
+                              cause.filename or str(tmp)) from None
+        raise CheckpointError(f"{final}: saving the checkpoint failed: {cause}") from None
     _fault_point("kill_during_save", iteration)
     _barrier()
     if _rank() == 0:
-        _write_atomic(tmp / RUN_FILE, json.dumps({"iteration": iteration, **run_info}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        _write_atomic(save / LATEST, str(iteration))
+        write_atomic(tmp / RUN_FILE, json.dumps({"iteration": iteration, **run_info}, indent=2))
+        publish_folder(tmp, final)
+        write_atomic(save / LATEST, str(iteration))
         if keep_last:
             done = sorted(p for p in save.glob("iter_*") if p.is_dir())
             for old in done[:-keep_last]:
@@ -172,20 +207,50 @@ def _fault_point(point: str, iteration: int) -> None:
         os.kill(os.getpid(), 9)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_run_info(folder: str | Path) -> dict:
     path = Path(folder) / RUN_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; {folder} is not a complete minibridge checkpoint")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptCheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(info, dict) or not isinstance(info.get("iteration"), int):
+        raise CorruptCheckpointError(f"{path}: expected a JSON object with an integer 'iteration'")
+    return info
+
+
+def check_storage(folder: Path, metadata) -> None:
+    """Every byte range the metadata points at lies inside its file: a truncated shard is named here,
+    not left to fail deep inside DCP with a bare EOFError."""
+    sizes: dict[str, int] = {}
+    for index, where in metadata.storage_data.items():
+        path = folder / where.relative_path
+        if where.relative_path not in sizes:
+            sizes[where.relative_path] = path.stat().st_size if path.is_file() else -1
+        size = sizes[where.relative_path]
+        if size < 0:
+            raise CorruptCheckpointError(f"{path}: missing; the checkpoint metadata stores {index.fqn!r} there")
+        if where.offset + where.length > size:
+            raise CorruptCheckpointError(
+                f"{path}: truncated: {index.fqn!r} needs bytes {where.offset}..{where.offset + where.length} but the "
+                f"file has {size}")
+
+
+def _global_shape(value) -> tuple[int, ...]:
+    return tuple(value.global_shape if isinstance(value, ShardedBlock) else value.shape)
+
+
+def check_shapes(folder: Path, state: dict, stored: dict) -> None:
+    """Each tensor the run expects has the stored full shape (else: a checkpoint of another model)."""
+    for key, value in state.items():
+        if key.startswith("rng."):
+            continue
+        have, want = tuple(stored[key].size), _global_shape(value)
+        if have != want:
+            raise CheckpointMismatchError(
+                f"{folder}: {key} has shape {list(have)} in the checkpoint but {list(want)} in this model; the "
+                f"checkpoint holds another architecture (compare its run.json model config with this run's)")
 
 
 def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool = True,
@@ -194,21 +259,34 @@ def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool
     folder = Path(folder)
     info = read_run_info(folder)
     reader = SafeFileSystemReader(str(folder))
-    stored = reader.read_metadata().state_dict_metadata
+    metadata = reader.read_metadata()
+    stored = metadata.state_dict_metadata
+    check_storage(folder, metadata)
     state = training_state(model, optimizer, rank=_rank() if restore_rng else None, trainable_only=trainable_only)
     missing = [k for k in state if k not in stored and not k.startswith("rng.")]
     if missing:
-        raise KeyError(f"{folder}: checkpoint lacks {missing[:5]}{' ...' if len(missing) > 5 else ''} (another model?)")
+        raise MissingTensorError(f"{folder}: checkpoint lacks {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                                 f"(a checkpoint of another model, or of adapters only?)")
     state = {k: v for k, v in state.items() if k in stored}
-    # in place: parameters, masters, Adam moments and steps
-    dcp.load(state, storage_reader=SafeFileSystemReader(str(folder)), planner=_BlockLoadPlanner())
+    check_shapes(folder, state, stored)
+    try:  # in place: parameters, masters, Adam moments and steps
+        dcp.load(state, storage_reader=SafeFileSystemReader(str(folder)), planner=_BlockLoadPlanner())
+    except (Exception, CheckpointException) as err:
+        cause = _cause(err)
+        if isinstance(cause, MinibridgeError):
+            raise cause from None
+        raise CorruptCheckpointError(f"{folder}: reading the checkpoint failed ({type(cause).__name__}: {cause})") \
+            from None
     rng = state.get(f"rng.rank{_rank()}")
     if rng is not None:
         torch.set_rng_state(rng)
     return info
 
 
-def clean_stale(save: str | Path) -> None:
-    """Remove temporary folders of saves that never completed (a run killed mid-save). Rank 0 only."""
-    for tmp in Path(save).glob(".iter_*.tmp"):
+def clean_stale(save: str | Path) -> list[Path]:
+    """Remove temporary folders of saves that never completed (a run killed mid-save). Only for the
+    folder whose RunLock this process holds: every temporary save in it belongs to a dead run."""
+    stale = [p for p in Path(save).glob(".iter_*.tmp*") if p.is_dir()]
+    for tmp in stale:
         shutil.rmtree(tmp, ignore_errors=True)
+    return stale

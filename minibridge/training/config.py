@@ -92,6 +92,9 @@ class TrainingConfig:
     eval_interval: int | None = 2000  # None: no evaluation
     eval_iters: int = 32
     seed: int = 1234
+    # Megatron's check_for_nan_in_loss_and_grad: a NaN/Inf gradient norm stops the run. This many steps
+    # with one may be skipped (no update, counted in metrics.jsonl's skipped_steps) before it does.
+    max_skipped_steps: int = 0
 
 
 @dataclass
@@ -144,7 +147,9 @@ class CheckpointConfig:
 @dataclass
 class LoggerConfig:
     log_interval: int = 10
-    tensorboard_dir: str | None = None
+    # "auto": <log_dir>/tb_logs when the tensorboard package is installed (silently none otherwise);
+    # a folder: there (a warning when the package is missing); None: no TensorBoard.
+    tensorboard_dir: str | None = "auto"
     wandb_project: str | None = None
     wandb_entity: str | None = None
     wandb_exp_name: str | None = None
@@ -270,6 +275,9 @@ def _validate(c: ConfigContainer) -> None:
     _positive("checkpoint.save_interval", ck.save_interval)
     _positive("checkpoint.keep_last", ck.keep_last, allow_none=True)
     _positive("logger.log_interval", c.logger.log_interval)
+    if isinstance(t.max_skipped_steps, bool) or not isinstance(t.max_skipped_steps, int) or t.max_skipped_steps < 0:
+        raise ConfigError(f"train.max_skipped_steps={t.max_skipped_steps!r}: expected an integer >= 0")
+    _check_context_length(m)
     if t.global_batch_size % t.micro_batch_size:
         raise ConfigError(
             f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size="
@@ -281,6 +289,9 @@ def _validate(c: ConfigContainer) -> None:
     _validate_layout(m)
     _validate_optimizer(c)
     _validate_data(d, ck)
+    if d.packing and m.context_parallel_size > 1:
+        raise ConfigError(f"dataset.packing=true with model.context_parallel_size={m.context_parallel_size} is not "
+                          f"supported yet; set one of them off")
     if c.mixed_precision not in PRECISIONS:
         raise ConfigError(choice_message("mixed_precision", c.mixed_precision, PRECISIONS))
     if c.mixed_precision in LOW_PRECISION:
@@ -290,6 +301,16 @@ def _validate(c: ConfigContainer) -> None:
     if ck.export_hf_on_finish is True and not ck.save:
         raise ConfigError("checkpoint.export_hf_on_finish=true exports to <checkpoint.save>/hf, but checkpoint.save "
                           "is not set; set checkpoint.save or give export_hf_on_finish a folder")
+
+
+def _check_context_length(m: ModelSettings) -> None:
+    """Positions past max_position_embeddings were never trained (and RoPE scaling is tuned to it)."""
+    limit = m.config.max_position_embeddings
+    if limit is not None and m.seq_length > limit:
+        raise ConfigError(
+            f"model.seq_length={m.seq_length} exceeds the model's max_position_embeddings={limit}; to extend the "
+            f"context, raise model.max_position_embeddings together with a RoPE scaling (model.rope.rope_type="
+            f"linear with model.rope.factor={-(-m.seq_length // limit)}, or llama3 scaling), or lower model.seq_length")
 
 
 def _validate_layout(m: ModelSettings) -> None:

@@ -8,6 +8,7 @@ the split: TP=2 or DP=2 runs reproduce a single-process run.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +25,14 @@ from ..parallel.pipeline import MicroBatch, PipelineExecutor
 from ..parallel.collectives import all_reduce_
 from ..peft import apply_peft, base_model_fingerprint, count_parameters, merge_peft
 from . import checkpoint as ckpt
+from ..errors import CheckpointMismatchError, ConfigError, RunLockedError
 from .config import ConfigContainer
 from .data import DataIterator, build_datasets, load_tokenizer
 from .flops import mfu, model_flops_per_token, peak_flops
-from .logging import TrainingLogger, check_finite, memory_gb
+from .logging import NonFiniteLossError, TrainingLogger, check_finite, memory_gb
 from .optimizer import MixedPrecisionAdamW
+from .resume import check_same_run
+from .run_lock import RunLock
 from .scheduler import LRSchedule
 
 LOGITS_CHUNK_BYTES = 256 * 2**20  # fp32 logits held at once by the chunked output layer
@@ -46,9 +50,19 @@ class TrainResult:
 class Trainer:
     def __init__(self, config: ConfigContainer):
         config.validate()
-        self.config = c = config
+        self.config = config
+        self.dims = initialize(config.model.parallel_config())
+        self.save_dir = Path(config.checkpoint.save) if config.checkpoint.save else None
+        self.lock = self._lock_save_dir()  # before anything is read from or written to the folder
+        try:
+            self._set_up()
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self) -> None:
+        c = self.config
         m = c.model
-        self.dims = initialize(m.parallel_config())
         self.dtype = torch.bfloat16 if c.mixed_precision.startswith("bf16") else torch.float32
         self.bridge, self.model = self._build_model()
         self.optimizer = MixedPrecisionAdamW(
@@ -63,22 +77,47 @@ class Trainer:
             wsd_decay_iters=s.lr_wsd_decay_iters or 0, wsd_decay_style=s.lr_wsd_decay_style,
         )
         self.train_data, self.valid_data = self._build_data()
+        d = c.dataset
+        self._data_source = (f"dataset {', '.join(d.data_paths)}" if d.data_paths else f"{d.kind} data") + (
+            f" (tokenizer {d.tokenizer or c.checkpoint.pretrained_checkpoint})" if d.kind != "mock" else "")
         self.iterator = self._iterator(self.train_data)
         self.step = 0
         self.saved_step = None  # the step of the newest checkpoint of this run, known alike on every rank
-        self.save_dir = Path(c.checkpoint.save) if c.checkpoint.save else None
+        self.skipped_steps = 0  # steps whose gradient norm was not finite (no update), over the whole run
         self._resume()
         log_dir = c.logger.log_dir or c.checkpoint.save
         self.logger = TrainingLogger(
             log_dir, total_iters=c.train.train_iters, log_interval=c.logger.log_interval,
             tensorboard_dir=c.logger.tensorboard_dir, wandb_project=c.logger.wandb_project,
             wandb_exp_name=c.logger.wandb_exp_name, wandb_entity=c.logger.wandb_entity,
-            rank=self.dims.rank, config_dict=c.to_dict(),
+            rank=self.dims.rank, config_dict=c.to_dict(), start_step=self.step,
         )
         self.flops_per_token = model_flops_per_token(self.chunks[0].config, m.seq_length)
         self.peak = peak_flops(self.dims.device, self.dtype)
 
     # ------------------------------------------------------------------ setup
+    def _lock_save_dir(self) -> RunLock | None:
+        """Rank 0 locks checkpoint.save for this run; a refusal reaches every rank."""
+        if self.save_dir is None:
+            return None
+        lock, refusal = None, None
+        if self.dims.rank == 0:
+            try:
+                lock = RunLock(self.save_dir).acquire()
+            except RunLockedError as err:
+                refusal = str(err)
+        box = [refusal]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is not None:
+            raise RunLockedError(box[0])
+        return lock
+
+    def close(self) -> None:
+        """Release checkpoint.save for other runs (`run` does it when it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def _build_model(self):
         c = self.config
         source = c.checkpoint.pretrained_checkpoint
@@ -131,21 +170,21 @@ class Trainer:
         if stored is None and ours is None:
             return
         if stored is None:
-            raise ValueError(f"{folder} is a full-model checkpoint, but this run trains {ours['scheme']} adapters; "
+            raise CheckpointMismatchError(f"{folder} is a full-model checkpoint, but this run trains {ours['scheme']} adapters; "
                              f"use another checkpoint.save / checkpoint.load folder, or drop --peft_scheme")
         if ours is None:
-            raise ValueError(f"{folder} holds only {stored['scheme']} adapters; resume it with --peft_scheme "
+            raise CheckpointMismatchError(f"{folder} holds only {stored['scheme']} adapters; resume it with --peft_scheme "
                              f"{stored['scheme']} on its base model {stored['base_model']['source']}")
         theirs, mine = stored["base_model"], ours["base_model"]
         if theirs["fingerprint"] != mine["fingerprint"]:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"{folder} holds adapters trained on base model {theirs['source']} (fingerprint "
                 f"{theirs['fingerprint']}), but this run loads base model {mine['source']} (fingerprint "
                 f"{mine['fingerprint']}); adapters only fit the weights they were trained on: pass that "
                 f"--pretrained-checkpoint, or save to a fresh checkpoint.save folder")
         for key in ("scheme", "dim", "modules"):
             if stored[key] != ours[key]:
-                raise ValueError(f"{folder} holds adapters with peft {key}={stored[key]!r}, but this run asks for "
+                raise CheckpointMismatchError(f"{folder} holds adapters with peft {key}={stored[key]!r}, but this run asks for "
                                  f"{ours[key]!r}; keep the peft settings of the run you resume")
 
     def _build_data(self):
@@ -171,9 +210,10 @@ class Trainer:
         c = self.config.checkpoint
         found = [None]
         if self.dims.rank == 0:
+            if self.save_dir is not None and self.save_dir.is_dir():
+                ckpt.clean_stale(self.save_dir)  # ours: we hold its lock
             for where in (c.load, c.save):
                 if where and Path(where).is_dir():
-                    ckpt.clean_stale(where)
                     iteration = ckpt.latest_iteration(where)
                     if iteration is not None:
                         found = [str(ckpt.iteration_dir(where, iteration))]
@@ -181,9 +221,11 @@ class Trainer:
         dist.broadcast_object_list(found, src=0)
         if found[0] is not None:
             self._check_checkpoint_kind(found[0])
+            check_same_run(found[0], ckpt.read_run_info(found[0]).get("config"), self.config)
             info = ckpt.load_checkpoint(found[0], self.chunks, self.optimizer,
                                         trainable_only=self.config.peft is not None)
             self.step = self.saved_step = info["iteration"]
+            self.skipped_steps = int(info.get("skipped_steps", 0))
             self.iterator.load_state_dict(info["data"])
             if self.dims.rank == 0:
                 print(f"resumed from {found[0]} at step {self.step}", flush=True)
@@ -194,12 +236,14 @@ class Trainer:
 
     def _micro_batch(self, batch) -> MicroBatch:
         """A data batch on this rank's device; under context parallelism, this cp rank's share."""
+        batch.check_vocabulary(self.chunks[0].config.vocab_size, self._data_source)
         b = batch.to(self.dims.device)
         packed = bool((b.document_ids != 0).any())
         if self.dims.cp == 1:
             return MicroBatch(b.input_ids, b.labels, b.position_ids, b.document_ids if packed else None)
         if packed:
-            raise NotImplementedError("dataset.packing=true with context parallelism is not supported yet")
+            raise ConfigError("packed documents (dataset.packing=true, or an SFT dataset's packed rows) with "
+                              "model.context_parallel_size > 1 are not supported yet; set one of them off")
         ids, targets, positions = split_batch_for_context_parallel(b.input_ids, b.labels, b.position_ids,
                                                                    self.dims.cp, self.dims.cp_rank)
         return MicroBatch(ids, targets, positions, None, labels_shifted=True)
@@ -237,15 +281,31 @@ class Trainer:
         finalize_pipeline_grads(self.chunks, self.dims)
         loss = self._sequence_sum(loss_sum).item()
         check_finite(loss, self.step + 1, self._last_checkpoint())
-        grad_norm = self.optimizer.step(self.config.optimizer.clip_grad or None)
+        grad_norm = self.optimizer.step(self.config.optimizer.clip_grad or None)  # no update when not finite
         self.optimizer.zero_grad()
         self.step += 1
+        if not math.isfinite(grad_norm):
+            self._skip_step(grad_norm)
         elapsed = time.perf_counter() - start
         t = self.config.train
         tokens_per_sec = t.global_batch_size * self.config.model.seq_length / elapsed
         return dict(loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_sec=tokens_per_sec, step_time=elapsed,
+                    skipped_steps=self.skipped_steps,
                     mfu=mfu(tokens_per_sec, self.flops_per_token, self.peak, num_devices=self.dims.world_size),
                     mem_gb=memory_gb(self.dims.device))
+
+    def _skip_step(self, grad_norm: float) -> None:
+        """Megatron's rule: a NaN/Inf gradient norm stops the run, unless train.max_skipped_steps allows
+        that many steps to be skipped (their update dropped) over the run."""
+        self.skipped_steps += 1
+        allowed = self.config.train.max_skipped_steps
+        if self.skipped_steps > allowed:
+            raise NonFiniteLossError(grad_norm, self.step, self._last_checkpoint(), what="gradient norm",
+                                     hint=f"{self.skipped_steps} such step(s) so far; train.max_skipped_steps=N "
+                                          f"skips up to N of them (no update) instead of stopping, now {allowed}")
+        if self.dims.rank == 0:
+            print(f"step {self.step}: gradient norm is {grad_norm}; update skipped ({self.skipped_steps} of "
+                  f"train.max_skipped_steps={allowed})", flush=True)
 
     @torch.no_grad()
     def validate(self) -> float | None:
@@ -272,7 +332,8 @@ class Trainer:
 
     def save(self) -> Path:
         info = {"config": self.config.to_dict(), "data": self.iterator.state_dict(),
-                "world_size": self.dims.world_size, "tp": self.dims.tp, "dp": self.dims.dp}
+                "world_size": self.dims.world_size, "tp": self.dims.tp, "dp": self.dims.dp,
+                "skipped_steps": self.skipped_steps}
         if self.config.peft is not None:  # adapters (and their optimizer state) only
             info["peft"] = self._peft_info()
         folder = ckpt.save_checkpoint(self.save_dir, self.step, self.chunks, self.optimizer, info,
@@ -301,6 +362,7 @@ class Trainer:
             result.hf_export, result.hf_adapter_export = self._export_hf()
         finally:
             self.logger.finish()
+            self.close()
         return result
 
     def _export_hf(self) -> tuple[Path | None, Path | None]:
@@ -311,7 +373,7 @@ class Trainer:
             return None, None
         if target is True:
             if self.save_dir is None:
-                raise ValueError("checkpoint.export_hf_on_finish=true needs checkpoint.save (or give a folder)")
+                raise ConfigError("checkpoint.export_hf_on_finish=true needs checkpoint.save (or give a folder)")
             target = self.save_dir / "hf"
         adapter = None
         if self.config.peft is not None:
@@ -331,5 +393,5 @@ def pretrain(config: ConfigContainer) -> TrainResult:
 
 def finetune(config: ConfigContainer) -> TrainResult:
     if not config.checkpoint.pretrained_checkpoint:
-        raise ValueError("finetune needs checkpoint.pretrained_checkpoint (an HF folder or a minibridge checkpoint)")
+        raise ConfigError("finetune needs checkpoint.pretrained_checkpoint (an HF folder or a minibridge checkpoint)")
     return Trainer(config).run()

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..errors import ConfigError
+
 STYLES = ("cosine", "linear", "constant", "WSD")
 WSD_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
 
@@ -30,11 +32,11 @@ class LRSchedule:
 
     def __post_init__(self):
         if self.style not in STYLES:
-            raise ValueError(f"lr_decay_style {self.style!r}: expected one of {STYLES}")
+            raise ConfigError(f"lr_decay_style {self.style!r}: expected one of {STYLES}")
         if self.wsd_decay_style not in WSD_STYLES:
-            raise ValueError(f"lr_wsd_decay_style {self.wsd_decay_style!r}: expected one of {WSD_STYLES}")
+            raise ConfigError(f"lr_wsd_decay_style {self.wsd_decay_style!r}: expected one of {WSD_STYLES}")
         if self.min_lr > self.lr:
-            raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
+            raise ConfigError(f"min_lr {self.min_lr} is above lr {self.lr}")
 
     def __call__(self, step: int) -> float:
         """Learning rate for optimizer step `step` (0-based)."""

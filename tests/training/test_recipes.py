@@ -153,7 +153,7 @@ def test_recipe_kwargs(tmp_path, monkeypatch):
     assert (cfg.train.train_iters, cfg.optimizer.lr, cfg.optimizer.min_lr) == (100, 1e-4, 1e-5)
     assert cfg.model.tensor_model_parallel_size == 2 and cfg.model.context_parallel_size == 2
     assert cfg.checkpoint.save == cfg.checkpoint.load == str(tmp_path / "run1" / "checkpoints")
-    assert cfg.logger.tensorboard_dir == str(tmp_path / "run1" / "tb_logs") and cfg.logger.wandb_project == "p"
+    assert cfg.logger.tensorboard_dir == "auto" and cfg.logger.wandb_project == "p"  # <checkpoint.save>/tb_logs
     monkeypatch.setenv("SAVE_DIR", str(tmp_path / "env"))
     assert gemma.gemma3_1b_pretrain_config(name="g").checkpoint.save == str(tmp_path / "env" / "g" / "checkpoints")
     monkeypatch.delenv("SAVE_DIR")

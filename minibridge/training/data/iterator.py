@@ -32,6 +32,15 @@ class Batch:
         """Targets the shifted loss uses: labels[:, 1:] (label 0 of a row predicts nothing)."""
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
+    def check_vocabulary(self, vocab_size: int, source: str) -> None:
+        """Every token id indexes the model's embedding (an id past it would fail deep in the forward)."""
+        low, high = int(self.input_ids.min()), int(self.input_ids.max())
+        if low < 0 or high >= vocab_size:
+            bad = low if low < 0 else high
+            raise DataError(f"{source}: a batch holds token id {bad}, outside the model's vocabulary of {vocab_size} "
+                            f"ids (model.config.vocab_size); the data was tokenized with another tokenizer: use the "
+                            f"model's tokenizer, or a model whose vocabulary covers this one")
+
     def to(self, device, non_blocking: bool = False) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
 

@@ -22,6 +22,7 @@ import time
 from itertools import islice
 from pathlib import Path
 
+from ...cli import run_main
 from .errors import DataError
 from .indexed import IndexedDatasetWriter, optimal_dtype
 from .jsonl import encode_documents, parse_line, require
@@ -117,7 +118,7 @@ def preprocess(input_path, output_prefix, tokenizer_dir, json_keys=("text",), ap
     return prefixes
 
 
-def main(argv: list[str] | None = None) -> None:
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minibridge.training.data.preprocess", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="JSONL file, one document per line")
@@ -128,14 +129,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
     parser.add_argument("--log-interval", type=float, default=5.0, help="seconds between progress lines")
     args = parser.parse_args(argv)
-    try:
-        written = preprocess(args.input, args.output_prefix, args.tokenizer, args.json_keys,
-                             args.append_eod, args.workers, args.log_interval)
-    except (DataError, FileNotFoundError) as err:
-        sys.exit(f"preprocess: error: {err}")
+    written = preprocess(args.input, args.output_prefix, args.tokenizer, args.json_keys,
+                         args.append_eod, args.workers, args.log_interval)
     for key, prefix in written.items():
         print(f"{key}: wrote {prefix}.bin and {prefix}.idx")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("minibridge.training.data.preprocess", _main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

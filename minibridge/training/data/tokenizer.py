@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from ...bridge.hf_folder import check_contained
 from .errors import DataError
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
@@ -75,6 +76,7 @@ def load_tokenizer(tokenizer):
         return tokenizer
     from transformers import AutoTokenizer
 
+    check_contained(tokenizer)  # a local folder: no file of it links outside
     try:
         return AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=False)
     except (OSError, ValueError) as err:

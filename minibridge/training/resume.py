@@ -1,0 +1,72 @@
+"""Whether a checkpoint may be resumed by this run: same model, same sequences, same data.
+
+A resumed run continues the stored run's optimizer state and data position, so anything that changes
+what the weights mean or which samples come next makes the resumed run a different experiment that
+only looks like a continuation. Those settings are compared with the checkpoint's run.json and every
+difference is named; learning rate, schedule, batch size, intervals and the layout may change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import CheckpointMismatchError
+from .config import ConfigContainer
+
+# The settings of run.json's config that fix the model and the data stream.
+RUN_IDENTITY = (
+    ("model", "config"), ("model", "seq_length"),
+    ("dataset", "kind"), ("dataset", "data_paths"), ("dataset", "blend_weights"), ("dataset", "split"),
+    ("dataset", "tokenizer"), ("dataset", "packing"),
+)
+PATH_KEYS = {("dataset", "data_paths"), ("dataset", "tokenizer")}
+
+
+def _normalised(key: tuple[str, ...], value):
+    """Paths compare as absolute paths (a relative path and its absolute form are the same data)."""
+    if key not in PATH_KEYS or value is None:
+        return value
+    if isinstance(value, list):
+        return [os.path.abspath(v) if isinstance(v, str) else v for v in value]
+    return os.path.abspath(value) if isinstance(value, str) else value
+
+
+def _leaves(prefix: str, value) -> dict:
+    """{"model.config.hidden_size": 64, ...}: nested dicts flattened to dotted keys."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(_leaves(f"{prefix}.{k}", v))
+        return out
+    return {prefix: value}
+
+
+def run_differences(stored: dict, current: dict) -> list[str]:
+    """`key: stored value -> this run's value` for every identity setting that differs."""
+    diffs = []
+    for key in RUN_IDENTITY:
+        if not isinstance(stored.get(key[0]), dict) or key[1] not in stored[key[0]]:
+            continue  # not recorded (a `convert import` checkpoint records only the model)
+        old, new = stored, current
+        for part in key:
+            old = old.get(part) if isinstance(old, dict) else None
+            new = new.get(part) if isinstance(new, dict) else None
+        old, new = _leaves(".".join(key), _normalised(key, old)), _leaves(".".join(key), _normalised(key, new))
+        for name in old:  # a setting the checkpoint predates is not compared
+            if old.get(name) != new.get(name):
+                diffs.append(f"{name}: {old.get(name)!r} in the checkpoint, {new.get(name)!r} in this run")
+    return diffs
+
+
+def check_same_run(folder: str | Path, stored_config: dict | None, config: ConfigContainer) -> None:
+    """Refuse to resume `folder` when its run had another model, sequence length or data."""
+    if not isinstance(stored_config, dict):
+        return  # written by `convert import` or an older version: weights only, nothing to compare
+    diffs = run_differences(stored_config, json.loads(json.dumps(config.to_dict())))  # tuples as lists, as stored
+    if diffs:
+        raise CheckpointMismatchError(
+            f"{folder} was saved by a run with another model or data, so this run cannot resume it: "
+            + "; ".join(diffs) + ". Keep the stored settings to resume, or start a new run elsewhere (another "
+            "checkpoint.save) from these weights with checkpoint.pretrained_checkpoint=" + str(Path(folder).parent))
