@@ -57,14 +57,12 @@ def child(side: str, dtype_name: str, layers: int, seq: int, steps: int) -> dict
     if side.startswith("minibridge"):
         from minibridge import AutoBridge
         from minibridge.bridge import config_from_hf
-        from minibridge.models.output import ChunkedOutputHead
         from minibridge.peft import apply_peft, count_parameters
         from minibridge.training.optimizer import MixedPrecisionAdamW
 
         base = _rss_gb()
         config = config_from_hf(hf)
-        model = AutoBridge.from_config(config).to_model(dtype=dtype, progress=False)
-        model.head = ChunkedOutputHead(max(1, 256 * 2**20 // (4 * config.vocab_size)))
+        model = AutoBridge.from_config(config).to_model(dtype=dtype, progress=False, loss_chunk_bytes=256 * 2**20)
         if side == "minibridge-lora":
             apply_peft(model, "lora", rank=RANK, alpha=ALPHA, targets=TARGETS)
         trainable, total = count_parameters(model)

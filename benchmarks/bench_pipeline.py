@@ -44,7 +44,7 @@ class _Sleep(torch.autograd.Function):
 
 
 class SleepStage(torch.nn.Module):
-    """Stands in for a CausalLM chunk: same call signature, fixed compute time."""
+    """Stands in for a CausalLM chunk: the two calls the pipeline makes (hidden_states, loss), fixed compute time."""
 
     def __init__(self, first: bool, last: bool, seconds: float):
         super().__init__()
@@ -52,11 +52,13 @@ class SleepStage(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(HIDDEN))
         self.config = type("Config", (), {"hidden_size": HIDDEN})()
 
-    def forward(self, input_ids, labels=None, hidden_states=None, **_):
+    def hidden_states(self, input_ids, position_ids=None, document_ids=None, hidden_states=None):
         if self.is_first:
             hidden_states = torch.ones(*input_ids.shape, HIDDEN)
-        out = _Sleep.apply(hidden_states * self.weight, self.seconds)
-        return out.sum() if self.is_last else out
+        return _Sleep.apply(hidden_states * self.weight, self.seconds)
+
+    def loss(self, hidden, targets, reduction="sum"):
+        return hidden.sum()
 
 
 def _worker(rank, world, port, pp, vp, m, unit, queue):

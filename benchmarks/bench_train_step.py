@@ -55,13 +55,11 @@ def child(side: str, case: str, dtype_name: str, steps: int, seq_divisor: int) -
     if side == "minibridge":
         from minibridge import AutoBridge
         from minibridge.bridge import config_from_hf
-        from minibridge.models.output import ChunkedOutputHead
         from minibridge.training.optimizer import MixedPrecisionAdamW
 
         base = _rss_gb()
         config = config_from_hf(hf)
-        model = AutoBridge.from_config(config).to_model(dtype=dtype)
-        model.head = ChunkedOutputHead(max(1, 256 * 2**20 // (4 * config.vocab_size)))
+        model = AutoBridge.from_config(config).to_model(dtype=dtype, loss_chunk_bytes=256 * 2**20)  # the trainer's
         optimizer = MixedPrecisionAdamW(model, lr=1e-4)
         step_fn = lambda ids: model(ids, labels=ids)  # noqa: E731
         vocab = config.vocab_size

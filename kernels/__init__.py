@@ -9,13 +9,15 @@ plain PyTorch (the CPU fallback, the tests' oracle and the benchmarks' baseline)
 from ._triton import HAS_TRITON
 from .attention import attention, attention_ref
 from .attention_flash import HAS_FLASH_ATTN
-from .attention_mask import allowed_mask, cu_seqlens_from_document_ids, document_ids_from_cu_seqlens
+from .attention_mask import (
+    allowed_mask, allowed_mask_from_positions, cu_seqlens_from_document_ids, document_ids_from_cu_seqlens,
+)
 from .backend import BACKENDS, resolve_backend
 from .rms_norm import rms_norm, rms_norm_ref
 from .rope import apply_rope, apply_rope_ref
 
 __all__ = [
-    "BACKENDS", "HAS_FLASH_ATTN", "HAS_TRITON", "allowed_mask", "apply_rope", "apply_rope_ref", "attention",
-    "attention_ref", "cu_seqlens_from_document_ids", "document_ids_from_cu_seqlens", "resolve_backend",
-    "rms_norm", "rms_norm_ref",
+    "BACKENDS", "HAS_FLASH_ATTN", "HAS_TRITON", "allowed_mask", "allowed_mask_from_positions", "apply_rope",
+    "apply_rope_ref", "attention", "attention_ref", "cu_seqlens_from_document_ids", "document_ids_from_cu_seqlens",
+    "resolve_backend", "rms_norm", "rms_norm_ref",
 ]

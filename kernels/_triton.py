@@ -8,7 +8,8 @@ Interpreted mode: Triton reads TRITON_INTERPRET when a kernel is *decorated*, so
 `minibridge` is first imported (tests/conftest.py). In triton 3.9's interpreter `tl.dot` on bf16
 operands returns garbage, so kernels take a DOT_FP32 constexpr (`dot_in_fp32(dtype)`) that upcasts
 dot operands on the interpreted path only. It also truncates fp32 -> bf16 casts instead of rounding
-to nearest even, so kernels store through `round_to(x, dtype, RNE_BF16)`.
+to nearest even, so the RMSNorm and RoPE kernels store through `round_to(x, dtype, RNE_BF16)` (the
+attention kernels cast plainly: interpreted bf16 outputs are truncated, within their tests' tolerance).
 """
 
 from __future__ import annotations
@@ -52,11 +53,6 @@ def round_to(x, DTYPE: tl.constexpr, RNE_BF16: tl.constexpr):
             bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
             return bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return x.to(DTYPE)
-
-
-def rne_bf16(dtype: torch.dtype) -> bool:
-    """The interpreter truncates fp32 -> bf16 casts (triton 3.9): kernels then round on the bits."""
-    return interpreting() and dtype == torch.bfloat16
 
 
 def interpreting() -> bool:

@@ -17,6 +17,7 @@ import torch
 from .attention_cpu import attention_cpu
 from .attention_flash import attention_flash, flash_able
 from .attention_mask import allowed_mask, check_attention_args, document_ids_from_cu_seqlens
+from .attention_triton import attention_triton
 from .backend import resolve_backend
 
 
@@ -54,8 +55,6 @@ def attention(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     chosen = resolve_backend(backend, q, "attention", flash_able(q, k, causal, document_ids))
     if chosen == "triton":
-        from .attention_triton import attention_triton
-
         return attention_triton(q, k, v, causal, window, scale, document_ids)
     if chosen == "flash":
         return attention_flash(q, k, v, causal, window, scale, document_ids)

@@ -16,17 +16,32 @@ def allowed_mask(
     q_len: int, k_len: int, causal: bool = True, window: int | None = None,
     document_ids: torch.Tensor | None = None, device=None,
 ) -> torch.Tensor:
-    """Boolean mask, True where attention is allowed: (q_len, k_len), or (B, 1, q_len, k_len) with documents."""
-    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-    k_pos = torch.arange(k_len, device=device)[None, :]
-    allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
-    if causal:
-        allowed = k_pos <= q_pos
-        if window is not None:
-            allowed &= k_pos > q_pos - window
+    """Boolean mask, True where attention is allowed: (q_len, k_len), or (B, 1, q_len, k_len) with documents.
+
+    The queries are the last q_len of the k_len positions (query i at position k_len - q_len + i), the
+    rule of `allowed_mask_from_positions`; `document_ids` (B, k_len) keeps each query inside its document.
+    """
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)
+    allowed = allowed_mask_from_positions(q_pos, torch.arange(k_len, device=device), causal, window)
     if document_ids is not None:
         q_doc = document_ids[:, k_len - q_len:]
         allowed = allowed & (q_doc[:, None, :, None] == document_ids[:, None, None, :])
+    return allowed
+
+
+def allowed_mask_from_positions(q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool = True,
+                                window: int | None = None) -> torch.Tensor:
+    """(len(q_pos), len(k_pos)) bool, True where a query at position q_pos[i] may see the key at k_pos[j].
+
+    Positions are any 1-D integer tensors (a zigzag context-parallel chunk, a KV-cache step). causal:
+    k <= q, and with a window W also k > q - W (keys q - W + 1 .. q). causal=False allows every key and
+    ignores the window.
+    """
+    if not causal:
+        return torch.ones(q_pos.shape[0], k_pos.shape[0], dtype=torch.bool, device=q_pos.device)
+    allowed = k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        allowed &= k_pos[None, :] > q_pos[:, None] - window
     return allowed
 
 

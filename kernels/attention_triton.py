@@ -1,4 +1,5 @@
-"""Flash-attention 2 in Triton: forward here, backward in `attention_triton_bwd.py`.
+"""Flash-attention 2 in Triton: forward here, backward in `attention_triton_bwd.py`, the tile helpers
+and launch choices both use in `attention_triton_shared.py`.
 
 Layout: q (B, Tq, H, D), k and v (B, Tk, Hkv, D), any strides (views of fused projections and
 transposes are fine); the output is (B, Tq, H, D), contiguous, in q's dtype. Grouped-query attention
@@ -31,58 +32,13 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import dot_in_fp32, interpreting, tl, triton
+from ._triton import tl, triton
 from .attention_mask import check_attention_args
-
-LOG2E = 1.4426950408889634
-
-
-# ----------------------------------------------------------------------------- shared device helpers
-@triton.jit
-def _dot(a, b, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
-    """a @ b with fp32 accumulation; operands upcast to fp32 first under the interpreter for bf16."""
-    if DOT_FP32:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, input_precision=PRECISION)
-
-
-@triton.jit
-def _key_range(start_m, Tq, Tk, window, IS_CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[lo, hi) of the keys that queries start_m .. start_m + BLOCK_M - 1 may see; lo is block-aligned.
-
-    Causal: from the window's left edge of the first query (`window` is Tk when there is none, and
-    the edge first - Tk + 1 <= 0 is clamped to 0) to the diagonal of the last query.
-    """
-    if IS_CAUSAL:
-        first = Tk - Tq + start_m  # position of the block's first query
-        lo = tl.maximum(first - window + 1, 0) // BLOCK_N * BLOCK_N
-        hi = tl.minimum(first + BLOCK_M, Tk)
-    else:
-        lo = 0
-        hi = Tk
-    return lo, hi
-
-
-@triton.jit
-def _allowed(q_pos, k_pos, row_ok, col_ok, window, doc_q, doc_k, IS_CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) mask: inside the tensors, causal and in the window, same document."""
-    ok = row_ok[:, None] & col_ok[None, :]
-    if IS_CAUSAL:
-        ok = ok & (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] > q_pos[:, None] - window)
-    if HAS_DOCS:
-        ok = ok & (doc_q[:, None] == doc_k[None, :])
-    return ok
-
-
-@triton.jit
-def _load_docs(DOC, b, pos, ok, sdb, sdt, HAS_DOCS: tl.constexpr):
-    """document_ids[b, pos] (or the positions themselves when there are no documents: unused then)."""
-    if HAS_DOCS:
-        doc = tl.load(DOC + b * sdb + pos * sdt, mask=ok, other=-1)
-    else:
-        doc = pos
-    return doc
+from .attention_triton_bwd import attention_triton_backward
+from .attention_triton_shared import (
+    LOG2E, block_sizes, document_args, dot_config, head_dim_block, key_range, load_document_ids, tile_allowed,
+    tile_dot,
+)
 
 
 # ----------------------------------------------------------------------------- forward kernel
@@ -107,23 +63,23 @@ def _fwd_kernel(
     q_pos = Tk - Tq + offs_m
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    doc_q = _load_docs(DOC, b, q_pos, row_ok, sdb, sdt, HAS_DOCS)
+    doc_q = load_document_ids(DOC, b, q_pos, row_ok, sdb, sdt, HAS_DOCS)
     K += b * skb + hk * skh
     V += b * svb + hk * svh
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running row max of the log2-scaled scores
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running row sum of exp2(s - m_i)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    lo, hi = _key_range(start_m, Tq, Tk, window, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    lo, hi = key_range(start_m, Tq, Tk, window, IS_CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         k_pos = start_n + offs_n
         col_ok = k_pos < Tk
         kv_mask = col_ok[:, None] & d_ok[None, :]
         k = tl.load(K + k_pos[:, None] * skt + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
-        s = _dot(q, tl.trans(k), DOT_FP32, PRECISION) * qk_scale
-        doc_k = _load_docs(DOC, b, k_pos, col_ok, sdb, sdt, HAS_DOCS)
-        ok = _allowed(q_pos, k_pos, row_ok, col_ok, window, doc_q, doc_k, IS_CAUSAL, HAS_DOCS)
+        s = tile_dot(q, tl.trans(k), DOT_FP32, PRECISION) * qk_scale
+        doc_k = load_document_ids(DOC, b, k_pos, col_ok, sdb, sdt, HAS_DOCS)
+        ok = tile_allowed(q_pos, k_pos, row_ok, col_ok, window, doc_q, doc_k, IS_CAUSAL, HAS_DOCS)
         s = tl.where(ok, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing allowed yet: no NaN
@@ -131,51 +87,18 @@ def _fwd_kernel(
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + k_pos[:, None] * svt + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_FP32, PRECISION)
+        acc = acc * alpha[:, None] + tile_dot(p.to(v.dtype), v, DOT_FP32, PRECISION)
         m_i = m_new
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)  # / LOG2E
     tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :] * sod,
              out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     tl.store(LSE + (b * H + h) * Tq + offs_m, lse, mask=row_ok)
 
 
 # ----------------------------------------------------------------------------- host side
-def _block_sizes(D: int, kernel: str) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for kernel "fwd", "dkdv" or "dq".
-
-    BLOCK_M counts queries, BLOCK_N keys. The interpreter runs each program in Python: small blocks
-    waste the least work on the short sequences of the tests.
-    """
-    if interpreting():
-        return 16, 16, 4, 1
-    warps = 4 if D <= 64 else 8
-    if kernel == "fwd":
-        return (128, 64, warps, 3) if D <= 128 else (64, 32, 8, 2)
-    if kernel == "dkdv":  # a program holds BLOCK_N keys and their fp32 dK, dV accumulators
-        return (32, 64, warps, 2) if D <= 128 else (32, 32, 8, 1)
-    return (64, 32, warps, 2) if D <= 128 else (32, 32, 8, 1)  # dq
-
-
-def _block_d(D: int) -> int:
-    return max(16, triton.next_power_of_2(D))
-
-
-def _dot_config(dtype: torch.dtype) -> tuple[bool, str]:
-    """(DOT_FP32, PRECISION): fp32 operands take IEEE dots, never TF32."""
-    upcast = dot_in_fp32(dtype)
-    return upcast, "ieee" if upcast or dtype == torch.float32 else "tf32"
-
-
-def _doc_args(document_ids: torch.Tensor | None, like: torch.Tensor):
-    """(tensor, stride_b, stride_t, HAS_DOCS): a dummy pointer when there are no documents."""
-    if document_ids is None:
-        return like, 0, 0, False
-    return document_ids, document_ids.stride(0), document_ids.stride(1), True
-
-
 def _check(q, k, v, causal, window, document_ids) -> None:
     check_attention_args("attention_triton", q, k, v, causal, window, document_ids)
     if q.shape[-1] > 256:
@@ -192,14 +115,14 @@ def attention_triton_forward(q, k, v, causal: bool, window: int | None, scale: f
     lse = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
-    BLOCK_M, BLOCK_N, warps, stages = _block_sizes(D, "fwd")
-    dot_fp32, precision = _dot_config(q.dtype)
-    doc, sdb, sdt, has_docs = _doc_args(document_ids, q)
+    BLOCK_M, BLOCK_N, warps, stages = block_sizes(D, "fwd")
+    dot_fp32, precision = dot_config(q.dtype)
+    doc, sdb, sdt, has_docs = document_args(document_ids, q)
     _fwd_kernel[(triton.cdiv(Tq, BLOCK_M), B * H)](
         q, k, v, out, lse, doc, *q.stride(), *k.stride(), *v.stride(), *out.stride(), sdb, sdt,
         H, H // Hkv, Tq, Tk, D, Tk if window is None else window, scale * LOG2E,
         IS_CAUSAL=causal, HAS_DOCS=has_docs, DOT_FP32=dot_fp32, PRECISION=precision,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=_block_d(D), num_warps=warps, num_stages=stages,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=head_dim_block(D), num_warps=warps, num_stages=stages,
     )
     return out, lse
 
@@ -216,8 +139,6 @@ class _AttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        from .attention_triton_bwd import attention_triton_backward
-
         q, k, v, out, lse, document_ids = ctx.saved_tensors
         dq, dk, dv = attention_triton_backward(grad_out, q, k, v, out, lse, ctx.causal, ctx.window, ctx.scale,
                                                document_ids)

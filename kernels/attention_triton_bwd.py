@@ -1,4 +1,5 @@
-"""Flash-attention 2 backward in Triton (the forward and the masking rules: `attention_triton.py`).
+"""Flash-attention 2 backward in Triton (the forward and the masking rules: `attention_triton.py`; the
+tile helpers shared with it: `attention_triton_shared.py`).
 
 With P = softmax(S), S = q k^T * scale, recomputed blockwise from the forward's log-sum-exp
 (P = exp(S - lse), no normalisation pass needed):
@@ -20,8 +21,9 @@ from __future__ import annotations
 import torch
 
 from ._triton import tl, triton
-from .attention_triton import (
-    LOG2E, _allowed, _block_d, _block_sizes, _doc_args, _dot, _dot_config, _key_range, _load_docs,
+from .attention_triton_shared import (
+    LOG2E, block_sizes, document_args, dot_config, head_dim_block, key_range, load_document_ids, tile_allowed,
+    tile_dot,
 )
 
 
@@ -60,7 +62,7 @@ def _bwd_dkdv_kernel(
     kv_mask = col_ok[:, None] & d_ok[None, :]
     k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skt + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
     v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svt + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
-    doc_k = _load_docs(DOC, b, offs_n, col_ok, sdb, sdt, HAS_DOCS)
+    doc_k = load_document_ids(DOC, b, offs_n, col_ok, sdb, sdt, HAS_DOCS)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
@@ -83,17 +85,17 @@ def _bwd_dkdv_kernel(
             q_mask = row_ok[:, None] & d_ok[None, :]
             q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd, mask=q_mask, other=0.0)
             do = tl.load(do_base + offs_m[:, None] * sgt + offs_d[None, :] * sgd, mask=q_mask, other=0.0)
-            lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
+            lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634  # * LOG2E
             delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
             q_pos = offset + offs_m
-            doc_q = _load_docs(DOC, b, q_pos, row_ok, sdb, sdt, HAS_DOCS)
-            ok = _allowed(q_pos, offs_n, row_ok, col_ok, window, doc_q, doc_k, IS_CAUSAL, HAS_DOCS)
-            s = _dot(q, tl.trans(k), DOT_FP32, PRECISION) * qk_scale
+            doc_q = load_document_ids(DOC, b, q_pos, row_ok, sdb, sdt, HAS_DOCS)
+            ok = tile_allowed(q_pos, offs_n, row_ok, col_ok, window, doc_q, doc_k, IS_CAUSAL, HAS_DOCS)
+            s = tile_dot(q, tl.trans(k), DOT_FP32, PRECISION) * qk_scale
             p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)  # (BLOCK_M, BLOCK_N)
-            dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_FP32, PRECISION)
-            dp = _dot(do, tl.trans(v), DOT_FP32, PRECISION)
+            dv += tile_dot(tl.trans(p.to(do.dtype)), do, DOT_FP32, PRECISION)
+            dp = tile_dot(do, tl.trans(v), DOT_FP32, PRECISION)
             ds = p * (dp - delta[:, None])
-            dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32, PRECISION)
+            dk += tile_dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32, PRECISION)
     tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkt + offs_d[None, :] * sdkd,
              (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + b * sdvb + hk * sdvh + offs_n[:, None] * sdvt + offs_d[None, :] * sdvd,
@@ -123,15 +125,15 @@ def _bwd_dq_kernel(
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd, mask=q_mask, other=0.0)
     do = tl.load(DO + b * sgb + h * sgh + offs_m[:, None] * sgt + offs_d[None, :] * sgd, mask=q_mask, other=0.0)
     row_base = (b * H + h) * Tq
-    lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634
+    lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634  # * LOG2E
     delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
     q_pos = Tk - Tq + offs_m
-    doc_q = _load_docs(DOC, b, q_pos, row_ok, sdb, sdt, HAS_DOCS)
+    doc_q = load_document_ids(DOC, b, q_pos, row_ok, sdb, sdt, HAS_DOCS)
     K += b * skb + hk * skh
     V += b * svb + hk * svh
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
-    lo, hi = _key_range(start_m, Tq, Tk, window, IS_CAUSAL, BLOCK_M, BLOCK_N)
+    lo, hi = key_range(start_m, Tq, Tk, window, IS_CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         k_pos = start_n + offs_n
@@ -139,13 +141,13 @@ def _bwd_dq_kernel(
         kv_mask = col_ok[:, None] & d_ok[None, :]
         k = tl.load(K + k_pos[:, None] * skt + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
         v = tl.load(V + k_pos[:, None] * svt + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
-        doc_k = _load_docs(DOC, b, k_pos, col_ok, sdb, sdt, HAS_DOCS)
-        ok = _allowed(q_pos, k_pos, row_ok, col_ok, window, doc_q, doc_k, IS_CAUSAL, HAS_DOCS)
-        s = _dot(q, tl.trans(k), DOT_FP32, PRECISION) * qk_scale
+        doc_k = load_document_ids(DOC, b, k_pos, col_ok, sdb, sdt, HAS_DOCS)
+        ok = tile_allowed(q_pos, k_pos, row_ok, col_ok, window, doc_q, doc_k, IS_CAUSAL, HAS_DOCS)
+        s = tile_dot(q, tl.trans(k), DOT_FP32, PRECISION) * qk_scale
         p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
-        dp = _dot(do, tl.trans(v), DOT_FP32, PRECISION)
+        dp = tile_dot(do, tl.trans(v), DOT_FP32, PRECISION)
         ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, DOT_FP32, PRECISION)
+        dq += tile_dot(ds.to(k.dtype), k, DOT_FP32, PRECISION)
     tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdqt + offs_d[None, :] * sdqd,
              (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
 
@@ -159,24 +161,24 @@ def attention_triton_backward(grad_out, q, k, v, out, lse, causal: bool, window:
     if Tq == 0 or B * H * D == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     delta = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)
-    BLOCK_D = _block_d(D)
-    dot_fp32, precision = _dot_config(q.dtype)
-    doc, sdb, sdt, has_docs = _doc_args(document_ids, q)
+    BLOCK_D = head_dim_block(D)
+    dot_fp32, precision = dot_config(q.dtype)
+    doc, sdb, sdt, has_docs = document_args(document_ids, q)
     window_arg = Tk if window is None else window
     flags = dict(IS_CAUSAL=causal, HAS_DOCS=has_docs, DOT_FP32=dot_fp32, PRECISION=precision, BLOCK_D=BLOCK_D)
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
 
-    block_m = _block_sizes(D, "dq")[0]
+    block_m = block_sizes(D, "dq")[0]
     _bwd_preprocess[(triton.cdiv(Tq, block_m), B * H)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), H, Tq, D, BLOCK_M=block_m, BLOCK_D=BLOCK_D)
 
-    block_m, block_n, warps, stages = _block_sizes(D, "dkdv")
+    block_m, block_n, warps, stages = block_sizes(D, "dkdv")
     _bwd_dkdv_kernel[(triton.cdiv(Tk, block_n), B * Hkv)](
         q, k, v, grad_out, lse, delta, dk, dv, doc, *strides, *dk.stride(), *dv.stride(), sdb, sdt,
         H, Hkv, H // Hkv, Tq, Tk, D, window_arg, scale, scale * LOG2E,
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **flags)
 
-    block_m, block_n, warps, stages = _block_sizes(D, "dq")
+    block_m, block_n, warps, stages = block_sizes(D, "dq")
     _bwd_dq_kernel[(triton.cdiv(Tq, block_m), B * H)](
         q, k, v, grad_out, lse, delta, dq, doc, *strides, *dq.stride(), sdb, sdt,
         H, H // Hkv, Tq, Tk, D, window_arg, scale, scale * LOG2E,

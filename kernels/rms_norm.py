@@ -1,6 +1,7 @@
 """RMSNorm for Llama 3 and Gemma 3: a Triton forward and backward, and the plain PyTorch reference.
 
-Numerics (those of `minibridge.models.common.RMSNorm`, which the reference reproduces bit for bit):
+Numerics (those of transformers' `LlamaRMSNorm` and `Gemma3RMSNorm`, which the reference reproduces bit
+for bit; `minibridge.models.common.RMSNorm` runs this op):
 
 - Both flavours normalise in fp32: rstd = 1 / sqrt(mean(x^2) + eps), normed = x * rstd.
 - Llama: normed is rounded to x.dtype first, then multiplied by the weight. The kernel multiplies the
@@ -160,7 +161,7 @@ class _RMSNormTriton(torch.autograd.Function):
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False) -> torch.Tensor:
-    """Plain PyTorch, bit-identical to models.common.RMSNorm for fp32/bf16/fp16 inputs.
+    """Plain PyTorch, bit-identical to transformers' LlamaRMSNorm / Gemma3RMSNorm for fp32/bf16/fp16 inputs.
 
     The normalisation runs in fp32 (x.float()), or in fp64 when x is fp64, so that running this on
     upcast inputs gives the tests a true high-precision oracle.

@@ -125,7 +125,7 @@ class _RopeTriton(torch.autograd.Function):
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """models.common.rotate_half (copied: the models import the kernels, not the other way round)."""
+    """transformers' `rotate_half`: [x1, x2] -> [-x2, x1] over the two halves of the last dim."""
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
@@ -133,7 +133,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rope_ref(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     """HF semantics: the tables cast to each input's dtype, then x * cos + rotate_half(x) * sin.
 
-    Bit-identical to models.common.apply_rope when the tables are already in q's dtype.
+    Bit-identical to transformers' `apply_rotary_pos_emb` (on (B, H, T, D) tensors) given the tables in
+    q's dtype, as transformers' rotary embedding hands them over.
     """
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # over the head dim; (T, D) tables broadcast too
 

@@ -31,7 +31,7 @@ import torch
 
 from .cli import run_main
 from .errors import ConfigError
-from .models import KVCache
+from .models import KVCache, ModelChunks
 
 
 @dataclass
@@ -118,7 +118,7 @@ def _eos_tensor(eos_token_id, device) -> torch.Tensor:
 
 def _sync_tokens(model, tokens: torch.Tensor) -> torch.Tensor:
     """Under tensor parallelism, every rank takes tp rank 0's tokens (identical already, by construction)."""
-    dims = getattr(model, "parallel_dims", None)
+    dims = model.sharding.dims if model.sharding is not None else None
     if dims is None or dims.tp == 1:
         return tokens
     import torch.distributed as dist
@@ -141,8 +141,10 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
                  stats: GenerationStats | None = None) -> torch.Tensor:
     """(B, N <= max_new_tokens) new token ids after left-padded `input_ids` (B, T) (`attention_mask`
     1 for real tokens, 0 for padding). Rows that reached EOS continue with `pad_token_id`."""
-    if isinstance(model, (list, tuple)):
+    chunks = ModelChunks.of(model)
+    if len(chunks) > 1 or not (chunks[0].is_first and chunks[0].is_last):
         raise ConfigError("generation runs a whole model; pipeline-parallel chunks are not supported")
+    model = chunks[0]
     do_sample, temperature, top_k, top_p = sampling_settings(do_sample, temperature, top_k, top_p, max_new_tokens)
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
@@ -298,7 +300,7 @@ def _eos_of_folder(folder, tokenizer):
 
 def _main(argv: list[str] | None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    from .bridge import AutoBridge
+    from .bridge import HFBridge
     from .bridge.hf_folder import check_contained
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -307,7 +309,7 @@ def _main(argv: list[str] | None) -> int:
     wants_sampling = bool(args.temperature) or args.top_k is not None or args.top_p is not None
     do_sample, temperature, top_k, top_p = sampling_settings(wants_sampling, args.temperature, args.top_k,
                                                              args.top_p, args.max_new_tokens)
-    bridge = AutoBridge.from_hf_pretrained(args.hf_model_path)
+    bridge = HFBridge.from_hf_pretrained(args.hf_model_path)
     from transformers import AutoTokenizer
 
     try:
@@ -324,9 +326,10 @@ def _main(argv: list[str] | None) -> int:
     if args.megatron_model_path:
         from .conversion import load_megatron_model
 
-        model = load_megatron_model(bridge, args.megatron_model_path, parallel=dims, dtype=dtype, device=device)
+        chunks = load_megatron_model(bridge, args.megatron_model_path, parallel=dims, dtype=dtype, device=device)
     else:
-        model = bridge.to_model(parallel=dims, dtype=dtype, device=device, progress=rank0)
+        chunks = bridge.to_model_chunks(dims, dtype, device, progress=rank0)
+    model = chunks[0]
     model.eval()
     stats = GenerationStats()
     texts = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, do_sample=do_sample,

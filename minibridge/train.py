@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from .cli import run_main
-from .training.overrides import parse_cli
+from .training.command_line import parse_cli
 
 
 def _main(argv: list[str] | None) -> int:

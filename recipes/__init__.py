@@ -12,7 +12,6 @@ Recipes only build dataclasses: nothing is downloaded or allocated, so even the 
 from __future__ import annotations
 
 import difflib
-import inspect
 from typing import Callable
 
 from minibridge.training.config import ConfigContainer, ConfigError, PeftConfig
@@ -46,11 +45,6 @@ def get_recipe(name: str) -> Callable[..., ConfigContainer]:
     close = difflib.get_close_matches(name, list(RECIPES), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `python -m minibridge.train --list` shows them"
     raise ConfigError(f"unknown recipe {name!r}{hint}")
-
-
-def _accepts(fn: Callable, name: str) -> bool:
-    params = inspect.signature(fn).parameters
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def list_recipes() -> list[tuple[str, str]]:

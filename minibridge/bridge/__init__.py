@@ -1,7 +1,7 @@
-"""Hugging Face <-> minibridge: config translation, name tables, safetensors streaming, AutoBridge."""
+"""Hugging Face <-> minibridge: config translation, name tables, safetensors streaming, HFBridge."""
 
-from .auto_bridge import AutoBridge
+from .auto_bridge import HFBridge
 from .hf_config import UnsupportedModelError, config_from_hf, config_to_hf
 from .safetensors_io import CorruptCheckpointError
 
-__all__ = ["AutoBridge", "CorruptCheckpointError", "UnsupportedModelError", "config_from_hf", "config_to_hf"]
+__all__ = ["HFBridge", "CorruptCheckpointError", "UnsupportedModelError", "config_from_hf", "config_to_hf"]

@@ -1,4 +1,7 @@
-"""AutoBridge: the public entry point between Hugging Face folders and minibridge models.
+"""HFBridge: between Hugging Face folders and minibridge models (config, weights, adapters).
+
+`minibridge.AutoBridge`, the public entry point, is this class plus the checkpoint conversions of
+Megatron Bridge's API (`import_ckpt`, `export_ckpt`; minibridge/conversion/auto_bridge.py).
 
     bridge = AutoBridge.from_hf_pretrained("path/to/hf_dir")
     model = bridge.to_model(dtype=torch.float32, device="cpu")
@@ -18,19 +21,21 @@ import torch
 
 from ..errors import ConfigError
 from ..files import busy_message
-from ..models import CausalLM, ModelConfig
+from ..models import CausalLM, ModelChunks, ModelConfig
+from ..parallel.parallelize import build_model
 from .exporting import atomic_folder, copy_side_files, write_config, write_weights
-from .hf_config import ARCHITECTURES, Architecture, architecture_of, config_from_hf, config_to_hf, read_config_json
+from .family import ARCHITECTURES, Architecture
+from .hf_config import architecture_of, config_from_hf, config_to_hf, read_config_json
 from .hf_folder import HFFolder, inside, resolve_model_path
-from .loading import empty_model, init_fresh_weights, load_hf_weights, pipeline_stages
+from .loading import init_fresh_weights, load_hf_weights
 from .mappings import WeightMapping
 from .safetensors_io import DTYPE_NAMES, parse_size, read_tensor
-from .sharded_io import full_parameters, parameter_inventory
+from ..parallel.gather import full_parameters, parameter_inventory
 
 HF_DEFAULT_MAX_SHARD_SIZE = "50GB"  # transformers 5.x save_pretrained's default
 
 
-class AutoBridge:
+class HFBridge:
     """Holds a model configuration and, when it came from one, the source HF folder."""
 
     def __init__(self, config: ModelConfig, hf_config: dict | None = None, source: Path | None = None):
@@ -44,7 +49,7 @@ class AutoBridge:
     # ----------------------------------------------------------------- construction
 
     @classmethod
-    def from_hf_pretrained(cls, path: str | os.PathLike, **_ignored) -> "AutoBridge":
+    def from_hf_pretrained(cls, path: str | os.PathLike, **_ignored) -> "HFBridge":
         """From a local HF folder (or a hub id when online). Reads config.json and safetensors headers."""
         folder = resolve_model_path(path)
         hf_config = read_config_json(folder)
@@ -52,7 +57,7 @@ class AutoBridge:
         return cls(config, hf_config, folder)
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> "AutoBridge":
+    def from_config(cls, config: ModelConfig) -> "HFBridge":
         """No checkpoint: `to_model` initialises fresh weights (pretraining)."""
         return cls(config)
 
@@ -81,38 +86,32 @@ class AutoBridge:
 
     # ----------------------------------------------------------------- import
 
-    def to_model(
-        self,
-        parallel=None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-        progress: bool = True,
-        seed: int = 1234,
-    ) -> CausalLM | list[CausalLM]:
+    def to_model(self, parallel=None, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+                 progress: bool = True, seed: int = 1234, **options) -> CausalLM | ModelChunks:
         """The model with the HF weights loaded (or freshly initialised from `seed` without a source,
         identically whatever the parallel layout).
 
         With `parallel` (the ParallelDims of `minibridge.parallel.initialize`), this rank's shard, read
-        slice by slice: under pipeline parallelism its stage, or its list of chunks with virtual stages. `dtype` defaults to the checkpoint's, as transformers 5.x `from_pretrained` does;
-        `device` to the layout's device (CUDA under NCCL), else the CPU.
+        slice by slice: under pipeline parallelism its stage, or its list of chunks (ModelChunks) with
+        virtual stages. `dtype` defaults to the checkpoint's, as transformers 5.x `from_pretrained`
+        does; `device` to the layout's device (CUDA under NCCL), else the CPU. `options` go to
+        `minibridge.parallel.parallelize` (recompute, loss_chunk_bytes).
         """
+        return self.to_model_chunks(parallel, dtype, device, progress, seed, **options).public()
+
+    def to_model_chunks(self, parallel=None, dtype: torch.dtype | None = None,
+                        device: torch.device | str | None = None, progress: bool = True, seed: int = 1234,
+                        **options) -> ModelChunks:
+        """`to_model`, always as this rank's ModelChunks (what the trainer and the tools use)."""
         if isinstance(parallel, (torch.dtype, str, torch.device)):
             raise TypeError("to_model's first argument is the parallel layout; pass dtype= and device= by name")
-        device = device or (parallel.device if parallel is not None else "cpu")
         progress = progress and (parallel is None or parallel.rank == 0)
-        dtype = dtype or self.checkpoint_dtype()
-        if parallel is not None and parallel.config.pp > 1:  # this rank's pipeline chunks
-            chunks = [self._load(empty_model(self.config, dtype, device, parallel, stage), seed, progress)
-                      for stage in pipeline_stages(self.config, parallel)]
-            return chunks if parallel.config.vp > 1 else chunks[0]
-        return self._load(empty_model(self.config, dtype, device, parallel), seed, progress)
-
-    def _load(self, model: CausalLM, seed: int, progress: bool) -> CausalLM:
+        chunks = build_model(self.config, parallel, dtype or self.checkpoint_dtype(), device, **options)
         if self.source is None:
-            init_fresh_weights(model, seed)
+            init_fresh_weights(chunks, seed)
         else:
-            self.passthrough = load_hf_weights(model, self.folder, self.mapping, progress=progress)
-        return model
+            self.passthrough = load_hf_weights(chunks, self.folder, self.mapping, progress=progress)
+        return chunks
 
     def to_megatron_provider(self) -> "ModelProvider":
         """The provider object of the Megatron Bridge docs (set sizes, `finalize()`, provide the model)."""
@@ -122,30 +121,10 @@ class AutoBridge:
 
     to_provider = to_megatron_provider
 
-    # ----------------------------------------------------------------- minibridge checkpoints (minibridge.conversion)
-    # The conversion package reads and writes training's checkpoint format, a layer above the bridge:
-    # these two methods import it when called, so the bridge package itself never depends on training.
-
-    @classmethod
-    def import_ckpt(cls, hf_model_path: str | os.PathLike, megatron_path: str | os.PathLike, **kwargs) -> Path:
-        """Write the HF checkpoint at `hf_model_path` as a minibridge checkpoint (the format training
-        saves and resumes from) at `megatron_path`; kwargs: tp, pp, dtype, overwrite, progress."""
-        from ..conversion import import_checkpoint
-
-        return import_checkpoint(hf_model_path, megatron_path, **kwargs)
-
-    def export_ckpt(self, megatron_path: str | os.PathLike, hf_path: str | os.PathLike, adapter_only: bool = False,
-                    **kwargs) -> Path:
-        """Write the minibridge checkpoint at `megatron_path` as an HF folder at `hf_path` (LoRA/DoRA
-        adapters merged), or with `adapter_only` its adapters as an HF PEFT folder; kwargs: dtype,
-        max_shard_size, overwrite, progress."""
-        from ..conversion import export_with_bridge
-
-        return export_with_bridge(self, megatron_path, hf_path, adapter_only=adapter_only, **kwargs)
-
     # ----------------------------------------------------------------- export
 
-    def _hf_dtype(self, hf_name: str, model_dtype: torch.dtype, dtype: torch.dtype | None) -> torch.dtype:
+    def hf_dtype(self, hf_name: str, model_dtype: torch.dtype, dtype: torch.dtype | None = None) -> torch.dtype:
+        """The dtype an export writes `hf_name` in: `dtype` if given, else the source file's, else the model's."""
         if dtype is not None:
             return dtype
         info = self.folder.tensors.get(hf_name) if self.source else None
@@ -157,23 +136,23 @@ class AutoBridge:
         """Yield (HF name, full tensor) for every model weight, in the source checkpoint's dtype
         (or `dtype`), one at a time. `model` may be a sharded model or this rank's pipeline chunks;
         under torchrun every rank must iterate (the tensors are gathered collectively)."""
-        _refuse_adapters(model)
-        for name, tensor in full_parameters(model):
+        chunks = _without_adapters(model)
+        for name, tensor in full_parameters(chunks):
             hf_name = self.mapping.to_hf(name)
-            tensor = tensor.to(self._hf_dtype(hf_name, tensor.dtype, dtype))
+            tensor = tensor.to(self.hf_dtype(hf_name, tensor.dtype, dtype))
             yield hf_name, tensor.cpu() if cpu else tensor
 
-    def _entries(self, model, dtype: torch.dtype | None):
+    def _entries(self, chunks: ModelChunks, dtype: torch.dtype | None):
         entries = []
-        for name, shape, param_dtype in parameter_inventory(model):
+        for name, shape, param_dtype in parameter_inventory(chunks):
             hf_name = self.mapping.to_hf(name)
-            entries.append((hf_name, self._hf_dtype(hf_name, param_dtype, dtype), shape))
-        for hf_name in self._passthrough_names():
+            entries.append((hf_name, self.hf_dtype(hf_name, param_dtype, dtype), shape))
+        for hf_name in self.passthrough_names():
             info = self.folder.tensors[hf_name]
             entries.append((hf_name, info.dtype, info.shape))
         return entries
 
-    def _passthrough_names(self) -> list[str]:
+    def passthrough_names(self) -> list[str]:
         """Tensors of the source outside the text model (the vision tower of a multimodal Gemma)."""
         if self.source is None:
             return []
@@ -195,10 +174,10 @@ class AutoBridge:
         be sharded or this rank's pipeline chunks: under torchrun every rank calls this, rank 0 writes.
         A model with LoRA/DoRA adapters is refused: merge them first (`minibridge.peft.merge_peft`).
         """
-        _refuse_adapters(model)
-        stream = self.export_hf_weights(model, dtype=dtype, cpu=True)
+        chunks = _without_adapters(model)
+        stream = self.export_hf_weights(chunks, dtype=dtype, cpu=True)
 
-        passthrough = set(self._passthrough_names())
+        passthrough = set(self.passthrough_names())
 
         def tensor_of(hf_name: str) -> torch.Tensor:  # called in `entries` order
             if hf_name in passthrough:
@@ -207,12 +186,12 @@ class AutoBridge:
             assert name == hf_name, (name, hf_name)
             return tensor
 
-        entries = self._entries(model, dtype)
-        dims = getattr(model[0] if isinstance(model, list) else model, "parallel_dims", None)
+        entries = self._entries(chunks, dtype)
+        dims = chunks.dims
         if dims is not None and dims.world_size > 1:
             own = [e for e in entries if e[0] not in passthrough]
             return self._save_sharded(out_dir, entries, own, tensor_of, dims, max_shard_size, overwrite, progress)
-        return self._write_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress)
+        return self.write_hf_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress)
 
     # ----------------------------------------------------------------- adapters (minibridge.peft)
 
@@ -242,14 +221,19 @@ class AutoBridge:
         if refusal[0] is not None:
             raise FileExistsError(refusal[0])
         if dims.rank == 0:
-            self._write_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress)
+            self.write_hf_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress)
         else:
             for hf_name, _, _ in own:
                 tensor_of(hf_name)
         dist.barrier()
         return Path(out_dir)
 
-    def _write_folder(self, out_dir, entries, tensor_of, max_shard_size, overwrite, progress) -> Path:
+    def write_hf_folder(self, out_dir, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], tensor_of,
+                        max_shard_size: int | str = HF_DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False,
+                        progress: bool = True) -> Path:
+        """The HF folder writer: `entries` (HF name, dtype, shape) in file order, each tensor fetched
+        just in time from `tensor_of(name)`; the source's config and side files (or a config of our
+        own), all under a temporary name renamed when complete."""
         with atomic_folder(out_dir, overwrite=overwrite) as tmp:
             write_weights(tmp, entries, tensor_of, parse_size(max_shard_size), progress=progress)
             if self.source is not None:
@@ -259,11 +243,13 @@ class AutoBridge:
         return Path(out_dir)
 
 
-def _refuse_adapters(model) -> None:
-    chunks = model if isinstance(model, (list, tuple)) else [model]
-    if any(".lora_" in name for chunk in chunks for name, _ in chunk.named_parameters()):
+def _without_adapters(model) -> ModelChunks:
+    """`model` as ModelChunks, refused when it carries LoRA/DoRA adapters."""
+    chunks = ModelChunks.of(model)
+    if any(".lora_" in name for name, _ in chunks.named_parameters()):
         raise ConfigError("the model carries LoRA/DoRA adapters: write them with bridge.save_hf_adapter(model, dir), or "
-                         "fold them in first: bridge.save_hf_pretrained(minibridge.peft.merge_peft(model), dir)")
+                          "fold them in first: bridge.save_hf_pretrained(minibridge.peft.merge_peft(model), dir)")
+    return chunks
 
 
 DTYPE_NAMES_TORCH = {dtype: str(dtype).removeprefix("torch.") for dtype in DTYPE_NAMES}

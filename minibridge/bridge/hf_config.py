@@ -11,56 +11,22 @@ feature an UnsupportedModelError.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, UnsupportedModelError
 from ..models.config import ACTIVATIONS, FULL, SLIDING, ModelConfig, RopeConfig
+from . import families  # noqa: F401  (registers every family's HF description)
+from .family import ARCHITECTURES, MODEL_TYPES, Architecture, HFFamily, Key, hf_family
 from .hf_folder import inside
 from .json_checks import MAX_INT, REQUIRED, Fields, parse_json
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """One supported HF architecture: its family and where its text weights live."""
-
-    name: str
-    family: str
-    model_type: str
-    text_prefixes: tuple[str, ...] = ("model.",)  # the first is what export writes when there is no source
-    head_prefixes: tuple[str, ...] = ("",)
-    multimodal: bool = False
-
-
-ARCHITECTURES = {
-    a.name: a
-    for a in (
-        Architecture("LlamaForCausalLM", "llama", "llama"),
-        Architecture("Gemma3ForCausalLM", "gemma3", "gemma3_text"),
-        # transformers 5.x writes `model.language_model.`; 4.x checkpoints use `language_model.model.`.
-        Architecture(
-            "Gemma3ForConditionalGeneration",
-            "gemma3",
-            "gemma3",
-            text_prefixes=("model.language_model.", "language_model.model."),
-            head_prefixes=("", "language_model."),
-            multimodal=True,
-        ),
-    )
-}
-MODEL_TYPES = {"llama": "LlamaForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "gemma3": "Gemma3ForConditionalGeneration"}
-
-# transformers' class defaults for the keys a config.json may omit.
-LLAMA_DEFAULTS = dict(
-    vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-    hidden_act="silu", max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False,
-    attention_bias=False, mlp_bias=False, rope_theta=10000.0,
-)
-GEMMA3_DEFAULTS = dict(
-    vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
-    num_key_value_heads=4, head_dim=256, hidden_activation="gelu_pytorch_tanh", max_position_embeddings=131072,
-    rms_norm_eps=1e-6, tie_word_embeddings=True, attention_bias=False, query_pre_attn_scalar=256, pad_token_id=0,
-    sliding_window=4096, sliding_window_pattern=6, rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+# The keys every decoder family shares that are one ModelConfig field each (read and written by the
+# same table); a family adds its own (bridge/families/<name>.py).
+COMMON_KEYS = (
+    Key("rms_norm_eps", "rms_norm_eps", "number"),
+    Key("attention_bias", "attention_bias", "bool"),
+    Key("max_position_embeddings", "max_position_embeddings", "int"),
 )
 # The sizes a text-only config.json must state (what each means, for the error message).
 SIZES = dict(
@@ -117,14 +83,25 @@ def _rope_params(text: Fields) -> dict[str, Fields | None]:
     return {FULL: text.object("rope_scaling")}
 
 
+def _read_key(text: Fields, key: Key, default):
+    if key.kind == "int":
+        return text.int(key.hf, default)
+    if key.kind == "number":
+        return float(text.number(key.hf, default))
+    if key.kind == "bool":
+        return text.bool(key.hf, default)
+    return text.string(key.hf, default, ACTIVATIONS)  # "activation"
+
+
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """The ModelConfig of an HF config.json (as a dict; `source` names the file in every error)."""
     top = Fields(hf, source)
     arch = architecture_of(hf, source)
+    family: HFFamily = hf_family(arch.family)
     text = top
     if arch.multimodal:
         text = top.object("text_config") or Fields({}, source, "text_config.")
-    defaults = GEMMA3_DEFAULTS if arch.family == "gemma3" else LLAMA_DEFAULTS
+    defaults = family.defaults
     # A text-only config must state its sizes: transformers' defaults would describe another model,
     # and loading would fail later on a misleading shape. The multimodal text_config legitimately
     # relies on Gemma3TextConfig's defaults (the gemma-3-4b config omits most sizes).
@@ -145,49 +122,17 @@ def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     if arch.multimodal:
         tie = top.bool("tie_word_embeddings", tie, null="default")
     rope = _rope_params(text)
-    common = dict(
+    values = dict(
         family=arch.family, vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_layers=layers,
-        num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-        rms_norm_eps=float(text.number("rms_norm_eps", defaults["rms_norm_eps"])),
+        num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, tie_word_embeddings=tie, pad_token_id=pad,
         rope=_rope_from(rope.get(FULL), text.number("rope_theta", defaults["rope_theta"])),
-        tie_word_embeddings=tie,
-        attention_bias=text.bool("attention_bias", defaults["attention_bias"]),
-        max_position_embeddings=text.int("max_position_embeddings", defaults["max_position_embeddings"]),
         init_std=float(text.number("initializer_range", 0.02, positive=False)),
-        pad_token_id=pad,
     )
-    if arch.family == "llama":
-        activation = text.string("hidden_act", defaults["hidden_act"], ACTIVATIONS)
-        mlp_bias = text.bool("mlp_bias", defaults["mlp_bias"])
-        return _model_config(source, **common, hidden_act=activation, mlp_bias=mlp_bias)
-    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
-        if text.obj.get(key) is not None:
-            text.fail(key, text.obj[key], "null (Gemma 3 has no softcapping; it is not supported)",
-                      UnsupportedModelError)
-    if text.bool("use_bidirectional_attention", False, null="default"):
-        text.fail("use_bidirectional_attention", True, "false (bidirectional attention is not supported)",
-                  UnsupportedModelError)
-    layer_types = text.strings("layer_types", None, choices=(FULL, SLIDING), null="default")
-    if layer_types is None:
-        pattern = text.int("sliding_window_pattern", defaults["sliding_window_pattern"])
-        layer_types = [SLIDING if (i + 1) % pattern else FULL for i in range(layers)]
-    elif len(layer_types) != layers:
-        text.fail("layer_types", layer_types, f"{layers} entries, one per layer (num_hidden_layers={layers})")
-    window = text.int("sliding_window", defaults["sliding_window"], null="keep")
-    if window is None and SLIDING in layer_types:
-        text.fail("sliding_window", window, "a positive integer (the config has sliding_attention layers)")
-    activation = text.string("hidden_activation", defaults["hidden_activation"], ACTIVATIONS, null="keep")
-    # Local layers: base `rope_local_base_freq`, never scaled (scaling applies to global layers only).
-    local = _rope_from(rope.get(SLIDING), text.number("rope_local_base_freq", defaults["rope_local_base_freq"]))
-    return _model_config(
-        source,
-        **common,
-        hidden_act=activation or text.string("hidden_act", REQUIRED, ACTIVATIONS),
-        rope_local=local,
-        layer_types=tuple(layer_types),
-        sliding_window=window,
-        query_pre_attn_scalar=text.number("query_pre_attn_scalar", defaults["query_pre_attn_scalar"]),
-    )
+    for key in COMMON_KEYS + family.keys:
+        values[key.field] = _read_key(text, key, defaults[key.hf])
+    if family.read is not None:
+        values.update(family.read(text, values, defaults, _rope_from, rope))
+    return _model_config(source, **values)
 
 
 def _model_config(source: str, **fields) -> ModelConfig:
@@ -214,34 +159,18 @@ def _rope_to_hf(rope: RopeConfig) -> dict | None:
 
 def config_to_hf(config: ModelConfig, dtype: str = "bfloat16") -> dict:
     """A text-only HF config.json (4.x key spelling, which transformers 4.x and 5.x both read)."""
+    family = hf_family(config.family)
+    arch = next(a for a in family.architectures if not a.multimodal)
     out = dict(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_kv_heads,
-        head_dim=config.head_dim,
-        rms_norm_eps=config.rms_norm_eps,
-        rope_theta=config.rope.theta,
-        rope_scaling=_rope_to_hf(config.rope),
-        tie_word_embeddings=config.tie_word_embeddings,
-        attention_bias=config.attention_bias,
-        max_position_embeddings=config.max_position_embeddings,
-        initializer_range=config.init_std,
-        pad_token_id=config.pad_token_id,
-        torch_dtype=dtype,
+        architectures=[arch.name], model_type=arch.model_type,
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim,
+        rope_theta=config.rope.theta, rope_scaling=_rope_to_hf(config.rope),
+        tie_word_embeddings=config.tie_word_embeddings, initializer_range=config.init_std,
+        pad_token_id=config.pad_token_id, torch_dtype=dtype,
     )
-    if config.family == "llama":
-        return dict(architectures=["LlamaForCausalLM"], model_type="llama", **out,
-                    hidden_act=config.hidden_act, mlp_bias=config.mlp_bias)
-    return dict(
-        architectures=["Gemma3ForCausalLM"],
-        model_type="gemma3_text",
-        **out,
-        hidden_activation=config.hidden_act,
-        rope_local_base_freq=(config.rope_local or config.rope).theta,
-        layer_types=list(config.layer_types),
-        sliding_window=config.sliding_window,
-        query_pre_attn_scalar=config.query_pre_attn_scalar or config.head_dim,
-    )
+    out.update({key.hf: getattr(config, key.field) for key in COMMON_KEYS + family.keys})
+    if family.write is not None:
+        out.update(family.write(config))
+    return out

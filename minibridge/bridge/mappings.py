@@ -1,4 +1,4 @@
-"""One declarative name table per family, read in both directions (import and export).
+"""Weight names between minibridge and HF: each family's table (bridge/families/), read both ways.
 
 Each row pairs a minibridge parameter name with its HF name; `{i}` stands for the layer index. HF
 names are relative to the architecture's text prefix (`model.`, `model.language_model.`, ...), except
@@ -11,44 +11,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .hf_config import Architecture
+from .family import Architecture, hf_family
 
 HEAD = "head:"  # marks rows whose HF name hangs off the head prefix rather than the text prefix
 
-_ATTN = [(f"attn.{p}_proj.{t}", f"self_attn.{p}_proj.{t}") for p in "qkvo" for t in ("weight", "bias")]
-_MLP = [(f"mlp.{p}_proj.{t}", f"mlp.{p}_proj.{t}") for p in ("gate", "up", "down") for t in ("weight", "bias")]
-_ENDS = [
+# The rows every decoder family shares; a family's table (bridge/families/<name>.py) adds its norms.
+ATTENTION_ROWS = [(f"attn.{p}_proj.{t}", f"self_attn.{p}_proj.{t}") for p in "qkvo" for t in ("weight", "bias")]
+MLP_ROWS = [(f"mlp.{p}_proj.{t}", f"mlp.{p}_proj.{t}") for p in ("gate", "up", "down") for t in ("weight", "bias")]
+DECODER_ENDS = [
     ("embed_tokens.weight", "embed_tokens.weight"),
     ("norm.weight", "norm.weight"),
     ("lm_head.weight", HEAD + "lm_head.weight"),
 ]
 
 
-def _layer_rows(pairs):
+def layer_rows(pairs) -> list[tuple[str, str]]:
+    """Per-layer rows: `{i}` in both names stands for the layer index."""
     return [(f"layers.{{i}}.{a}", f"layers.{{i}}.{b}") for a, b in pairs]
 
-
-TABLES: dict[str, list[tuple[str, str]]] = {
-    "llama": _ENDS
-    + _layer_rows(
-        [("attn_norm.weight", "input_layernorm.weight"), ("mlp_norm.weight", "post_attention_layernorm.weight")]
-        + _ATTN
-        + _MLP
-    ),
-    "gemma3": _ENDS
-    + _layer_rows(
-        [
-            ("attn_norm.weight", "input_layernorm.weight"),
-            ("post_attn_norm.weight", "post_attention_layernorm.weight"),
-            ("mlp_norm.weight", "pre_feedforward_layernorm.weight"),
-            ("post_mlp_norm.weight", "post_feedforward_layernorm.weight"),
-            ("attn.q_norm.weight", "self_attn.q_norm.weight"),
-            ("attn.k_norm.weight", "self_attn.k_norm.weight"),
-        ]
-        + _ATTN
-        + _MLP
-    ),
-}
 
 # Tensors some checkpoints carry that are recomputed here, never loaded.
 IGNORED_HF = re.compile(r".*rotary_emb\.inv_freq$")
@@ -67,7 +47,7 @@ class WeightMapping:
     head_prefix: str = ""
 
     def __post_init__(self):
-        self.rows = [(_compile(local), _compile(hf.removeprefix(HEAD)), local, hf) for local, hf in TABLES[self.family]]
+        self.rows = [(_compile(local), _compile(hf.removeprefix(HEAD)), local, hf) for local, hf in hf_family(self.family).weights]
 
     def _hf_full(self, hf: str) -> str:
         return self.head_prefix + hf[len(HEAD) :] if hf.startswith(HEAD) else self.text_prefix + hf
@@ -88,6 +68,14 @@ class WeightMapping:
                 if m:
                     return local.replace("{i}", m.groupdict().get("i") or "")
         return None
+
+    def hf_module_name(self, module: str) -> str:
+        """'layers.0.attn.q_proj' -> 'model.layers.0.self_attn.q_proj' (modules named by their weight)."""
+        return self.to_hf(f"{module}.weight").removesuffix(".weight")
+
+    def local_module_name(self, hf_module: str) -> str | None:
+        local = self.to_local(f"{hf_module}.weight")
+        return None if local is None else local.removesuffix(".weight")
 
     def is_text(self, hf_name: str) -> bool:
         return hf_name.startswith(self.text_prefix) or hf_name == self.head_prefix + "lm_head.weight"

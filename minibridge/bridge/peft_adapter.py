@@ -21,14 +21,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..errors import CheckpointMismatchError, MissingTensorError, UnsupportedModelError
+from ..errors import CheckpointMismatchError, ConfigError, MissingTensorError, UnsupportedModelError
+from ..files import busy_message
+from ..parallel.dims import from_rank0
 from ..parallel.sharding import take_block
-from ..peft.apply import ADAPTER_PARAMS, _chunks, adapter_parameters, apply_peft, candidate_modules
+from ..models import ModelChunks
+from ..parallel.gather import full_tensor
+from ..peft.apply import ADAPTER_PARAMS, adapter_parameters, apply_peft, candidate_modules
 from .exporting import atomic_folder
 from .hf_folder import inside
 from .json_checks import Fields, parse_json
 from .mappings import WeightMapping
-from .sharded_io import full_tensor
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -53,27 +56,18 @@ def adapter_mappings(bridge) -> list[WeightMapping]:
     return [WeightMapping(arch.family, text, head) for text, head in zip(arch.text_prefixes, arch.head_prefixes)]
 
 
-def hf_module_name(mapping, module: str) -> str:
-    return mapping.to_hf(f"{module}.weight").removesuffix(".weight")
-
-
-def local_module_name(mapping, hf_module: str) -> str | None:
-    local = mapping.to_local(f"{hf_module}.weight")
-    return None if local is None else local.removesuffix(".weight")
-
-
 def adapter_tensors(mapping, model, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """{PEFT file name: full tensor} of every adapter of the whole model, on every rank (collective
     under tensor and pipeline parallelism)."""
-    chunks = _chunks(model)
+    chunks = ModelChunks.of(model)
     out = {}
     for chunk in chunks:
         for name, param in adapter_parameters(chunk).items():
             module, suffix = _split(name)
-            tensor = full_tensor(chunk, name, param)
+            tensor = full_tensor(chunks, name, param)
             tensor = tensor.to(dtype or param.dtype).cpu().contiguous()
-            out[f"{PREFIX}{hf_module_name(mapping, module)}.{suffix}"] = tensor
-    dims = getattr(chunks[0], "parallel_dims", None)
+            out[f"{PREFIX}{mapping.hf_module_name(module)}.{suffix}"] = tensor
+    dims = chunks.dims
     if dims is not None and dims.config.pp > 1:
         stages = [None] * dims.config.pp
         dist.all_gather_object(stages, out, group=dims.pp_group)
@@ -87,18 +81,18 @@ def _target_modules(bridge, mapping, modules: list[str]):
     everywhere = {m for m in candidate_modules(bridge.config) if m.rsplit(".", 1)[1] in shorts}
     if set(modules) == everywhere and not bridge.architecture.multimodal:  # no vision tower to catch
         return shorts
-    return "|".join(re.escape(hf_module_name(mapping, m)) for m in modules)
+    return "|".join(re.escape(mapping.hf_module_name(m)) for m in modules)
 
 
 def adapter_config(bridge, model) -> dict:
-    peft, mapping = _chunks(model)[0].peft_config, adapter_mappings(bridge)[0]
-    alpha = peft["alpha"]
-    source = peft.get("base_model_name_or_path") or (str(bridge.source) if bridge.source is not None else None)
+    peft, mapping = ModelChunks.of(model).adapters, adapter_mappings(bridge)[0]
+    alpha = peft.alpha
+    source = peft.base_model_name_or_path or (str(bridge.source) if bridge.source is not None else None)
     return {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": source,
-        "r": peft["rank"], "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
-        "lora_dropout": peft["dropout"], "target_modules": _target_modules(bridge, mapping, peft["modules"]),
-        "use_dora": peft["scheme"] == "dora", "use_rslora": peft["use_rslora"], "bias": "none",
+        "r": peft.rank, "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+        "lora_dropout": peft.dropout, "target_modules": _target_modules(bridge, mapping, peft.modules),
+        "use_dora": peft.scheme == "dora", "use_rslora": peft.use_rslora, "bias": "none",
         "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True, "lora_bias": False,
         "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None, "exclude_modules": None,
         "rank_pattern": {}, "alpha_pattern": {}, "revision": None,
@@ -109,18 +103,18 @@ def save_hf_adapter(bridge, model, out_dir, dtype: torch.dtype | None = None, ov
     """Write `model`'s adapters as an HF PEFT folder. Every rank calls it under torchrun; rank 0 writes."""
     from safetensors.torch import save_file
 
-    chunks = _chunks(model)
-    if getattr(chunks[0], "peft_config", None) is None:
-        raise ValueError("the model has no adapters (apply_peft or load_hf_adapter first)")
-    dims = getattr(chunks[0], "parallel_dims", None)
+    chunks = ModelChunks.of(model)
+    if chunks.adapters is None:
+        raise ConfigError("the model has no adapters (apply_peft or load_hf_adapter first)")
+    dims = chunks.dims
     distributed = dims is not None and dims.world_size > 1
     target = Path(out_dir)
     rank0 = not distributed or dims.rank == 0
-    refused = torch.tensor([rank0 and target.exists() and any(target.iterdir()) and not overwrite])
-    if distributed:
-        dist.broadcast(refused, src=0)
-    if refused.item():
-        raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True to replace it")
+    refusal = busy_message(target) if rank0 and not overwrite else None
+    if distributed:  # a single-device model may be saved by one rank alone
+        refusal = from_rank0(refusal)
+    if refusal is not None:
+        raise FileExistsError(refusal)
     tensors = adapter_tensors(adapter_mappings(bridge)[0], chunks, dtype)
     if rank0:
         with atomic_folder(target, overwrite=overwrite) as tmp:
@@ -183,7 +177,7 @@ def _read_tensors(folder: Path, mappings: list[WeightMapping], config) -> dict[s
             raise KeyError(f"{path}: unexpected tensor {key!r}; expected {PREFIX}<module>.lora_A.weight / .lora_B.weight"
                            f" / .lora_magnitude_vector")
         hf_module = key[len(PREFIX): -len(suffix) - 1]
-        local = next((m for m in (local_module_name(mp, hf_module) for mp in mappings) if m is not None), None)
+        local = next((m for m in (mp.local_module_name(hf_module) for mp in mappings) if m is not None), None)
         if local not in adaptable:
             raise KeyError(f"{path}: tensor {key!r} names module {hf_module!r}, which this {mappings[0].family} model "
                            f"lacks (adapters on the vision tower or the output layer are not supported)")
@@ -198,26 +192,26 @@ def load_hf_adapter(bridge, model, folder, seed: int = 0):
     cfg = _read_config(folder)
     mappings = adapter_mappings(bridge)
     tensors = _read_tensors(folder, mappings, bridge.config)
-    chunks = _chunks(model)
-    order = {m: i for i, m in enumerate(candidate_modules(chunks[0].config))}
+    chunks = ModelChunks.of(model)
+    order = {m: i for i, m in enumerate(candidate_modules(chunks.config))}
     modules = sorted(tensors, key=lambda m: order.get(m, len(order)))
     dora = bool(cfg.get("use_dora"))
     apply_peft(chunks, "dora" if dora else "lora", rank=int(cfg["r"]), alpha=cfg["lora_alpha"],
                dropout=float(cfg.get("lora_dropout") or 0.0), targets=modules, use_rslora=bool(cfg.get("use_rslora")),
                seed=seed)
     with torch.no_grad():
+        specs = chunks.specs
         for chunk in chunks:
-            specs = getattr(chunk, "tp_specs", {})
             for name, param in adapter_parameters(chunk).items():
                 module, suffix = _split(name)
                 tensor = tensors[module].get(suffix)
                 if tensor is None:
-                    raise MissingTensorError(f"{folder / WEIGHTS_NAME}: {hf_module_name(mappings[0], module)}.{suffix} is missing")
+                    raise MissingTensorError(f"{folder / WEIGHTS_NAME}: {mappings[0].hf_module_name(module)}.{suffix} is missing")
                 spec = specs.get(name)
                 expected = tuple(spec.full_shape) if spec is not None else tuple(param.shape)
                 if tuple(tensor.shape) != expected:
-                    raise CheckpointMismatchError(f"{folder / WEIGHTS_NAME}: {hf_module_name(mappings[0], module)}.{suffix} has "
+                    raise CheckpointMismatchError(f"{folder / WEIGHTS_NAME}: {mappings[0].hf_module_name(module)}.{suffix} has "
                                      f"shape {list(tensor.shape)}, expected {list(expected)} (another base model?)")
                 param.copy_(take_block(tensor, spec))
-            chunk.peft_config["base_model_name_or_path"] = cfg.get("base_model_name_or_path")
+            chunk.adapters.base_model_name_or_path = cfg.get("base_model_name_or_path")
     return model

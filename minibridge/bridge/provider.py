@@ -15,7 +15,6 @@ import torch
 
 from ..models import ModelConfig
 from ..parallel import ParallelConfig, current, initialize
-from ..parallel.dims import validate_model_layout
 
 
 @dataclass
@@ -27,23 +26,20 @@ class ModelProvider:
     virtual_pipeline_model_parallel_size: int | None = None
     context_parallel_size: int = 1
     sequence_parallel: bool = False
+    make_vocab_size_divisible_by: int = 128
+    pipeline_layout: list[int] | None = None
+    account_for_embedding_in_pipeline_split: bool = False
+    account_for_loss_in_pipeline_split: bool = False
+    seq_length: int | None = None
     params_dtype: torch.dtype = torch.float32
     finalized: bool = False
 
     def parallel_config(self) -> ParallelConfig:
-        return ParallelConfig(
-            tp=self.tensor_model_parallel_size,
-            pp=self.pipeline_model_parallel_size,
-            vp=self.virtual_pipeline_model_parallel_size or 1,
-            cp=self.context_parallel_size,
-            sequence_parallel=self.sequence_parallel,
-        )
+        return ParallelConfig.from_megatron(self)
 
     def finalize(self) -> "ModelProvider":
         """Validate the layout against the model (sizes, divisibility, supported features)."""
-        config = self.parallel_config()
-        config.check_supported()
-        validate_model_layout(self.config, config)
+        self.parallel_config().validate(self.config, self.seq_length)
         self.finalized = True
         return self
 

@@ -7,15 +7,18 @@ saves and resumes from), and loading such a checkpoint for generation.
     export_checkpoint("hf/Llama-3.2-1B", "runs/lora", "out/adapter", adapter_only=True)
     model = load_megatron_model(AutoBridge.from_hf_pretrained("hf/Llama-3.2-1B"), "ckpt/llama")
 
-It sits beside `minibridge.training` (it reads and writes training's checkpoint format) and above the
-bridge; `AutoBridge.import_ckpt` / `export_ckpt` reach it through imports inside those methods.
+It sits above the bridge and the checkpoint package; `minibridge.AutoBridge` (auto_bridge.py) is the
+bridge with `import_ckpt` / `export_ckpt` from here.
 """
 
-from .checkpoints import CheckpointMismatchError, load_megatron_model, read_checkpoint, resolve_checkpoint
+from ..checkpoint import read_checkpoint, resolve_checkpoint
+from ..errors import CheckpointMismatchError
+from .auto_bridge import AutoBridge
+from .checkpoints import load_megatron_model
 from .exporter import TensorComparison, compare_folders, export_checkpoint, export_with_bridge, roundtrip
 from .importer import import_checkpoint
 
 __all__ = [
-    "CheckpointMismatchError", "TensorComparison", "compare_folders", "export_checkpoint", "export_with_bridge",
-    "import_checkpoint", "load_megatron_model", "read_checkpoint", "resolve_checkpoint", "roundtrip",
+    "AutoBridge", "CheckpointMismatchError", "TensorComparison", "compare_folders", "export_checkpoint",
+    "export_with_bridge", "import_checkpoint", "load_megatron_model", "read_checkpoint", "resolve_checkpoint", "roundtrip",
 ]

@@ -1,6 +1,6 @@
 """Finding, checking and loading minibridge checkpoints for conversion and generation.
 
-A checkpoint is the DCP format training writes (`minibridge.training.checkpoint`): a save folder with
+A checkpoint is the DCP format training writes (`minibridge.checkpoint`): a save folder with
 `latest_checkpointed_iteration.txt` and `iter_NNNNNNN/` folders, each holding DCP files and `run.json`.
 Before reading any tensor, a checkpoint is checked against the HF config it is meant for: the model
 sizes recorded in run.json, then the shape of every stored parameter, so a checkpoint of another model
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from ..bridge.fingerprint import weights_fingerprint
+from ..checkpoint import load_checkpoint, read_checkpoint, resolve_checkpoint
 from ..errors import CheckpointMismatchError, ConfigError
-from ..bridge.loading import _skip_default_init, empty_model
-from ..models import ModelConfig, model_class
-from ..training import checkpoint as ckpt
-from ..training.safe_dcp import SafeFileSystemReader
+from ..models import ModelChunks, ModelConfig, whole_model_shapes
+from ..parallel.parallelize import build_model
 
 # The fields that decide which tensors a model has and their shapes: a checkpoint must agree on them.
 SHAPE_FIELDS = ("family", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -29,49 +29,16 @@ SHAPE_FIELDS = ("family", "vocab_size", "hidden_size", "intermediate_size", "num
 
 
 
-def model_fingerprint(config: ModelConfig) -> str:
+def architecture_digest(config: ModelConfig) -> str:
     """A short digest of the shape-deciding fields (stored in run.json by `convert import`)."""
     fields = {k: getattr(config, k) for k in SHAPE_FIELDS}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The iteration folder to read: the latest of a save folder, or `path` itself when it is one."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder; expected a minibridge checkpoint (a save folder with "
-                                f"{ckpt.LATEST}, or one of its iter_NNNNNNN folders)")
-    if (folder / ckpt.LATEST).is_file():
-        folder = ckpt.iteration_dir(folder, ckpt.latest_iteration(folder))
-    elif not (folder / ckpt.RUN_FILE).is_file():
-        hf_folder = (folder / "config.json").is_file()
-        hint = " (it looks like a Hugging Face folder: pass it as --hf-model)" if hf_folder else ""
-        raise FileNotFoundError(f"{folder}: not a minibridge checkpoint: neither {ckpt.LATEST} nor {ckpt.RUN_FILE} "
-                                f"is there{hint}")
-    if not (folder / ".metadata").is_file():
-        raise FileNotFoundError(f"{folder}: incomplete checkpoint, the DCP .metadata file is missing")
-    return folder
-
-
-def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
-    """(iteration folder, run.json, {DCP key: storage metadata}) of a checkpoint."""
-    folder = resolve_checkpoint(path)
-    info = ckpt.read_run_info(folder)
-    stored = SafeFileSystemReader(str(folder)).read_metadata().state_dict_metadata
-    return folder, info, stored
 
 
 def stored_model_config(info: dict) -> dict | None:
     """The model config a run.json records (training and `convert import` both keep it here)."""
     model = (info.get("config") or {}).get("model") or {}
     return model.get("config") if isinstance(model, dict) else None
-
-
-def whole_model_inventory(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """name -> (full shape, dtype) of every parameter of the whole (single-device) model, in order."""
-    with torch.device("meta"), _skip_default_init():
-        model = model_class(config)(config)
-    return {n: (tuple(p.shape), p.dtype) for n, p in model.named_parameters()}
 
 
 def check_same_model(config: ModelConfig, hf_source: str | Path, folder: Path, info: dict, stored: dict,
@@ -86,7 +53,7 @@ def check_same_model(config: ModelConfig, hf_source: str | Path, folder: Path, i
                 f"{folder} is a checkpoint of another model than {hf_source}/config.json: " + "; ".join(diffs))
     if adapters_only:
         return
-    for name, (shape, _) in whole_model_inventory(config).items():
+    for name, shape in whole_model_shapes(config).items():
         meta = stored.get(f"model.{name}")
         if meta is None:
             raise CheckpointMismatchError(f"{folder}: parameter {name!r} is missing; the checkpoint does not hold "
@@ -105,29 +72,28 @@ def stored_dtype(stored: dict, adapters: bool = False) -> torch.dtype:
     return torch.float32
 
 
-def load_model_state(folder: Path, model, trainable_only: bool = False) -> None:
-    """Fill `model` (sharded or not) from the checkpoint, collectively under torchrun."""
+def load_model_state(folder: Path, chunks: ModelChunks, trainable_only: bool = False) -> None:
+    """Fill `chunks` (sharded or not) from the checkpoint, collectively under torchrun."""
     with warnings.catch_warnings():  # DCP warns that a single process without a process group loads alone
         warnings.filterwarnings("ignore", message=".*torch.distributed is .*")
-        ckpt.load_checkpoint(folder, model, restore_rng=False, trainable_only=trainable_only)
+        load_checkpoint(folder, chunks, restore_rng=False, trainable_only=trainable_only)
 
 
 def load_megatron_model(bridge, path: str | Path, parallel=None, dtype: torch.dtype | None = None,
-                        device=None, merge_adapters: bool = True, progress: bool = True):
-    """The model of `bridge` (an AutoBridge of the matching HF folder) with the weights of the minibridge
-    checkpoint at `path`: a full checkpoint is read directly (resharded to `parallel`); an adapter-only
-    (LoRA/DoRA) checkpoint is attached to its base model and, by default, merged into it.
-    `dtype` defaults to the dtype stored in the checkpoint."""
+                        device=None, merge_adapters: bool = True, progress: bool = True) -> ModelChunks:
+    """This rank's chunks of the model of `bridge` (an AutoBridge of the matching HF folder) with the
+    weights of the minibridge checkpoint at `path`: a full checkpoint is read directly (resharded to
+    `parallel`); an adapter-only (LoRA/DoRA) checkpoint is attached to its base model and, by default,
+    merged into it. `dtype` defaults to the dtype stored in the checkpoint."""
     if parallel is not None and parallel.config.pp > 1:
         raise ConfigError("loading a checkpoint for export or generation supports tensor parallelism only (pp=1)")
     folder, info, stored = read_checkpoint(path)
     peft = info.get("peft")
     check_same_model(bridge.config, bridge.source, folder, info, stored, adapters_only=peft is not None)
-    device = device or (parallel.device if parallel is not None else "cpu")
     if peft is None:
-        model = empty_model(bridge.config, dtype or stored_dtype(stored), device, parallel)
-        load_model_state(folder, model)
-        return model
+        chunks = build_model(bridge.config, parallel, dtype or stored_dtype(stored), device)
+        load_model_state(folder, chunks)
+        return chunks
     from ..peft import apply_peft, merge_peft
 
     model = _load_base(bridge, folder, peft, parallel, dtype or stored_dtype(stored, adapters=True), device, progress)
@@ -141,24 +107,22 @@ def load_megatron_model(bridge, path: str | Path, parallel=None, dtype: torch.dt
 def _load_base(bridge, folder: Path, peft: dict, parallel, dtype, device, progress):
     """The frozen base the adapters were trained on: the HF folder of `bridge` when its fingerprint is the
     one recorded, else the recorded minibridge checkpoint when it is still there and unchanged."""
-    from ..peft import base_model_fingerprint
-
     base = peft.get("base_model") or {}
     wanted = base.get("fingerprint")
-    if wanted is None or base_model_fingerprint(bridge.source)["fingerprint"] == wanted:
-        return bridge.to_model(parallel=parallel, dtype=dtype, device=device, progress=progress)
+    if wanted is None or weights_fingerprint(bridge.source)["fingerprint"] == wanted:
+        return bridge.to_model_chunks(parallel, dtype, device, progress)
     recorded = Path(base.get("source", ""))
     if recorded.is_dir() and not (recorded / "config.json").is_file():
         try:
             base_folder = resolve_checkpoint(recorded)
         except FileNotFoundError:
             base_folder = None
-        if base_folder is not None and base_model_fingerprint(recorded)["fingerprint"] == wanted:
-            model = empty_model(bridge.config, dtype, device, parallel)
-            load_model_state(base_folder, model)
-            return model
+        if base_folder is not None and weights_fingerprint(recorded)["fingerprint"] == wanted:
+            chunks = build_model(bridge.config, parallel, dtype, device)
+            load_model_state(base_folder, chunks)
+            return chunks
     raise CheckpointMismatchError(
         f"{folder} holds {peft['scheme']} adapters trained on base model {base.get('source')} (fingerprint "
         f"{wanted}), but {bridge.source} has other weights (fingerprint "
-        f"{base_model_fingerprint(bridge.source)['fingerprint']}); adapters only fit the weights they were "
+        f"{weights_fingerprint(bridge.source)['fingerprint']}); adapters only fit the weights they were "
         f"trained on: pass that base model's HF folder")

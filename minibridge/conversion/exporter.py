@@ -22,17 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from ..errors import ConfigError
-from ..bridge import AutoBridge
+from ..bridge import HFBridge
 from ..bridge.auto_bridge import HF_DEFAULT_MAX_SHARD_SIZE
 from ..bridge.hf_folder import HFFolder
 from ..bridge.safetensors_io import read_tensor
-from ..training.checkpoint import _BlockLoadPlanner
-from ..training.safe_dcp import SafeFileSystemReader
-from .checkpoints import check_same_model, load_megatron_model, read_checkpoint, whole_model_inventory
+from ..checkpoint import BlockLoadPlanner, SafeFileSystemReader, read_checkpoint
+from ..errors import ConfigError
+from ..models import whole_model_shapes
+from ..parallel.dims import barrier, from_rank0, global_rank
+from .checkpoints import check_same_model, load_megatron_model
+from .importer import import_checkpoint, parallel_layout
 
 
 class _CachedReader(SafeFileSystemReader):
@@ -46,28 +47,22 @@ class _CachedReader(SafeFileSystemReader):
         return self._metadata
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
 def export_checkpoint(hf_model: str | os.PathLike, megatron_path: str | os.PathLike, hf_path: str | os.PathLike,
                       adapter_only: bool = False, **kwargs) -> Path:
     """Write the minibridge checkpoint at `megatron_path` as an HF folder at `hf_path`; `hf_model` is
     the HF folder of the same model (config, tokenizer, dtypes). See `export_with_bridge`."""
-    return export_with_bridge(AutoBridge.from_hf_pretrained(hf_model), megatron_path, hf_path, adapter_only, **kwargs)
+    return export_with_bridge(HFBridge.from_hf_pretrained(hf_model), megatron_path, hf_path, adapter_only, **kwargs)
 
 
-def export_with_bridge(bridge: AutoBridge, megatron_path, hf_path, adapter_only: bool = False,
+def export_with_bridge(bridge: HFBridge, megatron_path, hf_path, adapter_only: bool = False,
                        dtype: torch.dtype | None = None, max_shard_size: int | str = HF_DEFAULT_MAX_SHARD_SIZE,
                        overwrite: bool = False, progress: bool = True, tp: int = 1) -> Path:
     """The export itself. A LoRA/DoRA checkpoint is merged into its base (or, with `adapter_only`,
     written as an HF PEFT adapter folder), sharded over `tp` ranks under torchrun; `dtype` overrides
     the tensors' dtype."""
-    from .importer import parallel_layout
-
     if bridge.source is None:
         raise ConfigError("export needs the HF folder of the model (for its config, tokenizer and dtypes); "
-                         "use AutoBridge.from_hf_pretrained(folder)")
+                         "use HFBridge.from_hf_pretrained(folder)")
     folder, info, stored = read_checkpoint(megatron_path)
     peft = info.get("peft")
     check_same_model(bridge.config, bridge.source, folder, info, stored, adapters_only=peft is not None)
@@ -78,23 +73,22 @@ def export_with_bridge(bridge: AutoBridge, megatron_path, hf_path, adapter_only:
         raise ConfigError(f"{folder} is a full-model checkpoint: it holds no LoRA/DoRA adapters for --adapter-only "
                          "(that exports the adapters of a PEFT fine-tuning checkpoint)")
     target = Path(hf_path)
-    if _rank() == 0:
+    if global_rank() == 0:
         _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwrite, progress)
-    if dist.is_initialized():
-        dist.barrier()
+    barrier()
     return target
 
 
 def _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwrite, progress) -> None:
     reader = _CachedReader(str(folder))
     local_of, entries = {}, []
-    for name, (shape, _) in whole_model_inventory(bridge.config).items():
+    for name, shape in whole_model_shapes(bridge.config).items():
         hf_name = bridge.mapping.to_hf(name)
         kept = stored[f"model.{name}"].properties.dtype
-        entries.append((hf_name, bridge._hf_dtype(hf_name, kept, dtype), shape))
+        entries.append((hf_name, bridge.hf_dtype(hf_name, kept, dtype), shape))
         local_of[hf_name] = (name, shape, kept)
     out_dtype = {hf_name: d for hf_name, d, _ in entries}
-    for hf_name in bridge._passthrough_names():  # outside the text model (a multimodal Gemma's vision tower)
+    for hf_name in bridge.passthrough_names():  # outside the text model (a multimodal Gemma's vision tower)
         info = bridge.folder.tensors[hf_name]
         entries.append((hf_name, info.dtype, info.shape))
 
@@ -105,10 +99,10 @@ def _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwr
         tensor = torch.empty(shape, dtype=kept)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is .*")
-            dcp.load({f"model.{name}": tensor}, storage_reader=reader, planner=_BlockLoadPlanner(), no_dist=True)
+            dcp.load({f"model.{name}": tensor}, storage_reader=reader, planner=BlockLoadPlanner(), no_dist=True)
         return tensor.to(out_dtype[hf_name])
 
-    bridge._write_folder(target, entries, tensor_of, max_shard_size, overwrite, progress)
+    bridge.write_hf_folder(target, entries, tensor_of, max_shard_size, overwrite, progress)
 
 
 def _export_peft(bridge, folder, hf_path, adapter_only, dims, dtype, max_shard_size, overwrite, progress) -> Path:
@@ -167,20 +161,15 @@ def roundtrip(hf_model: str | os.PathLike, tp: int = 1, pp: int = 1, work_dir: s
               progress: bool = True) -> list[TensorComparison]:
     """Import `hf_model`, export it back and compare every tensor with the source (on rank 0; other ranks
     get an empty list). Intermediate folders live in a temporary folder under `work_dir`, removed after."""
-    from .importer import import_checkpoint, parallel_layout
-
-    bridge = AutoBridge.from_hf_pretrained(hf_model)
+    bridge = HFBridge.from_hf_pretrained(hf_model)
     parallel_layout(bridge.config, tp, pp, command="roundtrip")
-    where = [tempfile.mkdtemp(prefix="minibridge-roundtrip-", dir=work_dir) if _rank() == 0 else None]
-    if dist.is_initialized():
-        dist.broadcast_object_list(where, src=0)
-    work = Path(where[0])
+    work = Path(from_rank0(tempfile.mkdtemp(prefix="minibridge-roundtrip-", dir=work_dir) if global_rank() == 0
+                           else None))
     try:
         import_checkpoint(hf_model, work / "megatron", tp=tp, pp=pp, progress=progress)
         exported = export_with_bridge(bridge, work / "megatron", work / "hf", progress=progress)
-        return compare_folders(hf_model, exported) if _rank() == 0 else []
+        return compare_folders(hf_model, exported) if global_rank() == 0 else []
     finally:
-        if dist.is_initialized():
-            dist.barrier()
-        if _rank() == 0:
+        barrier()
+        if global_rank() == 0:
             shutil.rmtree(work, ignore_errors=True)

@@ -24,37 +24,21 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from tqdm.auto import tqdm
 
-from ..errors import CheckpointMismatchError, MissingTensorError
-from ..bridge import AutoBridge
-from ..files import busy_message, clean_stale_temporaries, publish_folder, temporary_sibling, write_atomic
+from ..bridge import HFBridge
 from ..bridge.sharded_io import read_block
-from ..models import model_class
-from ..parallel.dims import LayoutError, ParallelConfig, validate_model_layout
-from ..training import checkpoint as ckpt
-from .checkpoints import model_fingerprint
+from ..checkpoint import LATEST, RUN_FILE, BlockSavePlanner, LazyBlock, iteration_dir
+from ..errors import CheckpointMismatchError, MissingTensorError
+from ..files import busy_message, clean_stale_temporaries, publish_folder, temporary_sibling, write_atomic
+from ..parallel.dims import LayoutError, ParallelConfig, barrier, from_rank0, global_rank
+from ..parallel.parallelize import build_model
+from .checkpoints import architecture_digest
 
 ITERATION = 0
 
 
-class _LazyBlock(ckpt.ShardedBlock):
-    """A parameter block DCP plans with (shape and dtype only) and reads when it writes it."""
-
-    def __init__(self, read, shape, dtype, offsets, global_shape):
-        super().__init__(torch.empty(shape, dtype=dtype, device="meta"), offsets, global_shape)
-        self.read = read
-
-
-class _LazySavePlanner(ckpt._BlockSavePlanner):
-    def lookup_object(self, index):
-        block = self.state_dict[index.fqn]
-        return block.read() if isinstance(block, _LazyBlock) else super().lookup_object(index)
-
-
 def parallel_layout(config, tp: int = 1, pp: int = 1, vp: int = 1, command: str = "import"):
     """The ParallelDims to convert under: None in a plain single process, else torchrun's world."""
-    layout = ParallelConfig(tp=tp, pp=pp, vp=vp)
-    layout.check_supported()
-    validate_model_layout(config, layout)
+    layout = ParallelConfig(tp=tp, pp=pp, vp=vp).validate(config)
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         if tp * pp > 1:
@@ -68,40 +52,24 @@ def parallel_layout(config, tp: int = 1, pp: int = 1, vp: int = 1, command: str 
     return initialize(layout)
 
 
-def _stages(config, dims):
-    if dims is None or dims.config.pp == 1:
-        return [()]
-    from ..bridge.loading import pipeline_stages
-
-    return pipeline_stages(config, dims)
-
-
-def lazy_state(bridge: AutoBridge, dims, dtype: torch.dtype | None, bar) -> dict:
+def lazy_state(bridge: HFBridge, dims, dtype: torch.dtype | None, bar) -> dict:
     """DCP state of this rank's parameter blocks, each read from the HF folder when DCP writes it."""
-    from ..bridge.loading import _skip_default_init
-
-    config, tensors = bridge.config, bridge.folder.tensors
+    tensors = bridge.folder.tensors
     state = {}
-    for stage in _stages(config, dims):
-        with torch.device("meta"), _skip_default_init():
-            model = model_class(config)(config, *stage)
-        if dims is not None:
-            from ..parallel import apply_tensor_parallel
-
-            apply_tensor_parallel(model, dims)
-        specs = getattr(model, "tp_specs", {})
-        for name, param in model.named_parameters():
-            hf_name = bridge.mapping.to_hf(name)
-            info = tensors.get(hf_name)
-            spec = specs.get(name)
-            full = tuple(spec.full_shape) if spec is not None else tuple(param.shape)
-            if info is None:
-                raise MissingTensorError(f"{bridge.source}: tensor {hf_name!r} (parameter {name}) is missing from the "
-                               "checkpoint files")
-            if tuple(info.shape) != full:
-                raise CheckpointMismatchError(f"{info.path}: tensor {hf_name!r} has shape {list(info.shape)}, but config.json "
-                                 f"implies {list(full)}")
-            state[f"model.{name}"] = _block(info, spec, tuple(param.shape), dtype or info.dtype, full, bar)
+    chunks = build_model(bridge.config, dims, meta=True)  # shapes and shard specs only
+    specs = chunks.specs
+    for name, param in chunks.named_parameters():
+        hf_name = bridge.mapping.to_hf(name)
+        info = tensors.get(hf_name)
+        spec = specs.get(name)
+        full = tuple(spec.full_shape) if spec is not None else tuple(param.shape)
+        if info is None:
+            raise MissingTensorError(f"{bridge.source}: tensor {hf_name!r} (parameter {name}) is missing from the "
+                                     "checkpoint files")
+        if tuple(info.shape) != full:
+            raise CheckpointMismatchError(f"{info.path}: tensor {hf_name!r} has shape {list(info.shape)}, but "
+                                          f"config.json implies {list(full)}")
+        state[f"model.{name}"] = _block(info, spec, tuple(param.shape), dtype or info.dtype, full, bar)
     return state
 
 
@@ -121,28 +89,12 @@ def _block(info, spec, local_shape, dtype, full, bar):
         bar.update(out.nbytes)
         return out if rows is None else out[:rows]
 
-    return _LazyBlock(read, tuple(shape), dtype, tuple(offsets), full)
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _from_rank0(value):
-    box = [value]
-    if dist.is_initialized():
-        dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return LazyBlock(read, tuple(shape), dtype, tuple(offsets), full)
 
 
 def _agree(ok: bool, message: str) -> None:
     """Raise on every rank when rank 0 found a problem (so no rank waits in a collective)."""
-    flag = _from_rank0(None if ok else message)
+    flag = from_rank0(None if ok else message)
     if flag is not None:
         raise FileExistsError(flag)
 
@@ -153,45 +105,45 @@ def import_checkpoint(hf_model: str | os.PathLike, megatron_path: str | os.PathL
     """Write the weights of the HF folder `hf_model` as a minibridge checkpoint at `megatron_path`;
     returns the iteration folder. Tensors keep the checkpoint's dtypes unless `dtype` is given.
     With tp/pp > 1 it runs under torchrun, each rank reading and writing its own blocks."""
-    bridge = AutoBridge.from_hf_pretrained(hf_model)
+    bridge = HFBridge.from_hf_pretrained(hf_model)
     target = Path(megatron_path)
     dims = parallel_layout(bridge.config, tp, pp, vp)
-    busy = busy_message(target) if _rank() == 0 and not overwrite else None
+    busy = busy_message(target) if global_rank() == 0 and not overwrite else None
     _agree(busy is None, busy or "")
-    rank0 = _rank() == 0
+    rank0 = global_rank() == 0
     bar = tqdm(unit="B", unit_scale=True, desc="importing", disable=not (progress and rank0))
     state = lazy_state(bridge, dims, dtype, bar)
     bar.total = sum(b.local.numel() * b.local.itemsize for b in state.values())
-    tmp = Path(_from_rank0(str(temporary_sibling(target)) if rank0 else None))
-    final_iter = ckpt.iteration_dir(tmp, ITERATION)
+    tmp = Path(from_rank0(str(temporary_sibling(target)) if rank0 else None))
+    final_iter = iteration_dir(tmp, ITERATION)
     if rank0:
         target.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_temporaries(target)
         final_iter.mkdir(parents=True)
-    _barrier()
+    barrier()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is .*")
-            dcp.save(state, checkpoint_id=str(final_iter), planner=_LazySavePlanner(),
+            dcp.save(state, checkpoint_id=str(final_iter), planner=BlockSavePlanner(),
                      no_dist=not dist.is_initialized())
-        _barrier()
+        barrier()
         if rank0:
             bar.close()
             info = {"iteration": ITERATION, "config": {"model": {"config": _config_dict(bridge.config)}},
                     "converted_from": {"hf_model": str(Path(hf_model).resolve()),
                                        "architecture": bridge.architecture.name},
-                    "model_fingerprint": model_fingerprint(bridge.config),
+                    "architecture_digest": architecture_digest(bridge.config),
                     "world_size": dist.get_world_size() if dist.is_initialized() else 1, "tp": tp, "pp": pp,
                     "dtype": str(dtype).removeprefix("torch.") if dtype else "as stored"}
-            write_atomic(final_iter / ckpt.RUN_FILE, _json(info))
-            write_atomic(tmp / ckpt.LATEST, str(ITERATION))
+            write_atomic(final_iter / RUN_FILE, _json(info))
+            write_atomic(tmp / LATEST, str(ITERATION))
             publish_folder(tmp, target)
     except BaseException:
         if rank0:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _barrier()
-    return ckpt.iteration_dir(target, ITERATION)
+    barrier()
+    return iteration_dir(target, ITERATION)
 
 
 def _config_dict(config) -> dict:

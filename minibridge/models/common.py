@@ -111,11 +111,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, config.num_kv_heads * d, bias=bias)
         self.v_proj = nn.Linear(h, config.num_kv_heads * d, bias=bias)
         self.o_proj = nn.Linear(config.num_heads * d, h, bias=bias)
-        if config.is_gemma:  # Gemma 3 normalises each head of q and k before RoPE
-            self.q_norm = RMSNorm(d, config.rms_norm_eps, gemma=True)
-            self.k_norm = RMSNorm(d, config.rms_norm_eps, gemma=True)
-        else:
-            self.q_norm = self.k_norm = None
+
+    def normalize_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head transforms of q and k before RoPE: none here (Gemma 3 adds its q/k norms)."""
+        return q, k
 
     def forward(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], document_ids: torch.Tensor | None = None,
@@ -125,9 +124,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, -1, self.head_dim)
         k = self.k_proj(x).view(B, T, -1, self.head_dim)
         v = self.v_proj(x).view(B, T, -1, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, k, *rope)
+        q, k = apply_rope(*self.normalize_qk(q, k), *rope)
         if kv_cache is not None:  # generation (models/kv_cache.py): attend over the cached positions too
             k, v, document_ids = kv_cache.update(k, v)
         if self.recompute_core and torch.is_grad_enabled():

@@ -7,14 +7,13 @@ simple (`model.num_layers=4`). Translation from and to HF `config.json` lives in
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
 from ..errors import ConfigError
+from .registry import family
 
 FULL = "full_attention"
 SLIDING = "sliding_attention"
-FAMILIES = ("llama", "gemma3")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 
 
@@ -67,8 +66,7 @@ class ModelConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
-            raise ConfigError(f"model family {self.family!r} is not supported; expected one of {FAMILIES}")
+        family(self.family)  # registered by its model module (models/registry.py)
         if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"hidden_act {self.hidden_act!r} is not supported; expected one of {ACTIVATIONS}")
         if not self.layer_types:
@@ -87,28 +85,11 @@ class ModelConfig:
             )
 
     @property
-    def is_gemma(self) -> bool:
-        return self.family == "gemma3"
-
-    @property
     def attention_scale(self) -> float:
         return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
 
-    @property
-    def embedding_scale(self) -> float | None:
-        """Gemma multiplies embeddings by sqrt(hidden); the caller rounds it to the model dtype."""
-        return math.sqrt(self.hidden_size) if self.is_gemma else None
-
     def window_of(self, layer: int) -> int | None:
         return self.sliding_window if self.layer_types[layer] == SLIDING else None
-
-    def num_params(self) -> int:
-        h, f, d = self.hidden_size, self.intermediate_size, self.head_dim
-        attn = h * d * (2 * self.num_heads + 2 * self.num_kv_heads)
-        norms = (4 if self.is_gemma else 2) * h + (2 * d if self.is_gemma else 0)
-        per_layer = attn + 3 * h * f + norms
-        head = 0 if self.tie_word_embeddings else self.vocab_size * h
-        return self.vocab_size * h + self.num_layers * per_layer + h + head
 
     def replace(self, **changes) -> "ModelConfig":
         return replace(self, **changes)

@@ -12,12 +12,27 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from .causal_lm import CausalLM
+from .causal_lm import DECODER_TP_PLAN, CausalLM
 from .common import Attention, GatedMLP, RMSNorm
 from .config import ModelConfig
+from .registry import Family, register
+
+
+class Gemma3Attention(Attention):
+    """Attention with Gemma 3's per-head RMSNorm of q and k before RoPE."""
+
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__(config, layer)
+        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, gemma=True)
+        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, gemma=True)
+
+    def normalize_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.q_norm(q), self.k_norm(k)
 
 
 class Gemma3Block(nn.Module):
@@ -26,7 +41,7 @@ class Gemma3Block(nn.Module):
         h, eps = config.hidden_size, config.rms_norm_eps
         self.layer = layer
         self.attn_norm = RMSNorm(h, eps, gemma=True)
-        self.attn = Attention(config, layer)
+        self.attn = Gemma3Attention(config, layer)
         self.post_attn_norm = RMSNorm(h, eps, gemma=True)
         self.mlp_norm = RMSNorm(h, eps, gemma=True)
         self.mlp = GatedMLP(config)
@@ -39,9 +54,13 @@ class Gemma3Block(nn.Module):
 
 class Gemma3ForCausalLM(CausalLM):
     block_class = Gemma3Block
+    gemma_norms = True
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
         # transformers rounds sqrt(hidden) to the weight dtype before the multiply (HF PR 29402).
-        scale = torch.tensor(self.config.embedding_scale, dtype=hidden.dtype, device=hidden.device)
+        scale = torch.tensor(math.sqrt(self.config.hidden_size), dtype=hidden.dtype, device=hidden.device)
         return hidden * scale
+
+
+FAMILY = register(Family("gemma3", Gemma3ForCausalLM, tp_plan=DECODER_TP_PLAN))

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .causal_lm import CausalLM
+from .causal_lm import DECODER_TP_PLAN, CausalLM
 from .common import Attention, GatedMLP, RMSNorm
 from .config import ModelConfig
+from .registry import Family, register
 
 
 class LlamaBlock(nn.Module):
@@ -32,3 +33,6 @@ class LlamaBlock(nn.Module):
 
 class LlamaForCausalLM(CausalLM):
     block_class = LlamaBlock
+
+
+FAMILY = register(Family("llama", LlamaForCausalLM, tp_plan=DECODER_TP_PLAN))

@@ -17,14 +17,14 @@ FEW_ROWS = 16  # OutputHead.logits: up to this many rows take the weight-streami
 
 
 def shift_labels(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """HF convention: labels are aligned with inputs; position t is trained to predict labels[t + 1]."""
+    """The targets of HF-convention labels (aligned with the inputs): position t predicts labels[t + 1].
+    The one place labels are shifted: `CausalLM.forward` for its HF form, the trainer for its batches
+    (before a context-parallel split, so a chunk's last token targets the next chunk's first)."""
     return F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean", shifted: bool = False):
-    """Next-token cross entropy on fp32 logits, as transformers' ForCausalLMLoss; "sum" for token sums.
-    `shifted` labels are already the targets (context parallelism shifts before splitting)."""
-    targets = labels if shifted else shift_labels(labels)
+def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"):
+    """Next-token cross entropy on fp32 logits, as transformers' ForCausalLMLoss; "sum" for token sums."""
     return F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction=reduction
     )
@@ -43,8 +43,8 @@ class OutputHead:
             return (weight @ flat.t()).t().reshape(*hidden.shape[:-1], weight.shape[0])
         return F.linear(hidden, weight)
 
-    def loss(self, hidden, weight, labels, reduction: str = "mean", shifted: bool = False):
-        return causal_lm_loss(F.linear(hidden, weight), labels, reduction, shifted)
+    def loss(self, hidden, weight, targets, reduction: str = "mean"):
+        return causal_lm_loss(F.linear(hidden, weight), targets, reduction)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -94,7 +94,7 @@ class ChunkedOutputHead(OutputHead):
     def __init__(self, chunk_tokens: int = 2048):
         self.chunk_tokens = chunk_tokens
 
-    def loss(self, hidden, weight, labels, reduction: str = "mean", shifted: bool = False):
-        targets = (labels if shifted else shift_labels(labels)).reshape(-1)
+    def loss(self, hidden, weight, targets, reduction: str = "mean"):
+        targets = targets.reshape(-1)
         total = _FusedLinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets, self.chunk_tokens)
         return total if reduction == "sum" else total / (targets != IGNORE_INDEX).sum()

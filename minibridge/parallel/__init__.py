@@ -1,11 +1,11 @@
 """Parallelism on torch.distributed: layout and groups, collectives, the tensor-parallel pass, DP."""
 
 from .collectives import count_communication
-from .data import finalize_grads, zero_optimizer
+from .data import finalize_grads
 from .dims import LayoutError, ParallelConfig, ParallelDims, current, initialize
 from .plan import apply_tensor_parallel
 
 __all__ = [
     "LayoutError", "ParallelConfig", "ParallelDims", "apply_tensor_parallel", "count_communication", "current",
-    "finalize_grads", "initialize", "zero_optimizer",
+    "finalize_grads", "initialize",
 ]

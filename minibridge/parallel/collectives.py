@@ -8,7 +8,7 @@
     gather_from_last_dim    forward all-gather last dim  backward split last dim
 
 Activations are (batch, seq, hidden), so sequence parallelism splits dim 1. Every primitive goes
-through `_all_reduce` / `_all_gather` / `_reduce_scatter`, which a `CommCounter` can watch.
+through `_all_reduce` / `all_gather_along` / `_reduce_scatter`, which a `CommCounter` can watch.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def count_communication():
         CommCounter.active = previous
 
 
-def _record(op: str, tensor: torch.Tensor):
+def record_communication(op: str, tensor: torch.Tensor):
     if CommCounter.active is not None:
         CommCounter.active.add(op, tensor.numel() * tensor.element_size())
 
@@ -62,13 +62,13 @@ def _size(group) -> int:
 def _all_reduce(x: torch.Tensor, group) -> torch.Tensor:
     if _size(group) == 1:
         return x
-    _record("all_reduce", x)
+    record_communication("all_reduce", x)
     x = x.contiguous()
     dist.all_reduce(x, group=group)
     return x
 
 
-def _all_gather(x: torch.Tensor, group, dim: int) -> torch.Tensor:
+def all_gather_along(x: torch.Tensor, group, dim: int) -> torch.Tensor:
     n = _size(group)
     if n == 1:
         return x
@@ -76,7 +76,7 @@ def _all_gather(x: torch.Tensor, group, dim: int) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(n)]
     dist.all_gather(parts, x, group=group)
     out = torch.cat(parts, dim=dim)
-    _record("all_gather", out)
+    record_communication("all_gather", out)
     return out
 
 
@@ -93,7 +93,7 @@ def _reduce_scatter(x: torch.Tensor, group, dim: int) -> torch.Tensor:
     n = _size(group)
     if n == 1:
         return x
-    _record("reduce_scatter", x)
+    record_communication("reduce_scatter", x)
     chunks = [c.contiguous() for c in x.chunk(n, dim=dim)]
     if dist.get_backend(group) == "nccl":
         out = torch.empty_like(chunks[0])
@@ -125,22 +125,22 @@ def _identity(x, group):
 copy_to_region = _conjugate_pair("CopyToRegion", _identity, lambda g, grp: _all_reduce(g.clone(), grp))
 reduce_from_region = _conjugate_pair("ReduceFromRegion", lambda x, grp: _all_reduce(x.clone(), grp), _identity)
 scatter_to_sequence = _conjugate_pair(
-    "ScatterToSequence", lambda x, grp: _split(x, grp, SEQ_DIM), lambda g, grp: _all_gather(g, grp, SEQ_DIM)
+    "ScatterToSequence", lambda x, grp: _split(x, grp, SEQ_DIM), lambda g, grp: all_gather_along(g, grp, SEQ_DIM)
 )
 gather_from_sequence = _conjugate_pair(
-    "GatherFromSequence", lambda x, grp: _all_gather(x, grp, SEQ_DIM), lambda g, grp: _reduce_scatter(g, grp, SEQ_DIM)
+    "GatherFromSequence", lambda x, grp: all_gather_along(x, grp, SEQ_DIM), lambda g, grp: _reduce_scatter(g, grp, SEQ_DIM)
 )
 reduce_scatter_sequence = _conjugate_pair(
-    "ReduceScatterSequence", lambda x, grp: _reduce_scatter(x, grp, SEQ_DIM), lambda g, grp: _all_gather(g, grp, SEQ_DIM)
+    "ReduceScatterSequence", lambda x, grp: _reduce_scatter(x, grp, SEQ_DIM), lambda g, grp: all_gather_along(g, grp, SEQ_DIM)
 )
 gather_from_last_dim = _conjugate_pair(
-    "GatherFromLastDim", lambda x, grp: _all_gather(x, grp, -1), lambda g, grp: _split(g, grp, -1)
+    "GatherFromLastDim", lambda x, grp: all_gather_along(x, grp, -1), lambda g, grp: _split(g, grp, -1)
 )
 
 
 def all_reduce_(x: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
     """Plain in-place all-reduce outside autograd (gradients, statistics), counted like the rest."""
     if _size(group) > 1:
-        _record("all_reduce", x)
+        record_communication("all_reduce", x)
         dist.all_reduce(x, op=op, group=group)
     return x

@@ -35,8 +35,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..errors import LayoutError
-from .collectives import _all_gather
-from .ring_attention import _check_local_shapes, _exchange, _wait, allowed_mask, chunk_ids, ring_attention
+from .collectives import all_gather_along
+from ..kernels import allowed_mask_from_positions
+from .ring_attention import check_local_shapes, chunk_ids, post_p2p, ring_attention, wait_all
 
 HALO_TAG, HALO_GRAD_TAG = 2, 3
 
@@ -77,7 +78,7 @@ class _GatherFromContextParallel(torch.autograd.Function):
         seq_len = local.shape[dim] * cp
         order = torch.cat([zigzag_indices(seq_len, cp, r, local.device) for r in range(cp)])
         ctx.dim, ctx.keep = dim, zigzag_indices(seq_len, cp, dist.get_rank(group), local.device)
-        return _all_gather(local, group, dim).index_select(dim, torch.argsort(order))
+        return all_gather_along(local, group, dim).index_select(dim, torch.argsort(order))
 
     @staticmethod
     def backward(ctx, grad):
@@ -141,7 +142,7 @@ class _HaloExchange(torch.autograd.Function):
         kv = kv.contiguous()
         bufs = [(o, kv.new_empty((kv.shape[0], n) + kv.shape[2:]), HALO_TAG) for o, n in recvs]
         idx = [(r, i.to(kv.device)) for r, i in sends]
-        _wait(_exchange([(r, kv.index_select(1, i).contiguous(), HALO_TAG) for r, i in idx], bufs, group))
+        wait_all(post_p2p([(r, kv.index_select(1, i).contiguous(), HALO_TAG) for r, i in idx], bufs, group))
         ctx.plan, ctx.group, ctx.shape = idx, group, kv.shape
         ctx.counts = [(o, n) for o, n in recvs]
         if not bufs:
@@ -154,7 +155,7 @@ class _HaloExchange(torch.autograd.Function):
         pieces = grad.split([n for _, n in ctx.counts], dim=1) if ctx.counts else []
         sends = [(o, p.contiguous(), HALO_GRAD_TAG) for (o, _), p in zip(ctx.counts, pieces)]
         bufs = [(r, grad.new_empty((grad.shape[0], len(i)) + grad.shape[2:]), HALO_GRAD_TAG) for r, i in ctx.plan]
-        _wait(_exchange(sends, bufs, ctx.group))
+        wait_all(post_p2p(sends, bufs, ctx.group))
         dkv = grad.new_zeros(ctx.shape)
         for (_, i), (_, b, _) in zip(ctx.plan, bufs):
             dkv.index_add_(1, i, b)  # several ranks may need the same row
@@ -164,7 +165,7 @@ class _HaloExchange(torch.autograd.Function):
 def window_attention_cp(q, k, v, scale: float, window: int, group) -> torch.Tensor:
     """Sliding-window causal attention of zigzag-local q, k, v (shapes as `ring_attention`): each query
     at global position i sees keys i-W+1 .. i. Moves only the halos (at most 2*(W-1) rows per rank)."""
-    _check_local_shapes(q, k, v)
+    check_local_shapes(q, k, v)
     if window is None or window < 1:
         raise ValueError(f"window_attention_cp needs a window >= 1, got {window}")
     group = dist.group.WORLD if group is None else group
@@ -182,7 +183,7 @@ def window_attention_cp(q, k, v, scale: float, window: int, group) -> torch.Tens
     for qi, j in enumerate(chunk_ids(cp, me)):
         start, end = j * c, (j + 1) * c
         sel = torch.nonzero((k_pos > start - window) & (k_pos < end)).squeeze(1)  # keys some query here sees
-        mask = allowed_mask(torch.arange(start, end, device=q.device), k_pos[sel], window)
+        mask = allowed_mask_from_positions(torch.arange(start, end, device=q.device), k_pos[sel], window=window)
         kk = keys[:, :hkv].index_select(2, sel)
         vv = keys[:, hkv:].index_select(2, sel)
         qq = q[:, qi * c:(qi + 1) * c].transpose(1, 2)
@@ -219,16 +220,13 @@ def apply_context_parallel(model, dims) -> None:
             module.core = core
 
 
-def split_batch_for_context_parallel(input_ids, labels, position_ids, cp: int, rank: int):
-    """This cp rank's zigzag share of a batch. Labels are shifted on the whole sequence first (the
-    target of the last token of one chunk is the first token of the next), so the model is told they
-    are already targets. Positions follow the chunks, so RoPE sees global positions."""
-    from ..models.output import shift_labels
-
+def split_batch_for_context_parallel(input_ids, targets, position_ids, cp: int, rank: int):
+    """This cp rank's zigzag share of a batch. `targets` are the labels already shifted on the whole
+    sequence (the target of the last token of one chunk is the first token of the next). Positions
+    follow the chunks, so RoPE sees global positions."""
     seq = input_ids.shape[1]
     index = zigzag_indices(seq, cp, rank, device=input_ids.device)
     if position_ids is None:
         position_ids = torch.arange(seq, device=input_ids.device).expand_as(input_ids)
-    targets = shift_labels(labels) if labels is not None else None
     take = lambda t: None if t is None else t.index_select(1, index)  # noqa: E731
     return take(input_ids), take(targets), take(position_ids)

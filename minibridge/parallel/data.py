@@ -3,15 +3,13 @@
 `finalize_grads` plays the role of Megatron's finalize_model_grads: the training loop calls it once
 per step, after the last micro-batch's backward and before clipping and the optimizer step.
 Data-parallel averaging flattens gradients into buckets (one all-reduce per ~25 MB), which composes
-with the sharded TP parameters without wrapping the model. For ZeRO-1, `zero_optimizer` shards the
-optimizer state over the dp group with torch's ZeroRedundancyOptimizer: it needs no knowledge of the
-TP layout since every rank's parameters are already its own.
+with the sharded TP parameters without wrapping the model. ZeRO-1 (the optimizer state split over the
+dp ranks) is the trainer's optimizer's job: minibridge.training.optimizer.MixedPrecisionAdamW.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from ..models import CausalLM
 from .collectives import all_reduce_
@@ -58,7 +56,7 @@ def finalize_grads(model: CausalLM, dims: ParallelDims, average_dp: bool = True)
     losses already normalised by the global token count."""
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     model = model.module if ddp else model
-    specs = getattr(model, "tp_specs", {})
+    specs = model.sharding.specs if model.sharding is not None else {}
     params = [(n, grad_of(p)) for n, p in model.named_parameters() if grad_of(p) is not None]
     if dims.tp > 1:
         partial = [g for n, g in params if n in specs and specs[n].grad_reduce]
@@ -82,8 +80,3 @@ def finalize_pipeline_grads(chunks: list, dims: ParallelDims) -> None:
         embed = chunk.embed_tokens
         if embed is not None and embed.weight.requires_grad and (chunk.is_first or chunk.is_last):  # frozen: PEFT
             all_reduce_(grad_of(embed.weight), dims.embedding_group)
-
-
-def zero_optimizer(params, dims: ParallelDims, optimizer_class=torch.optim.AdamW, **kwargs):
-    """ZeRO-1: each dp rank keeps the optimizer state of a 1/dp slice of the parameters."""
-    return ZeroRedundancyOptimizer(list(params), optimizer_class=optimizer_class, process_group=dims.dp_group, **kwargs)

@@ -46,6 +46,37 @@ class ParallelConfig:
         if self.vp > 1 and self.pp == 1:
             raise LayoutError(f"virtual pipeline stages (vp={self.vp}) need pipeline parallelism (pp > 1)")
 
+    @classmethod
+    def from_megatron(cls, settings) -> "ParallelConfig":
+        """The layout of an object with Megatron's field names (a recipe's `model` section, the provider):
+        the one translation of those names."""
+        layout = getattr(settings, "pipeline_layout", None)
+        return cls(
+            tp=settings.tensor_model_parallel_size, pp=settings.pipeline_model_parallel_size,
+            vp=settings.virtual_pipeline_model_parallel_size or 1, cp=settings.context_parallel_size,
+            sequence_parallel=settings.sequence_parallel, vocab_multiple=settings.make_vocab_size_divisible_by,
+            pipeline_layout=tuple(layout) if layout else None,
+            account_for_embedding=settings.account_for_embedding_in_pipeline_split,
+            account_for_loss=settings.account_for_loss_in_pipeline_split,
+        )
+
+    def validate(self, model: ModelConfig, seq_length: int | None = None) -> "ParallelConfig":
+        """Every check of this layout against `model` (and a sequence length), before anything is
+        allocated: the one place layouts are validated (training config, provider, conversion)."""
+        self.check_supported()
+        validate_model_layout(model, self)
+        from .pipeline import layout_stages
+
+        layout_stages(model.num_layers, self)  # raises when the layers do not split over pp * vp stages
+        if seq_length is not None:
+            if seq_length % (2 * self.cp):
+                raise LayoutError(f"seq_length={seq_length} must be divisible by 2 * cp = {2 * self.cp} "
+                                  f"(context_parallel_size={self.cp}: each cp rank takes two balanced chunks)")
+            if self.sequence_parallel and (seq_length // self.cp) % self.tp:
+                raise LayoutError(f"sequence_parallel: seq_length / cp = {seq_length // self.cp} must be divisible "
+                                  f"by tp={self.tp} (tensor_model_parallel_size)")
+        return self
+
 
 @dataclass
 class ParallelDims:
@@ -118,7 +149,7 @@ def validate_model_layout(model: ModelConfig, config: ParallelConfig) -> None:
         )
 
 
-def layout_from_world(config: ParallelConfig, world_size: int) -> int:
+def data_parallel_size(config: ParallelConfig, world_size: int) -> int:
     """The data-parallel size implied by the world size; raises when the layout does not divide it."""
     model_parallel = config.tp * config.pp * config.cp
     if world_size % model_parallel:
@@ -175,7 +206,7 @@ def initialize(config: ParallelConfig, backend: str | None = None) -> ParallelDi
         else:  # a plain `python` run: a world of one
             dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     world, rank = dist.get_world_size(), dist.get_rank()
-    dp = layout_from_world(config, world)
+    dp = data_parallel_size(config, world)
     device = torch.device("cpu")
     if dist.get_backend() == "nccl":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
@@ -197,3 +228,23 @@ def initialize(config: ParallelConfig, backend: str | None = None) -> ParallelDi
 
 def current() -> ParallelDims | None:
     return _STATE
+
+
+def global_rank() -> int:
+    """This process's rank in the default group (0 without torch.distributed)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def from_rank0(value):
+    """Rank 0's `value` (any picklable object) on every rank: decisions rank 0 takes alone (what is on
+    disk, whether a folder may be written) reach every rank, so none is left waiting in a collective."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

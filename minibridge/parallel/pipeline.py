@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import LayoutError
-from .collectives import _record
+from .collectives import record_communication
 
 
 def stage_layers(num_layers: int, stages: int, layout: list[int] | None = None,
@@ -99,10 +99,9 @@ def schedule(num_microbatches: int, pp: int, vp: int, pp_rank: int) -> list[tupl
 @dataclass
 class MicroBatch:
     input_ids: torch.Tensor
-    labels: torch.Tensor | None = None
+    targets: torch.Tensor | None = None  # next-token targets (labels already shifted: models.output.shift_labels)
     position_ids: torch.Tensor | None = None
     document_ids: torch.Tensor | None = None
-    labels_shifted: bool = False  # already targets (context parallelism shifts before splitting)
 
 
 class PipelineExecutor:
@@ -128,7 +127,7 @@ class PipelineExecutor:
         return (mb * self.stages + stage) * 2 + direction
 
     def _send(self, tensor: torch.Tensor, stage: int, tag: int):
-        _record("p2p", tensor)
+        record_communication("p2p", tensor)
         self.pending.append(dist.isend(tensor.contiguous(), self._peer(stage), tag=tag))
 
     def _recv(self, shape, dtype, stage: int, tag: int) -> torch.Tensor:
@@ -152,11 +151,9 @@ class PipelineExecutor:
         if not chunk.is_first:
             hidden = self._recv(self._hidden_shape(batch), self.dtype, stage - 1, self._tag(0, mb, stage))
             hidden.requires_grad_()
-        out = chunk(batch.input_ids, labels=batch.labels if chunk.is_last else None, position_ids=batch.position_ids,
-                    document_ids=batch.document_ids, loss_reduction="sum", hidden_states=hidden,
-                    labels_shifted=batch.labels_shifted)
+        out = chunk.hidden_states(batch.input_ids, batch.position_ids, batch.document_ids, hidden)
         if chunk.is_last:
-            out = out / self.loss_divisor
+            out = chunk.loss(out, batch.targets, "sum") / self.loss_divisor
             self.loss_sum += out.detach().double().cpu()
         else:
             self._send(out.detach(), stage + 1, self._tag(0, mb, stage + 1))

@@ -1,13 +1,15 @@
-"""The tensor-parallel pass: one declarative plan per family, applied to the single-device model.
+"""The tensor-parallel pass: the family's declarative plan (models/registry.py), applied to the
+single-device model.
 
 Applied on the meta device before allocation, it shrinks each parameter to this rank's block, records
-a `ShardSpec` per parameter name in `model.tp_specs` (the bridge reads and writes slices with it),
+a `ShardSpec` per parameter name in `model.sharding` (the bridge reads and writes slices with it),
 and switches the few modules that need collectives to their parallel subclasses. Parameter names
 do not change.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
@@ -15,33 +17,21 @@ from torch import nn
 
 from ..models import CausalLM
 from ..models.common import Attention, GatedMLP
+from ..models.registry import family
 from .dims import ParallelDims
-from .sharding import ShardSpec
-from .tensor import (
-    RowParallelLinear,
-    TensorParallelAttention,
-    TensorParallelMLP,
-    VocabParallelEmbedding,
-    VocabParallelHead,
-)
+from .sharding import Sharding, ShardSpec
+from .tensor import RowParallelLinear, TensorParallelRegion, VocabParallelEmbedding, VocabParallelHead
 
-# module name pattern -> style of its parameters. "partial" replicated parameters always need their
-# gradients summed over tp (they see only this rank's heads); "sequence" ones only under sequence
-# parallelism (they see only this rank's tokens). First match wins.
-LAYER = r"layers\.\d+\."
-DECODER_PLAN = [
-    (r"embed_tokens", "vocab"),
-    (r"lm_head", "vocab"),
-    (LAYER + r"attn\.q_proj", "column"),
-    (LAYER + r"attn\.[kv]_proj", "kv"),
-    (LAYER + r"attn\.o_proj", "row"),
-    (LAYER + r"mlp\.(gate|up)_proj", "column"),
-    (LAYER + r"mlp\.down_proj", "row"),
-    (LAYER + r"attn\.[qk]_norm", "partial"),
-    (r"(layers\.\d+\.)?\w*norm", "sequence"),
-]
-TP_PLANS = {"llama": DECODER_PLAN, "gemma3": DECODER_PLAN}
-REGIONS = {Attention: TensorParallelAttention, GatedMLP: TensorParallelMLP}
+# The sublayers that run between one collective pair (input copy or all-gather, output all-reduce or
+# reduce-scatter), and the name of their row-parallel linear. A family's subclass (Gemma 3's attention
+# with q/k norms) is wrapped the same way.
+REGIONS = ((Attention, "o_proj"), (GatedMLP, "down_proj"))
+
+
+@functools.lru_cache(maxsize=None)
+def parallel_region(cls: type, row_name: str) -> type:
+    """`cls` with its forward between the tensor-parallel collectives (same parameters and names)."""
+    return type(f"TensorParallel{cls.__name__}", (TensorParallelRegion, cls), {"row_name": row_name})
 
 
 def _style(plan, module_name: str) -> str | None:
@@ -72,30 +62,31 @@ def apply_tensor_parallel(model: CausalLM, dims: ParallelDims) -> CausalLM:
     """Shard `model` (best on the meta device) for this rank's tensor-parallel position."""
     config = model.config
     dims.validate_model(config)
-    plan = TP_PLANS[config.family]
-    model.tp_specs = {}
-    model.parallel_dims = dims
+    plan = family(config.family).tp_plan
+    model.sharding = Sharding(dims)
+    specs = model.sharding.specs
     if dims.tp == 1:
         return model
     g, sp = dims.tp_group, dims.sequence_parallel
     for module_name, module in list(model.named_modules()):
-        if type(module) in REGIONS:
-            module.__class__ = REGIONS[type(module)]
-            module.tp_group, module.sequence_parallel = g, sp
+        for region, row_name in REGIONS:
+            if isinstance(module, region):
+                module.__class__ = parallel_region(type(module), row_name)
+                module.tp_group, module.sequence_parallel = g, sp
         style = _style(plan, module_name)
         params = list(module.named_parameters(recurse=False))
         if params and style is None:
             raise KeyError(f"module {module_name!r} has parameters but no entry in the {config.family} TP plan")
         for param_name, param in params:
             spec = _spec(style, param_name, param.shape, dims, config)
-            model.tp_specs[f"{module_name}.{param_name}"] = spec
+            specs[f"{module_name}.{param_name}"] = spec
             if spec.local_shape() != tuple(param.shape):
                 local = torch.empty(spec.local_shape(), dtype=param.dtype, device=param.device)
                 setattr(module, param_name, nn.Parameter(local, requires_grad=param.requires_grad))
         if style == "row" and isinstance(module, nn.Linear):
             module.__class__ = RowParallelLinear
         if style == "vocab":
-            _shard_vocab(model, module_name, module, model.tp_specs[f"{module_name}.weight"], dims)
+            _shard_vocab(model, module_name, module, specs[f"{module_name}.weight"], dims)
     return model
 
 

@@ -38,7 +38,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .collectives import _record
+from ..kernels import allowed_mask_from_positions
+from .collectives import record_communication
 
 KV_TAG, GRAD_TAG = 0, 1
 
@@ -48,28 +49,19 @@ def chunk_ids(cp: int, rank: int) -> tuple[int, int]:
     return rank, 2 * cp - 1 - rank
 
 
-def allowed_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
-    """(Tq, Tk) bool, True where a query at q_pos may see a key at k_pos: causal, and inside the window
-    (keys q - W + 1 .. q) if one is given; the semantics of `minibridge.kernels.attention_mask.allowed_mask`."""
-    allowed = k_pos[None, :] <= q_pos[:, None]
-    if window is not None:
-        allowed &= k_pos[None, :] > q_pos[:, None] - window
-    return allowed
-
-
-def _exchange(sends, recvs, group) -> list:
+def post_p2p(sends, recvs, group) -> list:
     """Post point-to-point sends [(group_rank, tensor, tag)] and receives [(group_rank, buffer, tag)];
     returns the work handles (wait on all of them before reading a buffer or reusing a send)."""
     works = []
     for peer, tensor, tag in recvs:
         works.append(dist.irecv(tensor, group=group, group_src=peer, tag=tag))
     for peer, tensor, tag in sends:
-        _record("p2p", tensor)
+        record_communication("p2p", tensor)
         works.append(dist.isend(tensor, group=group, group_dst=peer, tag=tag))
     return works
 
 
-def _wait(works):
+def wait_all(works):
     for w in works:
         w.wait()
 
@@ -118,7 +110,7 @@ def _pairs(cp, rank, src, chunk, window, device):
             if kc > qc:
                 continue  # entirely in the future
             k_pos = torch.arange(kc * chunk, (kc + 1) * chunk, device=device)
-            mask = allowed_mask(q_pos, k_pos, window)
+            mask = allowed_mask_from_positions(q_pos, k_pos, window=window)
             if not mask.any():
                 continue  # entirely outside the window
             rows, cols = slice(qi * chunk, (qi + 1) * chunk), slice(ki * chunk, (ki + 1) * chunk)
@@ -157,12 +149,12 @@ class _RingAttention(torch.autograd.Function):
             works, incoming = [], None
             if step + 1 < cp:  # start the next hop before computing, so it overlaps the compute
                 incoming = torch.empty_like(kv)
-                works = _exchange([(nxt, kv, KV_TAG)], [(prv, incoming, KV_TAG)], group)
+                works = post_p2p([(nxt, kv, KV_TAG)], [(prv, incoming, KV_TAG)], group)
             src = (rank - step) % cp
             for rows, cols, mask in _pairs(cp, rank, src, chunk, window, q.device):
                 o, l = _block_forward(qb[..., rows, :], kv[:, :, 0:1, cols], kv[:, :, 1:2, cols], scale, mask)
                 out[..., rows, :], lse[..., rows] = _merge(out[..., rows, :], lse[..., rows], o, l)
-            _wait(works)
+            wait_all(works)
             kv = incoming
         result = _from_q_blocks(out).to(q.dtype)
         ctx.save_for_backward(q, k, v, result, lse)
@@ -186,7 +178,7 @@ class _RingAttention(torch.autograd.Function):
             kv_works, incoming = [], None
             if step + 1 < cp:
                 incoming = torch.empty_like(kv)
-                kv_works = _exchange([(nxt, kv, KV_TAG)], [(prv, incoming, KV_TAG)], group)
+                kv_works = post_p2p([(nxt, kv, KV_TAG)], [(prv, incoming, KV_TAG)], group)
             src = (rank - step) % cp
             dkv = torch.zeros_like(kv)  # this rank's share of the visiting block's dK, dV
             for rows, cols, mask in _pairs(cp, rank, src, chunk, window, q.device):
@@ -198,16 +190,16 @@ class _RingAttention(torch.autograd.Function):
                 dkv[:, :, 0:1, cols] += dk_b
                 dkv[:, :, 1:2, cols] += dv_b
             if step > 0:  # add the accumulator that arrived with this block's previous visit
-                _wait(grad_works)
+                wait_all(grad_works)
                 dkv += grad_in
             if cp == 1:
                 grad_in = dkv
             else:
                 grad_in = torch.empty_like(dkv)
-                grad_works = _exchange([(nxt, dkv, GRAD_TAG)], [(prv, grad_in, GRAD_TAG)], group)
-            _wait(kv_works)
+                grad_works = post_p2p([(nxt, dkv, GRAD_TAG)], [(prv, grad_in, GRAD_TAG)], group)
+            wait_all(kv_works)
             kv = incoming
-        _wait(grad_works)  # the last hop brings every rank the finished gradient of its own block
+        wait_all(grad_works)  # the last hop brings every rank the finished gradient of its own block
         dk, dv = _from_kv_blocks(grad_in[:, :, 0:1]), _from_kv_blocks(grad_in[:, :, 1:2])
         return _from_q_blocks(dq).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
@@ -220,7 +212,7 @@ def ring_attention(q, k, v, scale: float, group, window: int | None = None) -> t
     the window are skipped but every block still travels the whole ring: for sliding-window layers
     `context.window_attention_cp` moves only the halos it needs.
     """
-    _check_local_shapes(q, k, v)
+    check_local_shapes(q, k, v)
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1 or None, got {window}")
     if group is None:
@@ -228,7 +220,7 @@ def ring_attention(q, k, v, scale: float, group, window: int | None = None) -> t
     return _RingAttention.apply(q, k, v, scale, window, group)
 
 
-def _check_local_shapes(q, k, v):
+def check_local_shapes(q, k, v):
     if q.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(f"expected q (B, T, H, D) and k, v (B, T, Hkv, D); got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")

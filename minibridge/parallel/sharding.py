@@ -13,7 +13,7 @@ Kinds (Megatron's names in brackets):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -54,6 +54,19 @@ class ShardSpec:
         shape = list(self.full_shape)
         shape[self.dim] = stop - start
         return tuple(shape)
+
+
+@dataclass
+class Sharding:
+    """How one model chunk is split: its layout's dims (ParallelDims) and a ShardSpec per parameter
+    name (a parameter without one is whole on every rank). Set as `chunk.sharding` by the TP pass."""
+
+    dims: object
+    specs: dict[str, ShardSpec] = field(default_factory=dict)
+
+    def full_shape(self, name: str, param: torch.Tensor) -> tuple[int, ...]:
+        spec = self.specs.get(name)
+        return tuple(spec.full_shape) if spec is not None else tuple(param.shape)
 
 
 def take_block(full: torch.Tensor, spec: ShardSpec | None) -> torch.Tensor:

@@ -3,7 +3,7 @@
 The model code stays single-device. The TP pass (`plan.py`) shrinks parameters to their local blocks
 and switches a few modules to the subclasses below (same parameters, same names):
 
-- `TensorParallelRegion` wraps a sublayer (attention, MLP) between its two collectives: on the way in,
+- `TensorParallelRegion` wraps a sublayer (attention, MLP; plan.parallel_region makes the subclass) between its two collectives: on the way in,
   `copy_to_region` (or, with sequence parallelism, the all-gather of the sequence shards); on the way
   out, the all-reduce of the row-parallel partial sums (or the reduce-scatter back to sequence shards).
   One collective pair per sublayer, as Megatron's fused QKV / fc1 layers give, even though q, k, v,
@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.common import Attention, GatedMLP
-from ..models.output import OutputHead, shift_labels
+from ..models.output import IGNORE_INDEX, OutputHead
 from .collectives import (
     all_reduce_,
     copy_to_region,
@@ -43,14 +42,6 @@ class TensorParallelRegion:
         out = reduce_scatter_sequence(out, g) if self.sequence_parallel else reduce_from_region(out, g)
         bias = getattr(self, self.row_name).bias
         return out if bias is None else out + bias
-
-
-class TensorParallelAttention(TensorParallelRegion, Attention):
-    row_name = "o_proj"
-
-
-class TensorParallelMLP(TensorParallelRegion, GatedMLP):
-    row_name = "down_proj"
 
 
 class RowParallelLinear(nn.Linear):
@@ -101,13 +92,12 @@ class VocabParallelHead(OutputHead):
     def logits(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return gather_from_last_dim(self._local_logits(hidden, weight), self.tp_group)[..., : self.vocab_size]
 
-    def loss(self, hidden, weight, labels, reduction: str = "mean", shifted: bool = False):
+    def loss(self, hidden, weight, targets, reduction: str = "mean"):
         logits = self._local_logits(hidden, weight)
-        shifted = labels if shifted else shift_labels(labels)
         losses = vocab_parallel_cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), shifted.reshape(-1), self.vocab_start, self.vocab_size, self.tp_group
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), self.vocab_start, self.vocab_size, self.tp_group
         )
-        return losses.sum() if reduction == "sum" else losses.sum() / (shifted != -100).sum()
+        return losses.sum() if reduction == "sum" else losses.sum() / (targets != IGNORE_INDEX).sum()
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):

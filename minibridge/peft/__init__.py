@@ -11,10 +11,9 @@ from .apply import (
     DEFAULT_ALPHA, DEFAULT_TARGETS, adapter_parameters, apply_peft, count_parameters, has_adapters, merge_peft,
     remove_peft, select_modules,
 )
-from .fingerprint import base_model_fingerprint
 from .lora import LoraMixin, is_adapted
 
 __all__ = [
-    "DEFAULT_ALPHA", "DEFAULT_TARGETS", "LoraMixin", "adapter_parameters", "apply_peft", "base_model_fingerprint",
+    "DEFAULT_ALPHA", "DEFAULT_TARGETS", "LoraMixin", "adapter_parameters", "apply_peft",
     "count_parameters", "has_adapters", "is_adapted", "merge_peft", "remove_peft", "select_modules",
 ]

@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models import ModelChunks
 from ..parallel.sharding import ShardSpec, take_block
 from .lora import attach, detach_adapter, is_adapted
 
 SCHEMES = ("lora", "dora")
-DEFAULT_ALPHA = {"lora": 32, "dora": 64}  # Megatron Bridge: LoRA dim 32 alpha 32, DoRA dim 32 alpha 64
+DEFAULT_RANK = 32  # Megatron Bridge: LoRA dim 32 alpha 32, DoRA dim 32 alpha 64
+DEFAULT_ALPHA = {"lora": 32, "dora": 64}
 DEFAULT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 MEGATRON_NAMES = {"q_proj": "linear_qkv", "k_proj": "linear_qkv", "v_proj": "linear_qkv", "o_proj": "linear_proj",
                   "gate_proj": "linear_fc1", "up_proj": "linear_fc1", "down_proj": "linear_fc2"}
@@ -40,8 +43,20 @@ INITS = ("kaiming", "uniform", "xavier", "normal")
 ADAPTER_PARAMS = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")
 
 
-def _chunks(model) -> list:
-    return list(model) if isinstance(model, (list, tuple)) else [model]
+@dataclass
+class AdapterState:
+    """What `apply_peft` attached to a chunk (`chunk.adapters`): the settings, the adapted modules of
+    the whole model, and the parameters it froze (merge_peft unfreezes exactly those)."""
+
+    scheme: str
+    rank: int
+    alpha: float
+    dropout: float
+    dropout_position: str
+    use_rslora: bool
+    modules: list[str]
+    frozen: list[str] = field(default_factory=list)
+    base_model_name_or_path: str | None = None  # an HF PEFT folder's, when loaded from one
 
 
 def candidate_modules(config) -> list[str]:
@@ -49,12 +64,13 @@ def candidate_modules(config) -> list[str]:
     return [f"layers.{i}.{SUBLAYERS[p]}.{p}" for i in range(config.num_layers) for p in MEGATRON_NAMES]
 
 
-def _spellings(name: str, mapping) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(short names, full names) a pattern may use for module `name`."""
+def _spellings(name: str, hf_name) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(short names, full names) a pattern may use for module `name`; `hf_name(name)`, when given
+    (the bridge's `mapping.hf_module_name`), adds its Hugging Face spelling."""
     _, index, sublayer, short = name.split(".")
     megatron = f"decoder.layers.{index}.{MEGATRON_SUBLAYERS[sublayer]}.{MEGATRON_NAMES[short]}"
-    hf = mapping.to_hf(f"{name}.weight").removesuffix(".weight")
-    return (short, MEGATRON_NAMES[short]), (name, megatron, hf)
+    fulls = (name, megatron) + ((hf_name(name),) if hf_name is not None else ())
+    return (short, MEGATRON_NAMES[short]), fulls
 
 
 def _matches(pattern: str, spellings) -> bool:
@@ -68,21 +84,18 @@ def _as_list(patterns) -> list[str]:
     return [patterns] if isinstance(patterns, str) else list(patterns or [])
 
 
-def select_modules(config, targets=None, exclude=None) -> list[str]:
+def select_modules(config, targets=None, exclude=None, hf_name=None) -> list[str]:
     """The module names (of the whole model) that `targets` minus `exclude` select."""
-    from ..bridge.mappings import WeightMapping
-
-    mapping = WeightMapping(config.family)
     targets = _as_list(DEFAULT_TARGETS if targets is None else targets)
     exclude = _as_list(exclude)
-    spellings = {name: _spellings(name, mapping) for name in candidate_modules(config)}
+    spellings = {name: _spellings(name, hf_name) for name in candidate_modules(config)}
     for pattern in targets + exclude:
         if not any(_matches(pattern, s) for s in spellings.values()):
             raise ConfigError(
                 f"peft target {pattern!r} matches no linear layer of this {config.family} model; expected a "
                 f"Megatron name ({', '.join(DEFAULT_TARGETS)}), a module name ({', '.join(MEGATRON_NAMES)}), a full "
-                f"name ('layers.0.attn.q_proj', 'model.layers.0.self_attn.q_proj') or a wildcard "
-                f"('*.layers.0.*.linear_qkv')")
+                f"name ('layers.0.attn.q_proj'; an HF name such as 'model.layers.0.self_attn.q_proj' when the "
+                f"bridge spells them: hf_name=bridge.mapping.hf_module_name) or a wildcard ('*.layers.0.*.linear_qkv')")
     chosen = [n for n, s in spellings.items()
               if any(_matches(t, s) for t in targets) and not any(_matches(e, s) for e in exclude)]
     if not chosen:
@@ -125,12 +138,13 @@ def adapter_specs(base: ShardSpec | None, rank: int) -> dict[str, ShardSpec]:
     raise ValueError(f"no LoRA layout for a {base.kind}-parallel weight")
 
 
-def apply_peft(model, scheme: str = "lora", rank: int = 32, alpha: float | None = None, dropout: float = 0.0,
+def apply_peft(model, scheme: str = "lora", rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0,
                targets=None, exclude=None, *, dropout_position: str = "pre", init: str = "kaiming",
-               use_rslora: bool = False, seed: int = 0):
+               use_rslora: bool = False, seed: int = 0, hf_name=None):
     """Attach LoRA or DoRA adapters to `model` (a model, sharded or not, or this rank's pipeline chunks)
     and freeze everything else. Returns `model`. Defaults: Megatron Bridge's rank 32, alpha 32 (LoRA)
     or 64 (DoRA), its four block linears; scale alpha / rank (alpha / sqrt(rank) with rsLoRA).
+    Targets may also be HF module names when `hf_name` spells them (`bridge.mapping.hf_module_name`).
     Under tensor parallelism every rank of the group calls this (DoRA's norms of row-parallel layers
     are all-reduced)."""
     if scheme not in SCHEMES:
@@ -142,15 +156,16 @@ def apply_peft(model, scheme: str = "lora", rank: int = 32, alpha: float | None 
         raise ConfigError(f"dropout_position={dropout_position!r}: expected 'pre' or 'post' ('pre' only for DoRA)")
     if not 0 <= dropout < 1:
         raise ConfigError(f"LoRA dropout {dropout}: expected a value in [0, 1)")
-    chunks = _chunks(model)
+    chunks = ModelChunks.of(model)
     if has_adapters(chunks):
         raise ConfigError("the model already has adapters; merge_peft(model) or start from a fresh model")
-    names = select_modules(chunks[0].config, targets, exclude)
+    names = select_modules(chunks.config, targets, exclude, hf_name)
     scale = alpha / math.sqrt(rank) if use_rslora else alpha / rank
     for chunk in chunks:
-        chunk.peft_frozen = [n for n, p in chunk.named_parameters() if p.requires_grad]
+        frozen = [n for n, p in chunk.named_parameters() if p.requires_grad]
         chunk.requires_grad_(False)
-        specs, dims = getattr(chunk, "tp_specs", None), getattr(chunk, "parallel_dims", None)
+        specs = chunk.sharding.specs if chunk.sharding is not None else None
+        dims = chunk.sharding.dims if chunk.sharding is not None else None
         modules = dict(chunk.named_modules())
         for name in names:
             module = modules.get(name)
@@ -168,33 +183,33 @@ def apply_peft(model, scheme: str = "lora", rank: int = 32, alpha: float | None 
                    dropout_position == "post", norm_group=group)
             if specs is not None:
                 specs.update({f"{name}.{p}": s for p, s in new.items() if hasattr(module, p.split(".")[0])})
-        chunk.peft_config = dict(scheme=scheme, rank=rank, alpha=alpha, dropout=dropout,
-                                 dropout_position=dropout_position, use_rslora=use_rslora, modules=names)
+        chunk.adapters = AdapterState(scheme, rank, alpha, dropout, dropout_position, use_rslora, names, frozen)
     return model
 
 
 def has_adapters(model) -> bool:
-    return any(is_adapted(m) for chunk in _chunks(model) for m in chunk.modules())
+    return any(is_adapted(m) for chunk in ModelChunks.of(model) for m in chunk.modules())
 
 
 def adapter_parameters(model) -> dict[str, nn.Parameter]:
     """name -> parameter of every adapter tensor of `model` (one chunk, or this rank's chunks)."""
-    return {n: p for chunk in _chunks(model) for n, p in chunk.named_parameters()
+    return {n: p for chunk in ModelChunks.of(model) for n, p in chunk.named_parameters()
             if any(n.endswith(f".{p}") for p in ADAPTER_PARAMS)}
 
 
 def _remove(model, merge: bool):
-    for chunk in _chunks(model):
-        specs = getattr(chunk, "tp_specs", {})
+    for chunk in ModelChunks.of(model):
+        specs = chunk.sharding.specs if chunk.sharding is not None else {}
         for name, module in list(chunk.named_modules()):
             if is_adapted(module):
                 detach_adapter(module, merge)
                 for p in ADAPTER_PARAMS:
                     specs.pop(f"{name}.{p}", None)
-        trainable = set(chunk.__dict__.pop("peft_frozen", []))
-        for n, p in chunk.named_parameters():
-            p.requires_grad_(n in trainable)
-        chunk.__dict__.pop("peft_config", None)
+        if chunk.adapters is not None:
+            trainable = set(chunk.adapters.frozen)
+            for n, p in chunk.named_parameters():
+                p.requires_grad_(n in trainable)
+        chunk.adapters = None
     return model
 
 
@@ -214,16 +229,16 @@ def remove_peft(model):
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameters of the whole model, full sizes, summed over pipeline stages
     (a tied last stage's copy of the embedding counted once). Collective under pipeline parallelism."""
-    chunks = _chunks(model)
+    chunks = ModelChunks.of(model)
     counts = torch.zeros(2, dtype=torch.int64)
+    specs = chunks.specs
     for chunk in chunks:
-        specs = getattr(chunk, "tp_specs", {})
         for name, p in chunk.named_parameters():
-            if name == "embed_tokens.weight" and not getattr(chunk, "is_first", True):
+            if name == "embed_tokens.weight" and not chunk.is_first:
                 continue
             n = math.prod(specs[name].full_shape) if name in specs else p.numel()
             counts += torch.tensor([n if p.requires_grad else 0, n])
-    dims = getattr(chunks[0], "parallel_dims", None)
+    dims = chunks.dims
     if dims is not None and dims.config.pp > 1:
         from ..parallel.collectives import all_reduce_
 

@@ -7,5 +7,6 @@
 
 from .config import ConfigContainer, ConfigError
 from .loop import Trainer, TrainResult, finetune, pretrain
+from .optimizer import MixedPrecisionAdamW
 
-__all__ = ["ConfigContainer", "ConfigError", "TrainResult", "Trainer", "finetune", "pretrain"]
+__all__ = ["ConfigContainer", "ConfigError", "MixedPrecisionAdamW", "TrainResult", "Trainer", "finetune", "pretrain"]

@@ -28,6 +28,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models.config import ModelConfig, RopeConfig
+from ..peft.apply import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_TARGETS, MEGATRON_NAMES, SCHEMES
 
 
 
@@ -43,9 +44,10 @@ LOW_PRECISION = {
     "bf16_with_nvfp4_mixed": (10, 0),
 }
 PRECISIONS = MIXED_PRECISION + tuple(LOW_PRECISION)
-# Megatron's names of the four linear layers of a block; LoRA/DoRA target them (wildcards also allowed).
-PEFT_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
-PEFT_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # HF / minibridge names
+# LoRA/DoRA targets: Megatron's names of the four linear layers of a block, or ours / HF's short names
+# (wildcards also allowed); the defaults are minibridge.peft's.
+PEFT_TARGETS = DEFAULT_TARGETS
+PEFT_MODULES = tuple(MEGATRON_NAMES)
 
 
 @dataclass
@@ -74,14 +76,7 @@ class ModelSettings:
         """The `minibridge.parallel.ParallelConfig` of this layout."""
         from ..parallel import ParallelConfig
 
-        return ParallelConfig(
-            tp=self.tensor_model_parallel_size, pp=self.pipeline_model_parallel_size,
-            vp=self.virtual_pipeline_model_parallel_size or 1, cp=self.context_parallel_size,
-            sequence_parallel=self.sequence_parallel, vocab_multiple=self.make_vocab_size_divisible_by,
-            pipeline_layout=tuple(self.pipeline_layout) if self.pipeline_layout else None,
-            account_for_embedding=self.account_for_embedding_in_pipeline_split,
-            account_for_loss=self.account_for_loss_in_pipeline_split,
-        )
+        return ParallelConfig.from_megatron(self)
 
 
 @dataclass
@@ -161,8 +156,8 @@ class PeftConfig:
     """LoRA / DoRA with Megatron Bridge's field names (megatron/bridge/peft/lora.py, dora.py)."""
 
     scheme: Literal["lora", "dora"] = "lora"
-    dim: int = 32
-    alpha: float = 32
+    dim: int = DEFAULT_RANK
+    alpha: float = DEFAULT_ALPHA["lora"]
     dropout: float = 0.0
     dropout_position: Literal["pre", "post"] = "pre"
     target_modules: list[str] = field(default_factory=lambda: list(PEFT_TARGETS))
@@ -172,11 +167,11 @@ class PeftConfig:
 
     @classmethod
     def default(cls, scheme: str, **changes) -> "PeftConfig":
-        """Megatron Bridge's defaults: LoRA dim 32 alpha 32, DoRA dim 32 alpha 64."""
+        """Megatron Bridge's defaults (minibridge.peft: LoRA dim 32 alpha 32, DoRA dim 32 alpha 64)."""
         scheme = scheme.lower()
-        if scheme not in ("lora", "dora"):
+        if scheme not in SCHEMES:
             raise ConfigError(f"peft scheme {scheme!r} is not supported; expected 'lora', 'dora' or None")
-        return cls(scheme=scheme, **{"alpha": 64 if scheme == "dora" else 32, **changes})
+        return cls(scheme=scheme, **{"alpha": DEFAULT_ALPHA[scheme], **changes})
 
 
 SECTIONS = {
@@ -314,34 +309,10 @@ def _check_context_length(m: ModelSettings) -> None:
 
 
 def _validate_layout(m: ModelSettings) -> None:
-    tp, pp, cp, vp = (m.tensor_model_parallel_size, m.pipeline_model_parallel_size, m.context_parallel_size,
-                      m.virtual_pipeline_model_parallel_size)
-    from ..parallel.dims import LayoutError, validate_model_layout
-
-    try:
-        validate_model_layout(m.config, m.parallel_config())
-    except LayoutError as err:
-        raise ConfigError(f"model.tensor_model_parallel_size={tp}: {err}") from None
-    if vp is not None and vp > 1 and pp == 1:
-        raise ConfigError(f"model.virtual_pipeline_model_parallel_size={vp} needs "
-                          f"model.pipeline_model_parallel_size > 1 (it is 1)")
-    stages = pp * (vp or 1)
-    layers = m.config.num_layers + m.account_for_embedding_in_pipeline_split + m.account_for_loss_in_pipeline_split
-    if m.pipeline_layout is not None:
-        if len(m.pipeline_layout) != stages or sum(m.pipeline_layout) != m.config.num_layers:
-            raise ConfigError(f"model.pipeline_layout={m.pipeline_layout}: expected {stages} counts (pp x vp) summing to "
-                              f"model.num_layers={m.config.num_layers}")
-    elif layers % stages:
-        raise ConfigError(
-            f"model.num_layers={m.config.num_layers} (+ embedding/loss when accounted: {layers}) does not split evenly "
-            f"over pipeline_model_parallel_size={pp} x virtual_pipeline_model_parallel_size={vp or 1} = {stages} stages"
-        )
-    if cp > 1 and m.seq_length % (2 * cp):
-        raise ConfigError(f"model.seq_length={m.seq_length} must be divisible by 2 * context_parallel_size = {2 * cp} "
-                          f"(each CP rank takes two balanced chunks)")
-    if m.sequence_parallel and tp > 1 and (m.seq_length // cp) % tp:
-        raise ConfigError(f"model.sequence_parallel=true: seq_length / context_parallel_size = {m.seq_length // cp} "
-                          f"must be divisible by tensor_model_parallel_size={tp}")
+    """The layout against the model and seq_length (a LayoutError is a ConfigError): parallel/dims.py."""
+    for key in ("pipeline_model_parallel_size", "tensor_model_parallel_size"):
+        _positive(f"model.{key}", getattr(m, key))
+    m.parallel_config().validate(m.config, m.seq_length)
 
 
 def _validate_optimizer(c: ConfigContainer) -> None:

@@ -16,23 +16,23 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..bridge import AutoBridge
-from ..models.output import ChunkedOutputHead
+from .. import checkpoint as ckpt
+from ..bridge import HFBridge
+from ..models.output import shift_labels
 from ..parallel import finalize_grads, initialize
 from ..parallel.context import split_batch_for_context_parallel
 from ..parallel.data import finalize_pipeline_grads
 from ..parallel.pipeline import MicroBatch, PipelineExecutor
 from ..parallel.collectives import all_reduce_
-from ..peft import apply_peft, base_model_fingerprint, count_parameters, merge_peft
-from . import checkpoint as ckpt
+from ..bridge.fingerprint import weights_fingerprint
+from ..peft import apply_peft, count_parameters, merge_peft
 from ..errors import CheckpointMismatchError, ConfigError, RunLockedError
 from .config import ConfigContainer
 from .data import DataIterator, build_datasets, load_tokenizer
 from .flops import mfu, model_flops_per_token, peak_flops
-from .logging import NonFiniteLossError, TrainingLogger, check_finite, memory_gb
+from .progress import NonFiniteLossError, TrainingLogger, check_finite, memory_gb
 from .optimizer import MixedPrecisionAdamW
 from .resume import check_same_run
-from .run_lock import RunLock
 from .scheduler import LRSchedule
 
 LOGITS_CHUNK_BYTES = 256 * 2**20  # fp32 logits held at once by the chunked output layer
@@ -64,7 +64,7 @@ class Trainer:
         c = self.config
         m = c.model
         self.dtype = torch.bfloat16 if c.mixed_precision.startswith("bf16") else torch.float32
-        self.bridge, self.model = self._build_model()
+        self.bridge, self.chunks = self._build_model()
         self.optimizer = MixedPrecisionAdamW(
             self.chunks, lr=c.optimizer.lr, weight_decay=c.optimizer.weight_decay,
             betas=(c.optimizer.adam_beta1, c.optimizer.adam_beta2), eps=c.optimizer.adam_eps,
@@ -96,14 +96,14 @@ class Trainer:
         self.peak = peak_flops(self.dims.device, self.dtype)
 
     # ------------------------------------------------------------------ setup
-    def _lock_save_dir(self) -> RunLock | None:
+    def _lock_save_dir(self) -> ckpt.RunLock | None:
         """Rank 0 locks checkpoint.save for this run; a refusal reaches every rank."""
         if self.save_dir is None:
             return None
         lock, refusal = None, None
         if self.dims.rank == 0:
             try:
-                lock = RunLock(self.save_dir).acquire()
+                lock = ckpt.RunLock(self.save_dir).acquire()
             except RunLockedError as err:
                 refusal = str(err)
         box = [refusal]
@@ -111,6 +111,11 @@ class Trainer:
         if box[0] is not None:
             raise RunLockedError(box[0])
         return lock
+
+    @property
+    def model(self):
+        """This rank's model as `AutoBridge.to_model` returns it (the chunk, or the list of virtual stages)."""
+        return self.chunks.public()
 
     def close(self) -> None:
         """Release checkpoint.save for other runs (`run` does it when it ends)."""
@@ -122,38 +127,34 @@ class Trainer:
         c = self.config
         source = c.checkpoint.pretrained_checkpoint
         if source and (Path(source) / "config.json").exists():  # an HF folder
-            bridge = AutoBridge.from_hf_pretrained(source)
+            bridge = HFBridge.from_hf_pretrained(source)
         else:
-            bridge = AutoBridge.from_config(c.model.config)
-        model = bridge.to_model(parallel=self.dims, dtype=self.dtype, seed=c.train.seed, progress=self.dims.rank == 0)
-        # Pipeline ranks hold chunks (virtual stages); everything below treats the model as a list.
-        self.chunks = model if isinstance(model, list) else [model]
+            bridge = HFBridge.from_config(c.model.config)
+        # build -> parallelize (TP, CP, recomputation, a fused output layer + loss that never holds
+        # (tokens x vocab) fp32 logits at once) -> load, for this rank's pipeline chunks
+        chunks = bridge.to_model_chunks(self.dims, self.dtype, seed=c.train.seed, progress=self.dims.rank == 0,
+                                        recompute=c.model.recompute_granularity, loss_chunk_bytes=LOGITS_CHUNK_BYTES)
+        self.chunks = chunks
         if source and not (Path(source) / "config.json").exists():  # a minibridge checkpoint: weights only
-            if (Path(source) / ckpt.LATEST).exists():
-                source = ckpt.iteration_dir(source, ckpt.latest_iteration(source))
-            ckpt.load_checkpoint(source, self.chunks, restore_rng=False)
+            ckpt.load_checkpoint(ckpt.resolve_checkpoint(source), chunks, restore_rng=False)
         self.base_model = None  # PEFT: fingerprint of the frozen base the adapters belong to
         if c.peft is not None:
-            self._attach_adapters(bridge.source or source)  # a hub id resolves to its local folder
-        for chunk in self.chunks:
-            chunk.set_recompute(c.model.recompute_granularity)
-            if self.dims.tp == 1 and chunk.is_last:  # never hold (tokens x vocab) fp32 logits at once
-                chunk.head = ChunkedOutputHead(max(1, LOGITS_CHUNK_BYTES // (4 * chunk.config.vocab_size)))
-        self.pipeline = PipelineExecutor(self.chunks, self.dims) if self.dims.pp > 1 else None
-        return bridge, model
+            self._attach_adapters(bridge, bridge.source or source)  # a hub id resolves to its local folder
+        self.pipeline = PipelineExecutor(chunks, self.dims) if self.dims.pp > 1 else None
+        return bridge, chunks
 
-    def _attach_adapters(self, source):
+    def _attach_adapters(self, bridge, source):
         """LoRA/DoRA on the frozen pretrained model (initialised identically under every layout)."""
         p = self.config.peft
         apply_peft(self.chunks, p.scheme, rank=p.dim, alpha=p.alpha, dropout=p.dropout, targets=p.target_modules,
                    exclude=p.exclude_modules, dropout_position=p.dropout_position, init=p.lora_A_init_method,
-                   seed=self.config.train.seed)
-        found = [base_model_fingerprint(source) if self.dims.rank == 0 else None]
+                   seed=self.config.train.seed, hf_name=bridge.mapping.hf_module_name)
+        found = [weights_fingerprint(source) if self.dims.rank == 0 else None]
         dist.broadcast_object_list(found, src=0)
         self.base_model = found[0]
         trainable, total = count_parameters(self.chunks)
         if self.dims.rank == 0:
-            layers = len(self.chunks[0].peft_config["modules"])
+            layers = len(self.chunks.adapters.modules)
             print(f"{p.scheme}: rank {p.dim}, alpha {p.alpha:g} on {layers} linear layers; trainable parameters "
                   f"{trainable:,} of {total:,} ({100 * trainable / total:.3f}%)", flush=True)
 
@@ -161,7 +162,7 @@ class Trainer:
         p = self.config.peft
         if p is None:
             return None
-        return {"scheme": p.scheme, "dim": p.dim, "modules": self.chunks[0].peft_config["modules"],
+        return {"scheme": p.scheme, "dim": p.dim, "modules": self.chunks.adapters.modules,
                 "base_model": self.base_model}
 
     def _check_checkpoint_kind(self, folder: str) -> None:
@@ -235,23 +236,25 @@ class Trainer:
         return all_reduce_(value, self.dims.dp_group) if self.dims.dp > 1 else value
 
     def _micro_batch(self, batch) -> MicroBatch:
-        """A data batch on this rank's device; under context parallelism, this cp rank's share."""
-        batch.check_vocabulary(self.chunks[0].config.vocab_size, self._data_source)
+        """A data batch on this rank's device, its labels shifted into targets (once, on the whole
+        sequence); under context parallelism, this cp rank's share."""
+        batch.check_vocabulary(self.chunks.config.vocab_size, self._data_source)
         b = batch.to(self.dims.device)
+        targets = shift_labels(b.labels)
         packed = bool((b.document_ids != 0).any())
         if self.dims.cp == 1:
-            return MicroBatch(b.input_ids, b.labels, b.position_ids, b.document_ids if packed else None)
+            return MicroBatch(b.input_ids, targets, b.position_ids, b.document_ids if packed else None)
         if packed:
             raise ConfigError("packed documents (dataset.packing=true, or an SFT dataset's packed rows) with "
                               "model.context_parallel_size > 1 are not supported yet; set one of them off")
-        ids, targets, positions = split_batch_for_context_parallel(b.input_ids, b.labels, b.position_ids,
+        ids, targets, positions = split_batch_for_context_parallel(b.input_ids, targets, b.position_ids,
                                                                    self.dims.cp, self.dims.cp_rank)
-        return MicroBatch(ids, targets, positions, None, labels_shifted=True)
+        return MicroBatch(ids, targets, positions, None)
 
     def _forward(self, batch, reduction: str):
         b = self._micro_batch(batch)
-        return self.model(b.input_ids, labels=b.labels, position_ids=b.position_ids, document_ids=b.document_ids,
-                          loss_reduction=reduction, labels_shifted=b.labels_shifted)
+        model = self.chunks[0]
+        return model.loss(model.hidden_states(b.input_ids, b.position_ids, b.document_ids), b.targets, reduction)
 
     def _micro_batches(self, batches) -> list[MicroBatch]:
         return [self._micro_batch(b) for b in batches]

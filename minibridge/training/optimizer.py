@@ -16,6 +16,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from ..models import ModelChunks
 from ..parallel.collectives import all_reduce_
 from ..parallel.data import grad_of
 from ..parallel.dims import ParallelDims
@@ -43,12 +44,11 @@ class MixedPrecisionAdamW:
         distributed: bool = False,
     ):
         self.dims = dims
-        chunks = model if isinstance(model, (list, tuple)) else [model]  # pipeline chunks of this rank
-        self.params = {n: p for c in chunks for n, p in c.named_parameters() if p.requires_grad}
-        self.specs = {n: s for c in chunks for n, s in getattr(c, "tp_specs", {}).items()}
+        chunks = ModelChunks.of(model)  # this rank's pipeline chunks
+        self.params = {n: p for n, p in chunks.named_parameters() if p.requires_grad}
+        self.specs = chunks.specs
         # A tied last pipeline stage holds a copy of the embedding: count it once in the norm.
-        self.norm_skip = {id(c.embed_tokens.weight) for c in chunks
-                          if getattr(c, "embed_tokens", None) is not None and not getattr(c, "is_first", True)}
+        self.norm_skip = {id(c.embed_tokens.weight) for c in chunks if c.embed_tokens is not None and not c.is_first}
         self.owned = self._partition(distributed)
         self.masters: dict[str, torch.Tensor] = {}
         for name, p in self.params.items():

@@ -69,7 +69,7 @@ def test_python_api_and_training_starts_from_an_imported_checkpoint(tmp_path, mo
         "train.micro_batch_size=2",
         "model.seq_length=16", "train.eval_interval=null", "logger.tensorboard_dir=null", "dataset.tokenizer=null"]))
     reference = AutoBridge.from_hf_pretrained(src).to_model(progress=False)
-    for name, p in trainer.model.named_parameters():
+    for name, p in trainer.chunks.named_parameters():
         assert torch.equal(p, reference.get_parameter(name)), name
 
 

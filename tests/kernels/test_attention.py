@@ -12,7 +12,7 @@ from minibridge.kernels.attention import attention, attention_ref
 from minibridge.kernels.attention_cpu import default_block
 from minibridge.kernels.attention_flash import flash_window
 from minibridge.kernels.attention_mask import (
-    allowed_mask, cu_seqlens_from_document_ids, document_ids_from_cu_seqlens)
+    allowed_mask, allowed_mask_from_positions, cu_seqlens_from_document_ids, document_ids_from_cu_seqlens)
 from tolerance import assert_flash_rule
 
 CASES = [  # B, Tq, Tk, H, Hkv, D, window, documents
@@ -116,12 +116,19 @@ def test_far_keys_are_never_read(slices_always):
 
 
 def test_long_sequences_take_the_slices_by_default(monkeypatch):
-    calls = []
-    monkeypatch.setattr(cpu_module, "_sliding_blocks", lambda *a: calls.append(a[0].shape[1]) or a[0])
-    q = torch.randn(1, cpu_module.SLICES_FROM_KEYS, 1, 4)
-    attention(q, q, q, window=64, backend="cpu")
-    attention(q[:, :-1], q[:, :-1], q[:, :-1], window=64, backend="cpu")  # one key short: one SDPA call
-    assert calls == [cpu_module.SLICES_FROM_KEYS]
+    keys_per_call = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        keys_per_call.append(k.shape[-2])
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(cpu_module.F, "scaled_dot_product_attention", spy)
+    T, window = cpu_module.SLICES_FROM_KEYS, 64
+    q = torch.randn(1, T, 1, 4)
+    attention(q, q, q, window=window, backend="cpu")  # slices of block + W - 1 keys
+    attention(q[:, :-1], q[:, :-1], q[:, :-1], window=window, backend="cpu")  # one key short: one (T, T) call
+    assert keys_per_call == [default_block(window) + window - 1, T - 1]
 
 
 def test_cu_seqlens_and_document_ids_agree():
@@ -143,6 +150,19 @@ def test_mask_semantics_match_hf_sliding_window():
     mask = allowed_mask(5, 5, window=2)
     assert mask.int().tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 1]]
     assert flash_window(2) == (1, 0) and flash_window(None) == (-1, -1)
+
+
+def test_mask_from_positions():
+    """Any positions (a zigzag chunk pair, keys out of order); the bottom-right form is a special case."""
+    q_pos, k_pos = torch.tensor([2, 3, 8, 9]), torch.tensor([9, 0, 3, 7, 8])
+    for causal, window in ((True, None), (True, 3), (False, None)):
+        got = allowed_mask_from_positions(q_pos, k_pos, causal, window)
+        expected = [[not causal or (k <= q and (window is None or k > q - window)) for k in k_pos.tolist()]
+                    for q in q_pos.tolist()]
+        assert got.tolist() == expected
+        positions = torch.arange(10)
+        assert torch.equal(allowed_mask(4, 10, causal, window), allowed_mask_from_positions(positions[6:], positions,
+                                                                                            causal, window))
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -13,7 +13,8 @@ from tolerance import assert_flash_rule
 from minibridge.kernels import attention_triton as fwd_module
 from minibridge.kernels import attention_triton_bwd as bwd_module
 from minibridge.kernels._triton import HAS_TRITON, triton_runs_on
-from minibridge.kernels.attention_triton import _block_sizes, attention_triton
+from minibridge.kernels.attention_triton import attention_triton
+from minibridge.kernels.attention_triton_shared import block_sizes
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(not (HAS_TRITON and triton_runs_on(torch.empty(0, device=DEVICE))),
@@ -121,8 +122,8 @@ def test_scale():
 def test_unequal_blocks(monkeypatch, blocks):
     """BLOCK_M != BLOCK_N: the key range is aligned to BLOCK_N, the dK/dV query range to BLOCK_M."""
     sizes = lambda D, kernel: (*blocks, 4, 1)  # noqa: E731
-    monkeypatch.setattr(fwd_module, "_block_sizes", sizes)
-    monkeypatch.setattr(bwd_module, "_block_sizes", sizes)
+    monkeypatch.setattr(fwd_module, "block_sizes", sizes)
+    monkeypatch.setattr(bwd_module, "block_sizes", sizes)
     check(*qkv(2, 50, 70, 2, 1, 32), window=21, document_ids=three_documents(2, 70))
 
 
@@ -153,7 +154,7 @@ def test_window_skips_blocks_outside():
     """NaN-poisoned K/V far left of every checked query's window, and NaN queries far right of the
     checked keys: a kernel that loaded those blocks would turn NaN (0 * NaN in p @ v, dS^T q)."""
     D, W = 32, 8
-    blk = max(max(_block_sizes(D, kernel)[:2]) for kernel in ("fwd", "dkdv", "dq"))
+    blk = max(max(block_sizes(D, kernel)[:2]) for kernel in ("fwd", "dkdv", "dq"))
     T, P = 10 * blk, 2 * blk  # poison keys [0, P) and queries [T - P, T)
     q, k, v = qkv(1, T, T, 2, 1, D)
     grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)

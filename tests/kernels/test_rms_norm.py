@@ -1,5 +1,6 @@
 """RMSNorm kernel: Triton forward and gradients against the reference (flash-attn's error rule), and
-the reference against the model's RMSNorm bit for bit. On CPU the Triton kernels run interpreted."""
+the reference and the model's RMSNorm against transformers' RMSNorm modules bit for bit. On CPU the
+Triton kernels run interpreted."""
 
 import pytest
 import torch

@@ -1,5 +1,6 @@
 """RoPE kernel: Triton forward and q/k gradients against the reference (flash-attn's error rule), and
-the reference against the model's apply_rope bit for bit. On CPU the Triton kernel runs interpreted."""
+the reference against transformers' apply_rotary_pos_emb bit for bit. On CPU the Triton kernel runs
+interpreted."""
 
 import pytest
 import torch

@@ -7,6 +7,7 @@ import torch.distributed as dist
 from spawn import assert_grads_match, check_each
 
 from minibridge import AutoBridge
+from minibridge.models.output import shift_labels
 from minibridge.parallel import ParallelConfig, finalize_grads, initialize
 from minibridge.parallel.context import split_batch_for_context_parallel
 
@@ -23,8 +24,8 @@ def check_context(folder, cp, tp=1, seq=48):
 
     dims = initialize(ParallelConfig(tp=tp, cp=cp, sequence_parallel=tp > 1))
     model = bridge.to_model(parallel=dims, dtype=torch.float32, progress=False)
-    local_ids, targets, positions = split_batch_for_context_parallel(ids, labels, None, cp, dims.cp_rank)
-    loss = model(local_ids, labels=targets, position_ids=positions, loss_reduction="sum", labels_shifted=True) / tokens
+    local_ids, targets, positions = split_batch_for_context_parallel(ids, shift_labels(labels), None, cp, dims.cp_rank)
+    loss = model.loss(model.hidden_states(local_ids, positions), targets, "sum") / tokens
     loss.backward()
     finalize_grads(model, dims, average_dp=False)
     total = loss.detach().clone()

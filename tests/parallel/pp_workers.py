@@ -7,6 +7,7 @@ import torch.distributed as dist
 from spawn import assert_grads_match, check_each
 
 from minibridge import AutoBridge
+from minibridge.models.output import shift_labels
 from minibridge.parallel import ParallelConfig, finalize_grads, initialize
 from minibridge.parallel.pipeline import MicroBatch, PipelineExecutor
 
@@ -28,7 +29,7 @@ def check_pipeline(folder, pp, vp=1, tp=1, microbatches=4):
     rows = slice(dims.dp_rank * len(ids) // dims.dp, (dims.dp_rank + 1) * len(ids) // dims.dp)
     local = ids[rows]
     per = len(local) // microbatches
-    batches = [MicroBatch(local[i * per:(i + 1) * per], labels=local[i * per:(i + 1) * per]) for i in range(microbatches)]
+    batches = [MicroBatch(local[i * per:(i + 1) * per], targets=shift_labels(local[i * per:(i + 1) * per])) for i in range(microbatches)]
     loss = PipelineExecutor(chunks, dims).run(batches, loss_divisor=tokens)
     if dims.dp > 1:
         t = torch.tensor(loss)

@@ -67,8 +67,9 @@ def check_each(check, cases: list[dict]) -> None:
 
 def assert_grads_match(model, reference) -> None:
     """Every gradient of a (sharded) model equals this rank's block of the single-process gradient."""
+    from minibridge.models import ModelChunks
     from minibridge.parallel.sharding import take_block
 
     for name, p in model.named_parameters():
-        expected = take_block(reference.get_parameter(name).grad, getattr(model, "tp_specs", {}).get(name))
+        expected = take_block(reference.get_parameter(name).grad, ModelChunks.of(model).specs.get(name))
         torch.testing.assert_close(p.grad, expected, msg=lambda m: f"grad of {name}: {m}")

@@ -7,7 +7,7 @@ from hf_checkpoints import real_config, shrink
 from minibridge import AutoBridge
 from minibridge.bridge import config_from_hf
 from minibridge.parallel import LayoutError, ParallelConfig, ParallelDims, initialize
-from minibridge.parallel.dims import _group_ranks, layout_from_world
+from minibridge.parallel.dims import _group_ranks, data_parallel_size
 
 
 def _dims(tp, rank=0):
@@ -35,8 +35,8 @@ def test_kv_heads_and_tp_must_nest():
 
 def test_world_size_not_divisible_by_layout():
     with pytest.raises(LayoutError, match=r"world size 6 is not divisible by tp\*pp\*cp = 4\*1\*1 = 4"):
-        layout_from_world(ParallelConfig(tp=4), 6)
-    assert layout_from_world(ParallelConfig(tp=2), 8) == 4
+        data_parallel_size(ParallelConfig(tp=4), 6)
+    assert data_parallel_size(ParallelConfig(tp=2), 8) == 4
 
 
 def test_vp_needs_pp():

@@ -38,14 +38,14 @@ def test_rank_blocks_tile_and_reassemble_exactly(hf_config, dtype, data):
             for r in range(tp)
         ]
         for name, _ in ranks[0].named_parameters():
-            spec = ranks[0].tp_specs.get(name)
+            spec = ranks[0].sharding.specs.get(name)
             blocks = [m.get_parameter(name).detach() for m in ranks]
             source = read_tensor(bridge.folder.tensors[bridge.mapping.to_hf(name)])
             if spec is None or spec.dim is None:
                 assert all(torch.equal(b, source) for b in blocks), name
                 continue
             # the distinct blocks' ranges are disjoint and cover the (padded) dimension
-            ranges = sorted({m.tp_specs[name].local_range() for m in ranks})
+            ranges = sorted({m.sharding.specs[name].local_range() for m in ranks})
             total = spec.padded_rows if spec.kind == "vocab" else spec.full_shape[spec.dim]
             assert ranges[0][0] == 0 and ranges[-1][1] == total
             assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])), (name, ranges)

@@ -7,7 +7,9 @@ import torch.distributed as dist
 from spawn import assert_grads_match, check_each
 
 from minibridge import AutoBridge
-from minibridge.parallel import ParallelConfig, finalize_grads, initialize, zero_optimizer
+from minibridge.parallel import ParallelConfig, finalize_grads, initialize
+from minibridge.training.optimizer import MixedPrecisionAdamW
+from minibridge.models import ModelChunks
 from minibridge.parallel.sharding import take_block
 
 BATCH, SEQ, STEPS, LR = 4, 16, 5, 1e-3
@@ -23,7 +25,7 @@ def _reference(folder, batches):
     model = AutoBridge.from_hf_pretrained(folder).to_model(dtype=torch.float32, progress=False)
     with torch.no_grad():
         logits = model(batches[0])
-    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
     losses, grads = [], None
     for ids in batches:
         loss = model(ids, labels=ids)
@@ -46,14 +48,17 @@ def check_layout(folder, tp, sequence_parallel, zero=False):
     with torch.no_grad():
         torch.testing.assert_close(model(batches[0][rows]), ref_logits[rows])
     params = list(model.parameters())
-    opt = zero_optimizer(params, dims, lr=LR) if zero else torch.optim.AdamW(params, lr=LR)
+    if zero:  # ZeRO-1: each dp rank keeps the optimizer state of its share of the parameters
+        opt = MixedPrecisionAdamW(model, LR, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, dims=dims, distributed=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0)
     for step, ids in enumerate(batches):
         loss = model(ids[rows], labels=ids[rows])
         loss.backward()
         finalize_grads(model, dims)
         if step == 0:
             for name, p in model.named_parameters():
-                expected = take_block(ref_grads[name], model.tp_specs.get(name))
+                expected = take_block(ref_grads[name], ModelChunks.of(model).specs.get(name))
                 torch.testing.assert_close(p.grad, expected, msg=lambda m: f"grad of {name}: {m}")
         opt.step()
         opt.zero_grad()

@@ -16,7 +16,7 @@ def randomize_adapters(model, scale: float = 0.1) -> None:
     every layout: each full tensor comes from a generator seeded by its name, each rank keeps its block."""
     chunks = model if isinstance(model, list) else [model]
     for chunk in chunks:
-        specs = getattr(chunk, "tp_specs", {})
+        specs = chunk.sharding.specs if chunk.sharding is not None else {}
         for name, p in adapter_parameters(chunk).items():
             spec = specs.get(name)
             shape = spec.full_shape if spec is not None else p.shape

@@ -35,7 +35,7 @@ def check_tp(folder, scheme, tp, sequence_parallel, out_dir):
 
     dims = initialize(ParallelConfig(tp=tp, sequence_parallel=sequence_parallel))
     model = apply_peft(bridge.to_model(parallel=dims, dtype=torch.float32, progress=False), scheme, **PEFT)
-    specs = model.tp_specs
+    specs = model.sharding.specs
     adapters = adapter_parameters(model)
     assert set(adapters) == set(fresh)
     for name, p in adapters.items():

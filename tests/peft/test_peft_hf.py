@@ -70,7 +70,7 @@ def test_peft_adapter_imports_with_same_logits(folders, tmp_path, family, dora):
     with torch.no_grad():
         torch.testing.assert_close(model(ids), _hf_logits(peft_model.eval(), ids), **TOL)
     assert all(p.requires_grad == (".lora_" in n) for n, p in model.named_parameters())  # ready to train on
-    layers = model.peft_config["modules"]
+    layers = model.adapters.modules
     assert all(m.rsplit(".", 1)[1] in targets for m in layers) and (family == "llama" or len(layers) == 3)
     bridge.save_hf_adapter(model, tmp_path / "again")  # and back out: the same tensors
     from safetensors.torch import load_file

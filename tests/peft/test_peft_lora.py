@@ -60,13 +60,17 @@ def test_only_adapters_train(folders):
 
 
 def test_target_spellings_and_excludes(folders):
-    config = AutoBridge.from_hf_pretrained(folders["llama_bias"]).config  # 2 layers
+    bridge = AutoBridge.from_hf_pretrained(folders["llama_bias"])
+    config = bridge.config  # 2 layers
     all_qkv = [f"layers.{i}.attn.{p}_proj" for i in range(2) for p in "qkv"]
     assert select_modules(config, ["linear_qkv"]) == all_qkv
     assert select_modules(config, ["q_proj", "k_proj", "v_proj"]) == all_qkv
     assert select_modules(config, ["*.self_attention.linear_qkv"]) == all_qkv  # Megatron full names
-    assert select_modules(config, ["model.layers.1.self_attn.q_proj", "layers.0.mlp.down_proj"]) == [
+    hf_name = bridge.mapping.hf_module_name  # HF module names, spelled by the bridge's table
+    assert select_modules(config, ["model.layers.1.self_attn.q_proj", "layers.0.mlp.down_proj"], hf_name=hf_name) == [
         "layers.0.mlp.down_proj", "layers.1.attn.q_proj"]
+    with pytest.raises(ValueError, match="'model.layers.1.self_attn.q_proj' matches no linear layer"):
+        select_modules(config, ["model.layers.1.self_attn.q_proj"])  # without the bridge: no HF spelling
     assert select_modules(config, ["*.layers.0.*"], exclude=["linear_fc1", "*.k_proj"]) == [
         "layers.0.attn.q_proj", "layers.0.attn.v_proj", "layers.0.attn.o_proj", "layers.0.mlp.down_proj"]
     assert len(select_modules(config)) == 14  # Megatron Bridge's default: the four block linears

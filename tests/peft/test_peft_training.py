@@ -17,7 +17,7 @@ from minibridge.recipes import build_config
 from minibridge.recipes.gemma import DEBUG_ARCH as GEMMA_DEBUG
 from minibridge.recipes.llama import DEBUG_ARCH as LLAMA_DEBUG
 from minibridge.training.loop import Trainer
-from minibridge.training.safe_dcp import SafeFileSystemReader
+from minibridge.checkpoint import SafeFileSystemReader
 
 BASE = ["train.global_batch_size=8", "train.micro_batch_size=2", "model.seq_length=64", "train.eval_interval=null",
         "logger.tensorboard_dir=null", "optimizer.lr=3e-3", "scheduler.lr_warmup_iters=2", "scheduler.lr_decay_iters=20",

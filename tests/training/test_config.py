@@ -11,7 +11,8 @@ import torch
 from minibridge.models.config import FULL, SLIDING
 from minibridge.recipes import gemma, llama
 from minibridge.training.config import ConfigContainer, ConfigError, PeftConfig
-from minibridge.training.overrides import apply_overrides, parse_cli, parse_value
+from minibridge.training.command_line import parse_cli
+from minibridge.training.overrides import apply_overrides, parse_value
 
 
 @pytest.fixture
@@ -176,10 +177,10 @@ def test_peft_overrides(cfg):
     (["model.seq_length=0"], "model.seq_length=0: expected a positive integer"),
     (["scheduler.lr_warmup_iters=20"], "lr_warmup_iters=20 must be smaller than train.train_iters=20"),
     (["scheduler.lr_decay_style=WSD"], "scheduler.lr_wsd_decay_iters=None: expected a positive integer"),
-    (["model.virtual_pipeline_model_parallel_size=2"], "needs model.pipeline_model_parallel_size > 1"),
-    (["model.pipeline_model_parallel_size=3"], "does not split evenly"),
+    (["model.virtual_pipeline_model_parallel_size=2"], r"virtual pipeline stages \(vp=2\) need pipeline parallelism"),
+    (["model.pipeline_model_parallel_size=3"], r"is not divisible by pp\*vp=3 pipeline stages"),
     (["model.tensor_model_parallel_size=3"], "num_heads=4 is not divisible by tensor parallel size tp=3"),
-    (["model.context_parallel_size=3"], "divisible by 2 \\* context_parallel_size = 6"),
+    (["model.context_parallel_size=3"], r"divisible by 2 \* cp = 6 \(context_parallel_size=3"),
     (["dataset.kind=indexed"], "needs dataset.data_paths"),
     (["dataset.data_paths=[a,b]", "dataset.kind=indexed", "dataset.blend_weights=[1]"], "give one weight per path"),
     (["dataset.data_paths=a.jsonl", "dataset.kind=jsonl"], "set dataset.tokenizer"),

@@ -87,7 +87,7 @@ def test_killed_during_save_resumes_from_previous_checkpoint(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     from minibridge.recipes import build_config
-    from minibridge.training.logging import NonFiniteLossError
+    from minibridge.training.progress import NonFiniteLossError
     from minibridge.training.loop import Trainer
 
     trainer = Trainer(build_config("llama3_debug_pretrain_config", overrides=BASE + [

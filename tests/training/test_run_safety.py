@@ -13,7 +13,7 @@ import pytest
 from minibridge.errors import CheckpointMismatchError, RunLockedError, TrainingDivergedError
 from minibridge.recipes import build_config
 from minibridge.training.loop import Trainer
-from minibridge.training.run_lock import LOCK_NAME, RunLock
+from minibridge.checkpoint import LOCK_NAME, RunLock
 
 BASE = [
     "train.global_batch_size=4", "train.micro_batch_size=2", "model.seq_length=32", "train.eval_interval=null",
@@ -31,7 +31,7 @@ def _holder(folder):
     """A live process of its own holding the lock of `folder` until its stdin closes."""
     code = textwrap.dedent(f"""
         import sys
-        from minibridge.training.run_lock import RunLock
+        from minibridge.checkpoint import RunLock
         lock = RunLock({str(folder)!r}).acquire()
         print("locked", flush=True)
         sys.stdin.read()
@@ -104,7 +104,7 @@ def test_metrics_of_steps_redone_after_a_resume_are_superseded(tmp_path):
 
 
 def test_tensorboard_follows_the_run_folder_and_is_quiet_unless_asked(tmp_path, monkeypatch, caplog):
-    from minibridge.training import logging as train_logging
+    from minibridge.training import progress as train_logging
 
     opened = []
     monkeypatch.setattr(train_logging.TrainingLogger, "_open_tensorboard",

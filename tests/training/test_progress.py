@@ -11,7 +11,7 @@ import torch
 from minibridge.models.config import FULL, SLIDING, ModelConfig
 from minibridge.training import flops
 from minibridge.training.flops import average_keys_per_query, mfu, model_flops_per_token
-from minibridge.training.logging import (
+from minibridge.training.progress import (
     NonFiniteLossError,
     TrainingLogger,
     check_finite,
@@ -97,7 +97,7 @@ def test_prints_every_log_interval_with_decreasing_eta(tmp_path, capsys):
 
 def test_eta_from_wall_clock_when_no_step_time_given(tmp_path, monkeypatch):
     clock = iter([100.0, 101.0, 103.0, 104.0])  # steps take 1 s, then 2 s (over 1 step), then 0.5 s each
-    monkeypatch.setattr("minibridge.training.logging.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("minibridge.training.progress.time.perf_counter", lambda: next(clock))
     logger = TrainingLogger(None, total_iters=100)
     logger.log_step(1, metrics())
     assert logger.eta_seconds(1) is None  # nothing measured yet

@@ -5,10 +5,8 @@ Layout, as Megatron's:
     <save>/latest_checkpointed_iteration.txt      the last complete iteration
     <save>/iter_0000100/                          DCP files + run.json (config, data position, ...)
 
-Each rank contributes its parameter blocks as `ShardedBlock`s: a local tensor placed at an offset of
-the full (unpadded) tensor. DCP stores the chunks with those coordinates, deduplicates identical
-chunks held by several ranks (replicated norms, KV heads replicated under tp, dp replicas), and on
-load reads whatever overlaps each rank's block under the *current* layout: that is the resharding.
+Each rank writes its blocks of the full tensors (blocks.py), and a load reads whatever overlaps its
+blocks under the current layout: checkpoints reshard across TP, PP and DP sizes.
 
 A save goes to `.iter_0000100.tmp-HOST-PID`, renamed when every rank has finished, and only then does
 the `latest` file move on, so a process killed mid-save leaves the previous checkpoint in charge.
@@ -25,119 +23,18 @@ import shutil
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import DefaultLoadPlanner, DefaultSavePlanner
-from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorProperties
-from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
-
 from torch.distributed.checkpoint.api import CheckpointException
 
 from ..errors import (CheckpointError, CheckpointMismatchError, CorruptCheckpointError, MinibridgeError,
                       MissingTensorError)
 from ..files import publish_folder, temporary_sibling, write_atomic
-from ..parallel.sharding import ShardSpec
-from .safe_dcp import SafeFileSystemReader
+from ..parallel.dims import barrier, from_rank0, global_rank
+from .blocks import BlockLoadPlanner, BlockSavePlanner, ShardedBlock, training_state
+from .reader import SafeFileSystemReader
 
 LATEST = "latest_checkpointed_iteration.txt"
 RUN_FILE = "run.json"
-
-
-class ShardedBlock:
-    """A rank's block of a logical tensor, in the protocol DCP uses for DTensor (the three dunders)."""
-
-    def __init__(self, local: torch.Tensor, offsets: tuple[int, ...], global_shape: tuple[int, ...]):
-        self.local, self.offsets, self.global_shape = local, torch.Size(offsets), torch.Size(global_shape)
-
-    def _chunk(self) -> ChunkStorageMetadata:
-        return ChunkStorageMetadata(offsets=self.offsets, sizes=self.local.shape)
-
-    def __create_write_items__(self, fqn: str, obj) -> list[WriteItem]:
-        if self.local.numel() == 0:
-            return []
-        data = TensorWriteData(
-            chunk=self._chunk(), properties=TensorProperties.create_from_tensor(self.local), size=self.global_shape
-        )
-        return [WriteItem(index=MetadataIndex(fqn, self.offsets), type=WriteItemType.SHARD, tensor_data=data)]
-
-    def __create_chunk_list__(self) -> list[ChunkStorageMetadata]:
-        return [self._chunk()] if self.local.numel() else []
-
-    def __get_tensor_shard__(self, index) -> torch.Tensor:
-        return self.local
-
-
-class _BlockSavePlanner(DefaultSavePlanner):
-    """DCP's default save planner, taught to fetch a ShardedBlock's data (it only looks in tensors)."""
-
-    def lookup_object(self, index):
-        block = self.state_dict[index.fqn]
-        return block.local if isinstance(block, ShardedBlock) else super().lookup_object(index)
-
-
-class _BlockLoadPlanner(DefaultLoadPlanner):
-    """DCP's default load planner, minus its state-dict pre-pass: that pass (`_init_state_dict`)
-    replaces objects it does not know, ShardedBlocks included, with None (torch 2.13). Our state is
-    flat and already allocated, so the pass has nothing to do anyway."""
-
-    def __init__(self):
-        super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
-
-    def set_up_planner(self, state_dict, metadata=None, is_coordinator: bool = False) -> None:
-        self.original_state_dict = self.state_dict = state_dict
-        self.metadata, self.is_coordinator = metadata, is_coordinator
-
-    def lookup_tensor(self, index):
-        block = self.state_dict[index.fqn]
-        return block.local if isinstance(block, ShardedBlock) else super().lookup_tensor(index)
-
-
-def block_of(tensor: torch.Tensor, spec: ShardSpec | None):
-    """What DCP should see for a parameter-shaped tensor: itself, or its block of the full tensor.
-    Vocabulary padding rows are cut off, so checkpoints do not depend on the padding."""
-    if spec is None or spec.dim is None or spec.size == 1:
-        return tensor
-    start, stop = spec.local_range()
-    if spec.kind == "vocab":
-        stop = min(stop, spec.full_shape[0])
-        tensor = tensor[: max(0, stop - start)]
-    offsets = [0] * tensor.ndim
-    offsets[spec.dim] = start
-    return ShardedBlock(tensor, tuple(offsets), spec.full_shape)
-
-
-def training_state(model, optimizer=None, rank: int | None = None, trainable_only: bool = False) -> dict:
-    """The flat DCP state: model blocks, this rank's optimizer state blocks, this rank's RNG.
-    `trainable_only` (PEFT): only parameters that train, i.e. the adapters; the frozen base is not saved."""
-    chunks = model if isinstance(model, (list, tuple)) else [model]  # pipeline chunks of this rank
-    specs = {n: s for c in chunks for n, s in getattr(c, "tp_specs", {}).items()}
-    state = {f"model.{n}": block_of(p.data, specs.get(n)) for c in chunks for n, p in c.named_parameters()
-             if p.requires_grad or not trainable_only}
-    if optimizer is not None:
-        for name, entries in optimizer.named_state().items():
-            for key, value in entries.items():
-                state[f"optim.{name}.{key}"] = value if key == "step" else block_of(value.data, specs.get(name))
-    if rank is not None:
-        state[f"rng.rank{rank}"] = torch.get_rng_state()
-    return state
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _from_rank0(value):
-    """Rank 0's `value` on every rank."""
-    if not dist.is_initialized():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def iteration_dir(save: str | Path, iteration: int) -> Path:
@@ -169,17 +66,17 @@ def save_checkpoint(save: str | Path, iteration: int, model, optimizer, run_info
     The caller holds the folder's RunLock, so no other run writes there."""
     save = Path(save)
     final = iteration_dir(save, iteration)
-    tmp = _from_rank0(temporary_sibling(final) if _rank() == 0 else None)
-    if _rank() == 0:
+    tmp = from_rank0(temporary_sibling(final) if global_rank() == 0 else None)
+    if global_rank() == 0:
         save.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-    _barrier()
+    barrier()
     try:
-        dcp.save(training_state(model, optimizer, rank=_rank(), trainable_only=trainable_only),
-                 checkpoint_id=str(tmp), planner=_BlockSavePlanner())
+        dcp.save(training_state(model, optimizer, rank=global_rank(), trainable_only=trainable_only),
+                 checkpoint_id=str(tmp), planner=BlockSavePlanner())
     except (Exception, CheckpointException) as err:
-        if _rank() == 0:
+        if global_rank() == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         cause = _cause(err)
         if isinstance(cause, OSError):
@@ -187,8 +84,8 @@ def save_checkpoint(save: str | Path, iteration: int, model, optimizer, run_info
                               cause.filename or str(tmp)) from None
         raise CheckpointError(f"{final}: saving the checkpoint failed: {cause}") from None
     _fault_point("kill_during_save", iteration)
-    _barrier()
-    if _rank() == 0:
+    barrier()
+    if global_rank() == 0:
         write_atomic(tmp / RUN_FILE, json.dumps({"iteration": iteration, **run_info}, indent=2))
         publish_folder(tmp, final)
         write_atomic(save / LATEST, str(iteration))
@@ -196,7 +93,7 @@ def save_checkpoint(save: str | Path, iteration: int, model, optimizer, run_info
             done = sorted(p for p in save.glob("iter_*") if p.is_dir())
             for old in done[:-keep_last]:
                 shutil.rmtree(old)
-    _barrier()
+    barrier()
     return final
 
 
@@ -262,7 +159,7 @@ def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool
     metadata = reader.read_metadata()
     stored = metadata.state_dict_metadata
     check_storage(folder, metadata)
-    state = training_state(model, optimizer, rank=_rank() if restore_rng else None, trainable_only=trainable_only)
+    state = training_state(model, optimizer, rank=global_rank() if restore_rng else None, trainable_only=trainable_only)
     missing = [k for k in state if k not in stored and not k.startswith("rng.")]
     if missing:
         raise MissingTensorError(f"{folder}: checkpoint lacks {missing[:5]}{' ...' if len(missing) > 5 else ''} "
@@ -270,17 +167,43 @@ def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool
     state = {k: v for k, v in state.items() if k in stored}
     check_shapes(folder, state, stored)
     try:  # in place: parameters, masters, Adam moments and steps
-        dcp.load(state, storage_reader=SafeFileSystemReader(str(folder)), planner=_BlockLoadPlanner())
+        dcp.load(state, storage_reader=SafeFileSystemReader(str(folder)), planner=BlockLoadPlanner())
     except (Exception, CheckpointException) as err:
         cause = _cause(err)
         if isinstance(cause, MinibridgeError):
             raise cause from None
         raise CorruptCheckpointError(f"{folder}: reading the checkpoint failed ({type(cause).__name__}: {cause})") \
             from None
-    rng = state.get(f"rng.rank{_rank()}")
+    rng = state.get(f"rng.rank{global_rank()}")
     if rng is not None:
         torch.set_rng_state(rng)
     return info
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The iteration folder to read: the latest of a save folder, or `path` itself when it is one."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder; expected a minibridge checkpoint (a save folder with "
+                                f"{LATEST}, or one of its iter_NNNNNNN folders)")
+    if (folder / LATEST).is_file():
+        folder = iteration_dir(folder, latest_iteration(folder))
+    elif not (folder / RUN_FILE).is_file():
+        hf_folder = (folder / "config.json").is_file()
+        hint = " (it looks like a Hugging Face folder: pass it as --hf-model)" if hf_folder else ""
+        raise FileNotFoundError(f"{folder}: not a minibridge checkpoint: neither {LATEST} nor {RUN_FILE} "
+                                f"is there{hint}")
+    if not (folder / ".metadata").is_file():
+        raise FileNotFoundError(f"{folder}: incomplete checkpoint, the DCP .metadata file is missing")
+    return folder
+
+
+def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:
+    """(iteration folder, run.json, {DCP key: storage metadata}) of a checkpoint."""
+    folder = resolve_checkpoint(path)
+    info = read_run_info(folder)
+    stored = SafeFileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    return folder, info, stored
 
 
 def clean_stale(save: str | Path) -> list[Path]:

@@ -16,7 +16,7 @@ dependency-free PNG writer).
 from __future__ import annotations
 
 import json
-import logging as _stdlib_logging
+import logging
 import math
 import os
 import sys
@@ -33,7 +33,7 @@ from .loss_curve import METRICS_NAME, plot_loss_curve, read_loss_history, supers
 __all__ = ["NonFiniteLossError", "TrainingLogger", "check_finite", "format_progress", "memory_gb", "plot_loss_curve",
            "read_loss_history"]
 
-_log = _stdlib_logging.getLogger("minibridge.training")
+_log = logging.getLogger("minibridge.training")
 REQUIRED_KEYS = ("loss", "lr", "grad_norm", "tokens_per_sec")
 
 

@@ -14,18 +14,24 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, MetadataIndex
 from torch.serialization import _get_layout
 
-from minibridge.conversion import read_checkpoint
+from minibridge.bridge.loading import init_fresh_weights
+from minibridge.models import ModelConfig
+from minibridge.parallel.parallelize import build_model
 from minibridge.errors import CorruptCheckpointError, UnsafeCheckpointError
-from minibridge.training.checkpoint import _BlockLoadPlanner, load_checkpoint, save_checkpoint
+from minibridge.checkpoint import BlockLoadPlanner, SafeFileSystemReader, load_checkpoint, read_checkpoint, save_checkpoint
 from minibridge.training.optimizer import MixedPrecisionAdamW
-from minibridge.training.safe_dcp import SafeFileSystemReader
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is")  # one process, no process group
 
 
+TINY = ModelConfig(family="llama", vocab_size=16, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
+                   num_kv_heads=1, head_dim=4)
+
+
 def _model():
-    torch.manual_seed(0)
-    return torch.nn.Linear(4, 3, dtype=torch.bfloat16)
+    chunks = build_model(TINY, dtype=torch.bfloat16)
+    init_fresh_weights(chunks, seed=0)
+    return chunks[0]
 
 
 @pytest.fixture
@@ -133,15 +139,15 @@ class _Touch:
 
 
 def _bytes_entry(folder, marker):
-    """Turn model.weight into a BytesStorageMetadata entry whose pickle creates `marker` when loaded."""
+    """Turn model.embed_tokens.weight into a BytesStorageMetadata entry whose pickle creates `marker` when loaded."""
     torch.save(_Touch(marker), folder / "__0_9.distcp")
 
     def edit(metadata):
-        metadata.state_dict_metadata["model.weight"] = BytesStorageMetadata()
-        for index in [i for i in metadata.storage_data if i.fqn == "model.weight"]:
+        metadata.state_dict_metadata["model.embed_tokens.weight"] = BytesStorageMetadata()
+        for index in [i for i in metadata.storage_data if i.fqn == "model.embed_tokens.weight"]:
             info = metadata.storage_data.pop(index)
         info.relative_path, info.offset, info.length = "__0_9.distcp", 0, (folder / "__0_9.distcp").stat().st_size
-        metadata.storage_data[MetadataIndex("model.weight")] = info
+        metadata.storage_data[MetadataIndex("model.embed_tokens.weight")] = info
 
     _rewrite(folder, edit)
 
@@ -150,11 +156,11 @@ def test_bytes_entries_are_refused(folder, tmp_path):
     marker = tmp_path / "pwned"
     _bytes_entry(folder, marker)
     # DCP's own reader unpickles the entry with torch.load(weights_only=False): the payload runs
-    dcp.load({"model.weight": torch.empty(3, 4)}, storage_reader=FileSystemReader(str(folder)),
-             planner=_BlockLoadPlanner())
+    dcp.load({"model.embed_tokens.weight": torch.empty(16, 8)}, storage_reader=FileSystemReader(str(folder)),
+             planner=BlockLoadPlanner())
     assert marker.exists()
     marker.unlink()
-    _refused(folder, UnsafeCheckpointError, match="'model.weight' is a pickled object")
+    _refused(folder, UnsafeCheckpointError, match="'model.embed_tokens.weight' is a pickled object")
     assert not marker.exists()
 
 
@@ -163,10 +169,10 @@ def test_read_data_never_unpickles_a_bytes_entry(folder, tmp_path):
     marker = tmp_path / "pwned"
     _bytes_entry(folder, marker)
     metadata = pickle.loads((folder / ".metadata").read_bytes())
-    planner, reader = _BlockLoadPlanner(), SafeFileSystemReader(str(folder))
-    planner.set_up_planner({"model.weight": torch.empty(3, 4)}, metadata)
+    planner, reader = BlockLoadPlanner(), SafeFileSystemReader(str(folder))
+    planner.set_up_planner({"model.embed_tokens.weight": torch.empty(16, 8)}, metadata)
     reader.set_up_storage_reader(metadata, True)
-    with pytest.raises(UnsafeCheckpointError, match="'model.weight'.*weights_only=False"):
+    with pytest.raises(UnsafeCheckpointError, match="'model.embed_tokens.weight'.*weights_only=False"):
         reader.read_data(planner.create_local_plan(), planner)
     assert not marker.exists()
 
@@ -184,8 +190,8 @@ def test_data_outside_the_folder_is_refused(folder, tmp_path):
     _store_in(folder, "../outside.distcp")
     model = _model()
     # DCP's own reader follows the path out of the checkpoint folder
-    dcp.load({"model.weight": model.weight.data}, storage_reader=FileSystemReader(str(folder)),
-             planner=_BlockLoadPlanner())
+    dcp.load({"model.embed_tokens.weight": model.embed_tokens.weight.data}, storage_reader=FileSystemReader(str(folder)),
+             planner=BlockLoadPlanner())
     _refused(folder, UnsafeCheckpointError, match="'../outside.distcp'; expected a data file")
 
 
@@ -200,7 +206,7 @@ def _edit_offsets(metadata):
 
 
 def _drop_chunk(metadata):
-    metadata.storage_data.pop(next(i for i in metadata.storage_data if i.fqn == "model.weight"))
+    metadata.storage_data.pop(next(i for i in metadata.storage_data if i.fqn == "model.embed_tokens.weight"))
 
 
 @pytest.mark.parametrize("damage", [
@@ -220,10 +226,10 @@ def test_broken_metadata_is_a_corrupt_checkpoint(folder, damage):
 def test_real_checkpoints_still_load(folder, tmp_path):
     model = _model()
     with torch.no_grad():
-        model.weight.zero_()
+        model.embed_tokens.weight.zero_()
     assert load_checkpoint(folder, model)["note"] == "test"
-    assert torch.equal(model.weight, _model().weight)
-    assert read_checkpoint(folder)[2]["model.weight"].size == torch.Size([3, 4])
+    assert torch.equal(model.embed_tokens.weight, _model().embed_tokens.weight)
+    assert read_checkpoint(folder)[2]["model.embed_tokens.weight"].size == torch.Size([16, 8])
     # plain DCP saves of every kind of tensor minibridge keeps, 0-dim included
     state = {"f": torch.randn(2, 3), "b": torch.ones(4, dtype=torch.bfloat16), "u": torch.arange(3, dtype=torch.uint8),
              "i": torch.arange(2), "flag": torch.tensor([True]), "step": torch.tensor(7.0)}

@@ -1,4 +1,5 @@
-"""Which base model an adapter belongs to: a cheap fingerprint of the base checkpoint's files.
+"""Which weights an adapter belongs to: a cheap fingerprint of the base checkpoint's files (as opposed
+to `minibridge.conversion.checkpoints.architecture_digest`, a digest of the model's shapes).
 
 Adapters only make sense on the weights they were trained on, so adapter-only checkpoints record the
 fingerprint of their base and a resume on another base is refused. The fingerprint reads no more than
@@ -13,6 +14,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from .hf_folder import HFFolder
+
 SAMPLE = 4096
 
 
@@ -25,13 +28,11 @@ def _sample(path: Path, begin: int, end: int, digest) -> None:
             digest.update(f.read(end - max(begin + SAMPLE, end - SAMPLE)))
 
 
-def base_model_fingerprint(source: str | Path) -> dict:
+def weights_fingerprint(source: str | Path) -> dict:
     """{"source": folder, "fingerprint": hex digest} of an HF folder or a minibridge checkpoint folder."""
     folder = Path(source)
     digest = hashlib.sha256()
     if (folder / "config.json").is_file():  # an HF model folder
-        from ..bridge.hf_folder import HFFolder
-
         for name, info in sorted(HFFolder(folder).tensors.items()):
             digest.update(f"{name}|{info.dtype}|{tuple(info.shape)}|".encode())
             _sample(info.path, info.begin, info.end, digest)

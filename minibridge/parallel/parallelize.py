@@ -1,0 +1,69 @@
+"""Step two of the one way a model is made: parallelize the meta model, then allocate it.
+
+    build (models.build_on_meta) -> parallelize (here) -> load (the bridge, a checkpoint) or initialize
+
+`parallelize` applies the passes in one fixed order, all on the meta device, so each rank later
+allocates only its own blocks (torchtitan's `parallelize_llama` orders its passes the same way):
+
+    1. tensor (+ sequence) parallelism   plan.apply_tensor_parallel: blocks, ShardSpecs, collectives
+    2. context parallelism               context.apply_context_parallel: the ring / halo attention core
+    3. activation recomputation          CausalLM.set_recompute ("none", "selective", "full")
+    4. the output head                   the fused, chunked output layer + loss, where the logits are
+                                         not vocab-sharded already (the TP head never gathers them)
+
+`build_model` runs build -> parallelize -> cast -> allocate for every chunk this rank holds and
+returns them as `ModelChunks`. The bridge, the checkpoint importer, the trainer and generation all
+make their models here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models import CausalLM, ModelChunks, ModelConfig, Stage, build_on_meta
+from ..models.output import ChunkedOutputHead
+from .context import apply_context_parallel
+from .dims import ParallelDims
+from .pipeline import chunk_stages, layout_stages
+from .plan import apply_tensor_parallel
+
+
+def pipeline_stages(config: ModelConfig, dims: ParallelDims | None) -> list[Stage]:
+    """The stages of the chunks this rank holds: the whole model without pipeline parallelism."""
+    if dims is None or dims.config.pp == 1:
+        return [Stage.whole(config)]
+    pp, vp = dims.config.pp, dims.config.vp
+    layers = layout_stages(config.num_layers, dims.config)
+    return [Stage(layers[s], s == 0, s == pp * vp - 1) for s in chunk_stages(pp, vp, dims.pp_rank)]
+
+
+def parallelize(model: CausalLM, dims: ParallelDims | None, recompute: str = "none",
+                loss_chunk_bytes: int | None = None) -> CausalLM:
+    """Apply the passes above, in that order, to `model` (a meta chunk). `loss_chunk_bytes`: fp32
+    logits held at once by the fused output layer + loss (None keeps the plain output layer)."""
+    if dims is not None:
+        apply_tensor_parallel(model, dims)
+        apply_context_parallel(model, dims)
+    model.set_recompute(recompute)
+    if loss_chunk_bytes and model.is_last and (dims is None or dims.tp == 1):
+        model.head = ChunkedOutputHead(max(1, loss_chunk_bytes // (4 * model.config.vocab_size)))
+    return model
+
+
+def allocate(model: CausalLM, dtype: torch.dtype, device: torch.device | str) -> CausalLM:
+    """Cast on meta (free), then allocate uninitialised storage once, on `device`."""
+    return model.to(dtype=dtype).to_empty(device=device)
+
+
+def build_model(config: ModelConfig, dims: ParallelDims | None = None, dtype: torch.dtype = torch.float32,
+                device: torch.device | str | None = None, recompute: str = "none",
+                loss_chunk_bytes: int | None = None, meta: bool = False) -> ModelChunks:
+    """This rank's chunks of the model of `config` under `dims`, parallelized and allocated (their
+    values uninitialised: load or initialize them next). `meta=True` stops before allocation (shapes,
+    specs and dtypes only, as the checkpoint importer needs)."""
+    device = device or (dims.device if dims is not None else "cpu")
+    chunks = ModelChunks()
+    for stage in pipeline_stages(config, dims):
+        model = parallelize(build_on_meta(config, stage), dims, recompute, loss_chunk_bytes)
+        chunks.append(model.to(dtype=dtype) if meta else allocate(model, dtype, device))
+    return chunks
