@@ -64,12 +64,6 @@ def _dtype(name):
     return getattr(torch, DTYPES[name]) if name else None
 
 
-def _rank0() -> bool:
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def _report(results) -> int:
     bad = [r for r in results if not r.ok]
     width = max((len(r.name) for r in bad), default=0)
@@ -82,6 +76,7 @@ def _report(results) -> int:
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     from .conversion import export_checkpoint, import_checkpoint, roundtrip
+    from .parallel.dims import global_rank
 
     progress = not args.no_progress
     if args.command == "import":
@@ -95,8 +90,8 @@ def _main(argv: list[str] | None) -> int:
         message = f"exported {args.megatron_path} to {out}" + (" (adapters only)" if args.adapter_only else "")
     else:
         results = roundtrip(args.hf_model, tp=args.tp, pp=args.pp, work_dir=args.work_dir, progress=progress)
-        return _report(results) if _rank0() else 0
-    if _rank0():
+        return _report(results) if global_rank() == 0 else 0
+    if global_rank() == 0:
         print(message)
     return 0
 

@@ -26,13 +26,13 @@ from ..parallel.pipeline import MicroBatch, PipelineExecutor
 from ..parallel.collectives import all_reduce_
 from ..bridge.fingerprint import weights_fingerprint
 from ..peft import apply_peft, count_parameters, merge_peft
-from ..errors import CheckpointMismatchError, ConfigError, RunLockedError
+from ..errors import ConfigError, RunLockedError
 from .config import ConfigContainer
 from .data import DataIterator, build_datasets, load_tokenizer
 from .flops import mfu, model_flops_per_token, peak_flops
 from .progress import NonFiniteLossError, TrainingLogger, check_finite, memory_gb
 from .optimizer import MixedPrecisionAdamW
-from .resume import check_same_run
+from .resume import check_same_adapters, check_same_run
 from .scheduler import LRSchedule
 
 LOGITS_CHUNK_BYTES = 256 * 2**20  # fp32 logits held at once by the chunked output layer
@@ -165,29 +165,6 @@ class Trainer:
         return {"scheme": p.scheme, "dim": p.dim, "modules": self.chunks.adapters.modules,
                 "base_model": self.base_model}
 
-    def _check_checkpoint_kind(self, folder: str) -> None:
-        """An adapter-only checkpoint resumes only a PEFT run with the same adapters on the same base."""
-        stored, ours = ckpt.read_run_info(folder).get("peft"), self._peft_info()
-        if stored is None and ours is None:
-            return
-        if stored is None:
-            raise CheckpointMismatchError(f"{folder} is a full-model checkpoint, but this run trains {ours['scheme']} adapters; "
-                             f"use another checkpoint.save / checkpoint.load folder, or drop --peft_scheme")
-        if ours is None:
-            raise CheckpointMismatchError(f"{folder} holds only {stored['scheme']} adapters; resume it with --peft_scheme "
-                             f"{stored['scheme']} on its base model {stored['base_model']['source']}")
-        theirs, mine = stored["base_model"], ours["base_model"]
-        if theirs["fingerprint"] != mine["fingerprint"]:
-            raise CheckpointMismatchError(
-                f"{folder} holds adapters trained on base model {theirs['source']} (fingerprint "
-                f"{theirs['fingerprint']}), but this run loads base model {mine['source']} (fingerprint "
-                f"{mine['fingerprint']}); adapters only fit the weights they were trained on: pass that "
-                f"--pretrained-checkpoint, or save to a fresh checkpoint.save folder")
-        for key in ("scheme", "dim", "modules"):
-            if stored[key] != ours[key]:
-                raise CheckpointMismatchError(f"{folder} holds adapters with peft {key}={stored[key]!r}, but this run asks for "
-                                 f"{ours[key]!r}; keep the peft settings of the run you resume")
-
     def _build_data(self):
         c = self.config
         d = c.dataset
@@ -221,8 +198,9 @@ class Trainer:
                         break
         dist.broadcast_object_list(found, src=0)
         if found[0] is not None:
-            self._check_checkpoint_kind(found[0])
-            check_same_run(found[0], ckpt.read_run_info(found[0]).get("config"), self.config)
+            stored = ckpt.read_run_info(found[0])
+            check_same_adapters(found[0], stored.get("peft"), self._peft_info())
+            check_same_run(found[0], stored.get("config"), self.config)
             info = ckpt.load_checkpoint(found[0], self.chunks, self.optimizer,
                                         trainable_only=self.config.peft is not None)
             self.step = self.saved_step = info["iteration"]

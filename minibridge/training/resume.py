@@ -1,4 +1,4 @@
-"""Whether a checkpoint may be resumed by this run: same model, same sequences, same data.
+"""Whether a checkpoint may be resumed by this run: same model, same sequences, same data, same adapters.
 
 A resumed run continues the stored run's optimizer state and data position, so anything that changes
 what the weights mean or which samples come next makes the resumed run a different experiment that
@@ -70,3 +70,28 @@ def check_same_run(folder: str | Path, stored_config: dict | None, config: Confi
             f"{folder} was saved by a run with another model or data, so this run cannot resume it: "
             + "; ".join(diffs) + ". Keep the stored settings to resume, or start a new run elsewhere (another "
             "checkpoint.save) from these weights with checkpoint.pretrained_checkpoint=" + str(Path(folder).parent))
+
+
+def check_same_adapters(folder: str | Path, stored: dict | None, ours: dict | None) -> None:
+    """An adapter-only checkpoint resumes only a PEFT run with the same adapters on the same base
+    (`stored` / `ours`: run.json's "peft" entry and this run's: scheme, dim, modules, base_model)."""
+    if stored is None and ours is None:
+        return
+    if stored is None:
+        raise CheckpointMismatchError(f"{folder} is a full-model checkpoint, but this run trains {ours['scheme']} "
+                                      f"adapters; use another checkpoint.save / checkpoint.load folder, or drop "
+                                      f"--peft_scheme")
+    if ours is None:
+        raise CheckpointMismatchError(f"{folder} holds only {stored['scheme']} adapters; resume it with --peft_scheme "
+                                      f"{stored['scheme']} on its base model {stored['base_model']['source']}")
+    theirs, mine = stored["base_model"], ours["base_model"]
+    if theirs["fingerprint"] != mine["fingerprint"]:
+        raise CheckpointMismatchError(
+            f"{folder} holds adapters trained on base model {theirs['source']} (fingerprint "
+            f"{theirs['fingerprint']}), but this run loads base model {mine['source']} (fingerprint "
+            f"{mine['fingerprint']}); adapters only fit the weights they were trained on: pass that "
+            f"--pretrained-checkpoint, or save to a fresh checkpoint.save folder")
+    for key in ("scheme", "dim", "modules"):
+        if stored[key] != ours[key]:
+            raise CheckpointMismatchError(f"{folder} holds adapters with peft {key}={stored[key]!r}, but this run "
+                                          f"asks for {ours[key]!r}; keep the peft settings of the run you resume")
