@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -n 2
 WHEEL_DIR ?= dist
 WHEEL_VENV ?= build/wheel-venv
 
-.PHONY: demo test bench install wheel-check clean
+.PHONY: demo test bench install wheel-check gpu-check clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 	$(PY) benchmarks/summarize.py
+
+# On a machine lent a GPU: every gpu-marked test and the CUDA kernel benchmarks, one report
+# (benchmarks/results/gpu-check-<gpu>.md). Without CUDA it says so and fails.
+gpu-check: $(VENV)/.installed
+	$(PY) benchmarks/gpu_check.py $(if $(QUICK),--quick)
 
 # Built by pip as `pip install .` builds it (isolated, setuptools from pyproject.toml), from a clean build/; torch
 # goes in first as for .venv, so the wheel's `torch>=2.4` never pulls a CUDA build. The test then runs from

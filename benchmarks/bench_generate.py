@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_train_step import pick_dtype  # noqa: E402
+from report import pick_dtype  # noqa: E402
 from report import run_child, write_report  # noqa: E402
 
 CASES = {"llama": ("Llama-3.2-1B", 2, 256), "gemma": ("gemma-3-1b-it", 6, 640)}

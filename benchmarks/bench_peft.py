@@ -26,12 +26,11 @@ import argparse
 import json
 import resource
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from report import best_training_step, run_child, write_report  # noqa: E402
+from report import best_training_step, pick_dtype, run_child, write_report  # noqa: E402
 
 SIDES = ("minibridge-full", "minibridge-lora", "hf+peft-lora")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -88,19 +87,6 @@ def child(side: str, dtype_name: str, layers: int, seq: int, steps: int) -> dict
     best, loss = best_training_step(step_fn, optimizer, ids, steps)
     return {"step_s": best, "tokens_per_sec": seq / best, "peak_gb": _rss_gb() - base, "loss": float(loss),
             "trainable": int(trainable), "total": int(total)}
-
-
-def pick_dtype() -> str:
-    import torch
-
-    rates = {}
-    for dt in (torch.float32, torch.bfloat16):
-        a = torch.randn(512, 512, dtype=dt)
-        a @ a
-        start = time.perf_counter()
-        a @ a
-        rates[dt] = 1 / (time.perf_counter() - start)
-    return "bf16" if rates[torch.bfloat16] >= rates[torch.float32] else "fp32"
 
 
 def run_side(side: str, dtype: str, layers: int, seq: int, steps: int) -> dict | str:

@@ -1,19 +1,30 @@
-"""Benchmark: one training step (forward, backward, AdamW) of minibridge vs transformers on CPU.
+"""Benchmark: one training step (forward, backward, optimizer) of minibridge vs transformers on CPU.
 
-Cases (the issue's shapes): a Llama-3.2-1B shape with 4 layers and the real 128,256 vocabulary at
-sequence 2048, and a Gemma-3-1B shape with 6 layers and the real 262,144 vocabulary at sequences 4096
-and 8192; batch 1. Each side runs in its own fresh process (`--child`), so peak RSS is its own; a
-process killed for lack of memory is reported as such. minibridge runs its training configuration:
-the fused chunked output layer + loss (no full logits), AdamW with fp32 master weights for bf16.
-transformers runs `AutoModelForCausalLM.from_config(...)(input_ids, labels=...)` with sdpa and
-torch.optim.AdamW on the same dtype.
+Cases (issue 14's shapes): the Llama-3.2-1B shape with 4 layers and the real 128,256 vocabulary at
+sequence 2048, and the Gemma-3-1B shape with 6 layers and the real 262,144 vocabulary at 4096 and 8192;
+batch 1, random weights. Each side runs in its own fresh process (`--child`), so its peak RSS (above
+the post-import baseline) is its own; a process killed for lack of memory is reported as such.
+
+Modes, each a pair run in the same invocation:
+
+    research   what a researcher writes: `AutoBridge.from_config(...).to_model(dtype=bf16)`,
+               `model(x, labels=x)`, torch.optim.AdamW on the bf16 parameters; against
+               `AutoModelForCausalLM.from_config(..., dtype=bf16)` (sdpa) with the same optimizer
+    trainer    the trainer's step: MixedPrecisionAdamW (fp32 master weights and gradients, ZeRO-ready),
+               `model.recompute_granularity` as `--recompute` says, the allocator settings of the
+               command line (minibridge.memory); against transformers with
+               a hand-written fp32-master loop (fp32 copies stepped by torch AdamW, copied back into bf16)
+    research-fused  the research pair with `torch.optim.AdamW(fused=True)` on both sides (the default
+               AdamW's per-parameter temporaries set the peak of the research pair: see the report)
+    compiled   the research pair with torch.compile: minibridge per block (`to_model(compile=True)`),
+               transformers `torch.compile(model)`
 
 dtype "auto" picks bf16 when this CPU multiplies bf16 at least as fast as fp32 (AMX / AVX512-BF16),
-else fp32: on an AVX2-only CPU torch's bf16 matmul runs at well under 1 GFLOP/s (vs ~40 in fp32), and
-a bf16 step of these shapes would take hours.
+else fp32 (an AVX2-only CPU runs bf16 matmuls at ~1 GFLOP/s). The report names the CPU capability
+and the measured matmul rates.
 
-    python benchmarks/bench_train_step.py [--dtype auto|bf16|fp32] [--cases llama-2048,gemma-4096,gemma-8192]
-                                          [--steps 2] [--seq-divisor 1]
+    python benchmarks/bench_train_step.py [--modes research,trainer,compiled] [--cases llama-2048,gemma-4096,gemma-8192]
+                                          [--dtype auto|bf16|fp32] [--steps 1] [--seq-divisor 1] [--recompute none]
 """
 
 from __future__ import annotations
@@ -22,15 +33,15 @@ import argparse
 import json
 import resource
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from report import best_training_step, run_child, write_report  # noqa: E402
+from report import best_training_step, machine_line, pick_dtype, run_child, write_report  # noqa: E402
 
 CASES = {"llama-2048": ("Llama-3.2-1B", 4, 2048), "gemma-4096": ("gemma-3-1b-it", 6, 4096),
          "gemma-8192": ("gemma-3-1b-it", 6, 8192)}
+MODES = ("research", "research-fused", "trainer", "compiled")
 
 
 def _rss_gb() -> float:
@@ -44,7 +55,38 @@ def _hf_config(name: str, layers: int) -> dict:
     return config
 
 
-def child(side: str, case: str, dtype_name: str, steps: int, seq_divisor: int) -> dict:
+class MasterWeightsAdamW:
+    """transformers' side of the trainer mode: fp32 copies of bf16 parameters, stepped by torch AdamW
+    (fused where torch has it), gradients converted from bf16, the result copied back."""
+
+    def __init__(self, params, lr: float):
+        import torch
+
+        self.params = [p for p in params if p.requires_grad]
+        self.masters = [p.detach().float().requires_grad_() for p in self.params]
+        self.inner = torch.optim.AdamW(self.masters, lr=lr, foreach=True)
+
+    def step(self):
+        import torch
+
+        with torch.no_grad():
+            for p, m in zip(self.params, self.masters):
+                m.grad = p.grad.float() if p.grad is not None else None
+            self.inner.step()
+            for p, m in zip(self.params, self.masters):
+                p.copy_(m)
+                m.grad = None
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+
+def child(side: str, mode: str, case: str, dtype_name: str, steps: int, seq_divisor: int, recompute: str) -> dict:
+    if side == "minibridge" and mode == "trainer":
+        from minibridge.memory import keep_freed_memory
+
+        keep_freed_memory()  # first, before any tensor exists, as the command lines do (minibridge.cli)
     import torch
 
     torch.manual_seed(0)
@@ -59,8 +101,14 @@ def child(side: str, case: str, dtype_name: str, steps: int, seq_divisor: int) -
 
         base = _rss_gb()
         config = config_from_hf(hf)
-        model = AutoBridge.from_config(config).to_model(dtype=dtype, loss_chunk_bytes=256 * 2**20)  # the trainer's
-        optimizer = MixedPrecisionAdamW(model, lr=1e-4)
+        options = dict(compile=True) if mode == "compiled" else {}
+        if mode == "trainer":
+            options["recompute"] = recompute
+        model = AutoBridge.from_config(config).to_model(dtype=dtype, progress=False, **options)
+        if mode == "trainer":
+            optimizer = MixedPrecisionAdamW(model, lr=1e-4)
+        else:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=mode == "research-fused")
         step_fn = lambda ids: model(ids, labels=ids)  # noqa: E731
         vocab = config.vocab_size
     else:
@@ -69,8 +117,12 @@ def child(side: str, case: str, dtype_name: str, steps: int, seq_divisor: int) -
         base = _rss_gb()
         cfg = transformers.AutoConfig.for_model(**hf)
         model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        step_fn = lambda ids: model(input_ids=ids, labels=ids).loss  # noqa: E731
+        if mode == "trainer" and recompute != "none":
+            model.gradient_checkpointing_enable()
+        optimizer = MasterWeightsAdamW(model.parameters(), 1e-4) if mode == "trainer" else torch.optim.AdamW(
+            model.parameters(), lr=1e-4, fused=mode == "research-fused")
+        forward = torch.compile(model) if mode == "compiled" else model
+        step_fn = lambda ids: forward(input_ids=ids, labels=ids).loss  # noqa: E731
         vocab = cfg.vocab_size
     model.train()
     ids = torch.randint(0, vocab, (1, seq))
@@ -78,65 +130,51 @@ def child(side: str, case: str, dtype_name: str, steps: int, seq_divisor: int) -
     return {"tokens_per_sec": seq / best, "step_s": best, "peak_gb": _rss_gb() - base, "loss": float(loss), "seq": seq}
 
 
-def pick_dtype() -> str:
-    import torch
-
-    rates = {}
-    for dt in (torch.float32, torch.bfloat16):
-        a = torch.randn(512, 512, dtype=dt)
-        a @ a
-        start = time.perf_counter()
-        a @ a
-        rates[dt] = 1 / (time.perf_counter() - start)
-    return "bf16" if rates[torch.bfloat16] >= rates[torch.float32] else "fp32"
-
-
-def run_side(side, case, dtype, steps, seq_divisor) -> dict | str:
-    return run_child(__file__, side, case, dtype, steps, seq_divisor)
-
-
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        side, case, dtype, steps, divisor = sys.argv[2:7]
-        print(json.dumps(child(side, case, dtype, int(steps), int(divisor))))
+        side, mode, case, dtype, steps, divisor, recompute = sys.argv[2:9]
+        print(json.dumps(child(side, mode, case, dtype, int(steps), int(divisor), recompute)))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--seq-divisor", type=int, default=1, help="divide every sequence length (quick runs)")
+    parser.add_argument("--pairs", default=None, help="mode:case,... instead of every mode x case")
+    parser.add_argument("--recompute", default="none", choices=["none", "selective", "full"],
+                        help="trainer mode: activation recomputation (transformers: gradient checkpointing)")
+    parser.add_argument("--hf-memory-cap-gb", type=float, default=0.0,
+                        help="address-space cap of the transformers process (0: none); for cases it cannot fit")
+    parser.add_argument("--report", default="bench_train_step", help="name of the report in benchmarks/results/")
     args = parser.parse_args()
+    pairs = ([tuple(p.split(":")) for p in args.pairs.split(",")] if args.pairs else
+             [(m, c) for m in args.modes.split(",") for c in args.cases.split(",")])
     dtype = pick_dtype() if args.dtype == "auto" else args.dtype
-    lines = [f"# bench_train_step (CPU, {dtype}, batch 1, best of {args.steps} step(s) after a warm-up)", "",
-             "| case | side | seq | tokens/s | step (s) | peak RSS (GB) |", "|---|---|---|---|---|---|"]
-    ratios, efficiency = [], []
-    import torch
-
-    from minibridge.bridge import config_from_hf
-    from minibridge.training.flops import measure_cpu_matmul_flops, model_flops_per_token
-
-    matmul_rate = measure_cpu_matmul_flops({"bf16": torch.bfloat16, "fp32": torch.float32}[dtype], seconds=2.0)
-    for case in args.cases.split(","):
-        results = {side: run_side(side, case, dtype, args.steps, args.seq_divisor) for side in ("minibridge", "hf")}
+    lines = [f"# bench_train_step ({machine_line()}; {dtype}, batch 1, best of {args.steps} step(s) after a warm-up)",
+             "", "| mode | case | side | seq | tokens/s | step (s) | peak RSS (GB) |", "|---|---|---|---|---|---|---|"]
+    if args.hf_memory_cap_gb:
+        lines[0] += f"; transformers under a {args.hf_memory_cap_gb:g} GB address-space cap"
+    ratios = []
+    for mode, case in pairs:
+        caps = {"minibridge": None, "hf": args.hf_memory_cap_gb or None}
+        results = {side: run_child(__file__, side, mode, case, dtype, args.steps, args.seq_divisor, args.recompute,
+                                   memory_cap_gb=caps[side]) for side in caps}
         for side, r in results.items():
             if isinstance(r, str):
-                lines.append(f"| {case} | {side} | - | {r} | - | - |")
+                lines.append(f"| {mode} | {case} | {side} | - | {r} | - | - |")
             else:
-                lines.append(f"| {case} | {side} | {r['seq']} | {r['tokens_per_sec']:.1f} | {r['step_s']:.1f} | {r['peak_gb']:.2f} |")
+                lines.append(f"| {mode} | {case} | {side} | {r['seq']} | {r['tokens_per_sec']:.1f} | "
+                             f"{r['step_s']:.1f} | {r['peak_gb']:.2f} |")
             print(lines[-1], flush=True)
-        for side, r in results.items():  # achieved model FLOP/s as a fraction of this CPU's measured matmul rate
-            if isinstance(r, dict):
-                name, layers, _ = CASES[case]
-                achieved = r["tokens_per_sec"] * model_flops_per_token(config_from_hf(_hf_config(name, layers)), r["seq"])
-                efficiency.append(f"| {case} | {side} | {achieved / 1e9:.2f} | {achieved / matmul_rate:.1%} |")
         mb, hf = results["minibridge"], results["hf"]
         if isinstance(mb, dict) and isinstance(hf, dict):
-            ratios.append(f"| {case} | {mb['tokens_per_sec'] / hf['tokens_per_sec']:.2f}x | {mb['peak_gb'] / hf['peak_gb']:.2f}x |")
-    lines += ["", "| case | throughput minibridge / HF | peak memory minibridge / HF |", "|---|---|---|", *ratios]
-    lines += ["", f"Model FLOP/s (forward + backward, attention within the window) against this CPU's measured {dtype} "
-              f"matmul rate of {matmul_rate / 1e9:.1f} GFLOP/s:", "",
-              "| case | side | achieved GFLOP/s | fraction of the matmul rate |", "|---|---|---|---|", *efficiency]
-    write_report("bench_train_step", lines)
+            ratios.append(f"| {mode} | {case} | {mb['tokens_per_sec'] / hf['tokens_per_sec']:.2f}x | "
+                          f"{mb['peak_gb'] / hf['peak_gb']:.2f}x |")
+        elif isinstance(mb, dict):
+            ratios.append(f"| {mode} | {case} | transformers {hf} | minibridge {mb['peak_gb']:.2f} GB |")
+    lines += ["", "| mode | case | speed minibridge / HF | peak memory minibridge / HF |", "|---|---|---|---|", *ratios]
+    write_report(args.report, lines)
 
 
 if __name__ == "__main__":

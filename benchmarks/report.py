@@ -1,6 +1,9 @@
 """Shared by the benchmark scripts: print a markdown report and keep it under benchmarks/results/."""
 
+import functools
 import json
+import platform
+import resource
 import subprocess
 import sys
 import time
@@ -29,12 +32,22 @@ def write_report(name: str, lines: list[str], device: str = "cpu", suffix: str =
     return path
 
 
-def run_child(script: str, *args) -> dict | str:
+def run_child(script: str, *args, memory_cap_gb: float | None = None) -> dict | str:
     """Run `script --child args...` in a fresh process (so its peak RSS is its own) and return the JSON
-    dict its last stdout line holds, or a short reason why there is none (out of memory, an error)."""
-    proc = subprocess.run([sys.executable, script, "--child", *map(str, args)], capture_output=True, text=True)
+    dict its last stdout line holds, or a short reason why there is none (out of memory, an error).
+    `memory_cap_gb` limits the child's address space, so that a side that cannot fit fails on its own
+    instead of pushing the whole machine into the kernel's OOM killer."""
+
+    def cap():
+        limit = int(memory_cap_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    proc = subprocess.run([sys.executable, script, "--child", *map(str, args)], capture_output=True, text=True,
+                          preexec_fn=cap if memory_cap_gb else None)
     if proc.returncode in (-9, 137):
         return "killed (out of memory)"
+    if memory_cap_gb and ("can't allocate memory" in proc.stderr or "MemoryError" in proc.stderr):
+        return f"out of memory (over its {memory_cap_gb:g} GB address-space cap)"
     if proc.returncode != 0:
         return f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -52,3 +65,27 @@ def best_training_step(step_fn, optimizer, ids, steps: int) -> tuple[float, floa
         optimizer.zero_grad()
         times.append(time.perf_counter() - start)
     return min(times[1:]) if len(times) > 1 else times[0], float(loss)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_matmul_rates() -> dict[str, float]:
+    """Measured square-matmul FLOP/s of this CPU in fp32 and bf16 (the rates the dtype choice rests on)."""
+    from minibridge.training.flops import measure_cpu_matmul_flops
+
+    return {name: measure_cpu_matmul_flops(dtype, seconds=1.0) for name, dtype in
+            (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+
+
+def machine_line() -> str:
+    """The CPU, its capability as torch sees it (AVX2 / AVX512 / AMX) and its measured matmul rates."""
+    rates = cpu_matmul_rates()
+    return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, matmul fp32 {rates['fp32'] / 1e9:.1f} / bf16 "
+            f"{rates['bf16'] / 1e9:.1f} GFLOP/s, torch {torch.__version__}")
+
+
+def pick_dtype() -> str:
+    """bf16 where this CPU multiplies it at least as fast as fp32 (AMX / AVX512-BF16), else fp32: on an
+    AVX2-only CPU bf16 matmuls run at ~1 GFLOP/s and a bf16 training step takes hours."""
+    rates = cpu_matmul_rates()
+    return "bf16" if rates["bf16"] >= rates["fp32"] else "fp32"

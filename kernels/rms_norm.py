@@ -174,6 +174,39 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool 
     return weight * normed.to(x.dtype)
 
 
+# ---------------------------------------------------------------------------------------- CPU path
+
+
+class _RMSNormCPU(torch.autograd.Function):
+    """The CPU path: the reference's forward (bit-identical), the closed-form backward of the module
+    docstring in eager PyTorch. Autograd of the reference keeps the fp32 copy of x, its square and the
+    normed rows for backward and runs a dozen elementwise ops; this keeps x and one rstd per row."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps, gemma):
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        normed = xf * rstd
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.gemma = gemma
+        if gemma:
+            return (normed * (1.0 + weight.to(xf.dtype))).type_as(x)
+        return weight * normed.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, rstd = ctx.saved_tensors
+        xf = x.to(rstd.dtype)
+        normed = xf * rstd
+        dyf = dy.to(rstd.dtype)
+        scale = (1.0 + weight.to(rstd.dtype)) if ctx.gemma else weight.to(rstd.dtype)
+        g = dyf * scale
+        dx = rstd * (g - normed * (g * normed).mean(-1, keepdim=True))
+        rows = dyf * (normed if ctx.gemma else normed.to(x.dtype).to(rstd.dtype))
+        dw = rows.reshape(-1, x.shape[-1]).sum(0)
+        return dx.to(x.dtype), dw.to(weight.dtype), None, None
+
+
 # ---------------------------------------------------------------------------------------- public op
 
 
@@ -186,11 +219,13 @@ def _resolve(backend: str, x: torch.Tensor, op: str) -> str:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False,
              backend: str = "auto") -> torch.Tensor:
     """RMSNorm over the last dim of x (any leading shape); weight (D,). Llama or Gemma (`gemma=True`,
-    weight stored as an offset from one) flavour. "cpu" and "ref" both run `rms_norm_ref`: eager
-    PyTorch is the fast CPU path of this memory-bound op."""
+    weight stored as an offset from one) flavour. "cpu": the reference's forward with a closed-form
+    backward (_RMSNormCPU); "ref": `rms_norm_ref` under autograd."""
     if weight.shape != (x.shape[-1],):
         raise ValueError(f"rms_norm: weight of shape {tuple(weight.shape)} for rows of size {x.shape[-1]}")
     chosen = _resolve(backend, x, "rms_norm")
     if chosen == "triton" and x.numel() > 0:
         return _RMSNormTriton.apply(x, weight, eps, gemma)
+    if chosen == "cpu" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _RMSNormCPU.apply(x, weight, eps, gemma)
     return rms_norm_ref(x, weight, eps, gemma)

@@ -10,6 +10,8 @@ This module imports nothing from minibridge: every package may use it.
 
 from __future__ import annotations
 
+import difflib
+
 
 class MinibridgeError(Exception):
     """A bad input: the message names the file, key or value and what was expected."""
@@ -60,3 +62,14 @@ class RunLockedError(MinibridgeError, RuntimeError):
 
 class TrainingDivergedError(MinibridgeError, RuntimeError):
     """The loss or the gradient norm stopped being finite; the run cannot recover on its own."""
+
+
+def reject_unknown_keys(where: str, data, valid) -> None:
+    """ConfigError for the first key of `data` not in `valid`, named as `where + key`, with the closest
+    valid keys (or all of them) in the message."""
+    valid = list(valid)
+    for key in data:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+            hint = f"; closest valid keys: {', '.join(close)}" if close else f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"unknown key '{where}{key}'{hint}")

@@ -1,7 +1,8 @@
 """Text generation with a KV cache: `python -m minibridge.generate`, and `generate()` for research code.
 
-    python -m minibridge.generate --hf_model_path DIR [--megatron_model_path DIR] --prompt "..." [--prompt "..."]
-        [--max_new_tokens 100] [--temperature 0.7 --top_k 50 --top_p 0.9 --seed 0] [--apply_chat_template]
+    python -m minibridge.generate --hf_model_path DIR [--hf-revision REV] [--megatron_model_path DIR]
+        [--prompt "..." --prompt "..."] [--max_new_tokens 20] [--temperature 0.7 --top_k 50 --top_p 0.9 --seed 0]
+        [--apply_chat_template]
     torchrun --nproc-per-node=2 -m minibridge.generate --hf_model_path DIR --prompt "..."     # tensor parallel
 
     from minibridge.generate import generate
@@ -32,6 +33,10 @@ import torch
 from .cli import run_main
 from .errors import ConfigError
 from .models import KVCache, ModelChunks
+
+# Megatron Bridge's examples/conversion/hf_to_megatron_generate_text.py defaults.
+DEFAULT_PROMPT = "Hello, how are you?"
+DEFAULT_MAX_NEW_TOKENS = 20
 
 
 @dataclass
@@ -260,8 +265,11 @@ def _parse(argv):
                    help="HF folder: config, tokenizer, and the weights unless --megatron_model_path is given")
     p.add_argument("--megatron_model_path", "--megatron-model-path",
                    help="a minibridge checkpoint (from training or `minibridge.convert import`) to load instead")
-    p.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
-    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=100)
+    p.add_argument("--hf-revision", "--hf_revision",
+                   help="hub revision (branch, tag or commit) of a --hf_model_path hub id; not for a local folder")
+    p.add_argument("--prompt", action="append", help=f"a prompt; repeat for a batch (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help=f"default {DEFAULT_MAX_NEW_TOKENS}")
     p.add_argument("--temperature", type=float, help="sampling temperature (sampling when > 0; 0: greedy)")
     p.add_argument("--top_k", "--top-k", type=int, help="sample among the k most likely tokens")
     p.add_argument("--top_p", "--top-p", type=float, help="sample among the most likely tokens of mass p")
@@ -269,9 +277,15 @@ def _parse(argv):
     p.add_argument("--apply_chat_template", "--apply-chat-template", action="store_true",
                    help="wrap each prompt as a user message with the tokenizer's chat template")
     p.add_argument("--tp", type=int, help="tensor parallel size (default: the torchrun world size)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline parallel size: only 1 for now (use --tp)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: the checkpoint's dtype")
     p.add_argument("--device", help="default: cuda when available, else cpu")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.prompt = args.prompt or [DEFAULT_PROMPT]
+    if args.pp != 1:
+        raise ConfigError(f"--pp {args.pp}: generation runs the whole model on each rank (pipeline-parallel "
+                          f"generation is not implemented yet); shard it with --tp instead")
+    return args
 
 
 def _eos_of_folder(folder, tokenizer):
@@ -309,13 +323,17 @@ def _main(argv: list[str] | None) -> int:
     wants_sampling = bool(args.temperature) or args.top_k is not None or args.top_p is not None
     do_sample, temperature, top_k, top_p = sampling_settings(wants_sampling, args.temperature, args.top_k,
                                                              args.top_p, args.max_new_tokens)
-    bridge = HFBridge.from_hf_pretrained(args.hf_model_path)
+    from .bridge.hf_folder import resolve_model_path
+
+    folder = resolve_model_path(args.hf_model_path, args.hf_revision)
+    bridge = HFBridge.from_hf_pretrained(folder)
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(check_contained(bridge.source)), trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"{args.hf_model_path}: no usable tokenizer ({err})") from None
+        raise ConfigError(f"{args.hf_model_path}: no usable tokenizer ({err}); an export of a model trained on "
+                          f"mock data gets one from `minibridge.convert export --tokenizer DIR`") from None
     dims = None
     if tp > 1 or world > 1:
         from .parallel import ParallelConfig, initialize
@@ -334,7 +352,7 @@ def _main(argv: list[str] | None) -> int:
     stats = GenerationStats()
     texts = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, do_sample=do_sample,
                      temperature=temperature, top_k=top_k, top_p=top_p, seed=args.seed,
-                     eos_token_id=_eos_of_folder(args.hf_model_path, tokenizer),
+                     eos_token_id=_eos_of_folder(folder, tokenizer),
                      apply_chat_template=args.apply_chat_template, stats=stats)
     if rank0:
         for prompt, text in zip(args.prompt, texts):

@@ -1,31 +1,66 @@
-"""Command line training, as in the Megatron Bridge docs:
+"""Command line training, as Megatron Bridge's scripts/training/run_recipe.py:
 
     torchrun --nproc-per-node=N -m minibridge.train --recipe NAME [--pretrained-checkpoint DIR]
-             [--peft_scheme lora|dora] train.global_batch_size=64 model.tensor_model_parallel_size=2 ...
-    python -m minibridge.train --list
+             [--mode pretrain|sft|lora|dora] [--dataset mock] [-tp 2 -gb 64 ...] [--config-file FILE.yaml]
+             [--dry-run] [--deterministic] train.global_batch_size=64 ~peft logger.log_dir='${checkpoint.save}/logs'
+    python -m minibridge.train --model llama32_1b --mode lora --pretrained-checkpoint DIR
+    python -m minibridge.train --list | --help
 
-A bad recipe, override, file or layout stops the run with one line naming it and exit code 2
+The flags and the override grammar are in minibridge.training.command_line / hydra_grammar. A bad
+recipe, flag, override, file or layout stops the run with one line naming it and exit code 2
 (`minibridge.cli`), at startup or mid-run (a corrupt checkpoint, a diverging loss).
 """
 
 from __future__ import annotations
 
+import copy
+import os
 import sys
 
 from .cli import run_main
-from .training.command_line import parse_cli
+from .training.command_line import DATASETS, USAGE, choose_recipe, parse_run_recipe
+
+
+def resolved_config(args):
+    """(recipe name, the validated ConfigContainer) of parsed command-line arguments."""
+    from minibridge.recipes import RECIPES, build_config
+
+    from .training.hydra_grammar import read_yaml, resolve_items, yaml_items
+    from .training.overrides import apply_overrides
+
+    name, scheme = choose_recipe(args, RECIPES)
+    base = build_config(name, args.pretrained_checkpoint, scheme, validate=False)
+    items = list(DATASETS.get(args.dataset, []))
+    if args.config_file:
+        preset = apply_overrides(copy.deepcopy(base), items)
+        items += yaml_items(preset, read_yaml(args.config_file), source=args.config_file)
+    if args.deterministic:  # Megatron Bridge's apply_determinism_overrides; the loop applies it (training.loop)
+        items.append("model.deterministic_mode=true")
+    items += args.overrides
+    return name, build_config(name, args.pretrained_checkpoint, scheme, resolve_items(base, items))
 
 
 def _main(argv: list[str] | None) -> int:
-    args = parse_cli(sys.argv[1:] if argv is None else argv)
-    from minibridge.recipes import build_config, list_recipes
-
+    args = parse_run_recipe(sys.argv[1:] if argv is None else argv)
+    if args.help:
+        print(USAGE)
+        return 0
     if args.list_recipes:
+        from minibridge.recipes import list_recipes
+
         width = max(len(name) for name, _ in list_recipes())
         for name, summary in list_recipes():
             print(f"{name:<{width}}  {summary}")
         return 0
-    config = build_config(args.recipe, args.pretrained_checkpoint, args.peft_scheme, args.overrides)
+    name, config = resolved_config(args)
+    if args.dry_run:
+        from .checkpoint.folder import run_config_yaml
+
+        if os.environ.get("RANK", "0") == "0":
+            training = config.peft.scheme if config.peft is not None else "all weights"
+            print(f"# recipe: {name}; trains: {training}")
+            print(run_config_yaml(config.to_dict()), end="", flush=True)
+        return 0
     from .training.loop import Trainer
 
     Trainer(config).run()  # validates the layout against the world before any work

@@ -23,20 +23,29 @@ from .common import layout
 _LLAMA = [
     "llama32_1b_pretrain_config", "llama32_3b_pretrain_config", "llama3_8b_pretrain_config",
     "llama3_8b_16k_pretrain_config", "llama3_8b_64k_pretrain_config", "llama3_8b_128k_pretrain_config",
-    "llama3_8b_low_precision_pretrain_config", "llama3_70b_pretrain_config", "llama3_70b_16k_pretrain_config",
-    "llama3_70b_64k_pretrain_config", "llama31_8b_pretrain_config", "llama31_70b_pretrain_config",
-    "llama31_405b_pretrain_config", "llama32_1b_finetune_config", "llama32_3b_finetune_config",
-    "llama3_8b_finetune_config", "llama31_8b_finetune_config", "llama3_70b_finetune_config",
-    "llama31_70b_finetune_config", "llama31_405b_finetune_config", "llama3_debug_pretrain_config",
-    "llama3_debug_finetune_config",
+    "llama3_8b_low_precision_pretrain_config", "llama3_70b_pretrain_config", "llama3_70b_pretrain_deterministic_config",
+    "llama3_70b_16k_pretrain_config", "llama3_70b_64k_pretrain_config", "llama31_8b_pretrain_config",
+    "llama31_70b_pretrain_config", "llama31_405b_pretrain_config", "llama31_405b_pretrain_deterministic_config",
 ]
-_GEMMA = ["gemma3_1b_pretrain_config", "gemma3_1b_finetune_config", "gemma3_debug_pretrain_config",
-          "gemma3_debug_finetune_config"]
+_LLAMA_FINETUNED = ["llama32_1b", "llama32_3b", "llama3_8b", "llama31_8b", "llama3_70b", "llama31_70b", "llama31_405b"]
+_LLAMA += [f"{model}_{kind}_config" for model in _LLAMA_FINETUNED for kind in ("finetune", "sft", "peft")]
+_LLAMA += ["llama3_debug_pretrain_config", "llama3_debug_finetune_config"]
+_GEMMA = ["gemma3_1b_pretrain_config", "gemma3_1b_finetune_config", "gemma3_1b_sft_config", "gemma3_1b_peft_config",
+          "gemma3_debug_pretrain_config", "gemma3_debug_finetune_config"]
 
 RECIPES: dict[str, Callable[..., ConfigContainer]] = {
     **{name: getattr(llama, name) for name in _LLAMA},
     **{name: getattr(gemma, name) for name in _GEMMA},
 }
+
+# Megatron Bridge 0.6's names -> (the recipe they are, the argument they fix): one recipe, one set of defaults.
+ALIASES: dict[str, tuple[str, str]] = {
+    **{f"{model}_sft_config": (f"{model}_finetune_config", "peft=None") for model in _LLAMA_FINETUNED + ["gemma3_1b"]},
+    **{f"{model}_peft_config": (f"{model}_finetune_config", "peft=peft_scheme")
+       for model in _LLAMA_FINETUNED + ["gemma3_1b"]},
+}
+# Full fine-tuning recipes: those that take pretrained_checkpoint (and, but for sft, a PEFT scheme).
+FINETUNE_RECIPES = tuple(name for name in RECIPES if name.endswith(("_finetune_config", "_sft_config", "_peft_config")))
 
 
 def get_recipe(name: str) -> Callable[..., ConfigContainer]:
@@ -48,12 +57,19 @@ def get_recipe(name: str) -> Callable[..., ConfigContainer]:
 
 
 def list_recipes() -> list[tuple[str, str]]:
-    """(name, one line: what it trains and its parallel layout) for every recipe, in registry order."""
+    """(name, one line: what it trains, its parallel layout, and for an alias which recipe it is) for every
+    recipe, in registry order; `python -m minibridge.train --list` prints them. ALIASES holds the same
+    relation as data."""
     out = []
     for name, fn in RECIPES.items():
         summary = (fn.__doc__ or "").strip().splitlines()[0].rstrip(".")
-        if name.endswith("finetune_config"):
-            text = f"{summary}. LoRA: {layout(fn())}; full: {layout(fn(peft=None))}"
+        if name in ALIASES:
+            target, argument = ALIASES[name]
+            text = f"alias of {target}({argument}). {summary.split(':')[0]}. {layout(fn())}"
+        elif name.endswith("finetune_config"):
+            aliases = [a for a, (t, _) in ALIASES.items() if t == name]
+            known = f" (also named {' / '.join(aliases)})" if aliases else ""
+            text = f"{summary}{known}. LoRA: {layout(fn())}; full: {layout(fn(peft=None))}"
         else:
             text = f"{summary}. {layout(fn())}"
         out.append((name, text))
@@ -64,20 +80,25 @@ def build_config(name: str, pretrained_checkpoint: str | None = None, peft_schem
                  overrides: list[str] = (), validate: bool = True) -> ConfigContainer:
     """Recipe `name`, given the command line's --pretrained-checkpoint / --peft_scheme and key=value overrides.
 
-    A finetune recipe gets both as its `pretrained_checkpoint` / `peft` arguments (so it reads the checkpoint's
+    A finetune / sft / peft recipe gets both as its `pretrained_checkpoint` / `peft` (peft: `peft_scheme`) arguments (so it reads the checkpoint's
     architecture and picks the layout and lr of LoRA or full training); a pretrain recipe gets them set on
     the result (continued pretraining, or adapters on top of it). Overrides come last, then validate().
     """
     fn = get_recipe(name)
     kwargs = {}
-    if pretrained_checkpoint is not None and "finetune" in name:
+    if pretrained_checkpoint is not None and name in FINETUNE_RECIPES:
         kwargs["pretrained_checkpoint"] = pretrained_checkpoint
-    if peft_scheme is not None and "finetune" in name:
+    if peft_scheme is not None and name.endswith("_sft_config") and peft_scheme != "none":
+        raise ConfigError(f"--peft_scheme {peft_scheme} with {name}, which is full fine-tuning; use "
+                          f"{name.replace('_sft_config', '_peft_config')} for adapters")
+    if peft_scheme is not None and name.endswith("_peft_config"):
+        kwargs["peft_scheme"] = peft_scheme  # 'none' is refused there: that recipe trains adapters
+    elif peft_scheme is not None and name.endswith("_finetune_config"):
         kwargs["peft"] = None if peft_scheme == "none" else peft_scheme
     cfg = fn(**kwargs)
     if pretrained_checkpoint is not None and "pretrained_checkpoint" not in kwargs:
         cfg.checkpoint.pretrained_checkpoint = pretrained_checkpoint
-    if peft_scheme is not None and "peft" not in kwargs:
+    if peft_scheme is not None and name not in FINETUNE_RECIPES:
         cfg.peft = None if peft_scheme == "none" else PeftConfig.default(peft_scheme)
         cfg.optimizer.use_distributed_optimizer = cfg.peft is None
     save, load = cfg.checkpoint.save, cfg.checkpoint.load
@@ -87,4 +108,4 @@ def build_config(name: str, pretrained_checkpoint: str | None = None, peft_schem
     return cfg.validate() if validate else cfg
 
 
-__all__ = ["RECIPES", "build_config", "get_recipe", "list_recipes"]
+__all__ = ["ALIASES", "FINETUNE_RECIPES", "RECIPES", "build_config", "get_recipe", "list_recipes"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Callable
 
 from minibridge.bridge.hf_config import config_from_hf, read_config_json
 from minibridge.bridge.hf_folder import inside
@@ -34,6 +35,10 @@ _8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_
            num_key_value_heads=8)
 _70B = dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
             num_key_value_heads=8)
+
+# distributed_fused_adam_with_cosine_annealing's start_weight_decay = end_weight_decay (Megatron Bridge 0.6.2):
+# the weight decay every recipe's runs actually use, whatever optimizer.weight_decay says.
+SCHEDULED_WEIGHT_DECAY = 0.033
 
 # Keyed by the hub id Megatron Bridge's recipes pass to AutoBridge.from_hf_pretrained.
 HF_CONFIGS = {
@@ -162,12 +167,13 @@ def make_container(
     seq_length: int, train_iters: int, global_batch_size: int, micro_batch_size: int, eval_interval: int,
     eval_iters: int, save_interval: int, seed: int, lr: float, min_lr: float, lr_warmup_iters: int,
     lr_decay_iters: int | None, log_interval: int, precision_config: str, adam_beta2: float = 0.95,
-    adam_eps: float = 1e-5, pretrained_checkpoint: str | None = None, peft: PeftConfig | None = None,
+    adam_eps: float = 1e-8, pretrained_checkpoint: str | None = None, peft: PeftConfig | None = None,
     packing: bool = False, tokenizer: str | None = None, num_workers: int = 8, wandb_project: str | None = None,
     wandb_entity: str | None = None, wandb_exp_name: str | None = None, **model_settings,
 ) -> ConfigContainer:
     """One ConfigContainer from a recipe's numbers (Adam + cosine as Megatron Bridge's
-    distributed_fused_adam_with_cosine_annealing: weight decay 0.1, beta1 0.9, clip 1.0)."""
+    distributed_fused_adam_with_cosine_annealing: beta1 0.9, eps 1e-8, clip 1.0, weight decay 0.1 in the
+    optimizer section, which its scheduler overwrites with a constant 0.033 at every step)."""
     if not isinstance(precision_config, str):
         raise ConfigError(f"precision_config={precision_config!r}: expected a mixed-precision recipe name such "
                           f"as 'bf16_mixed' or 'fp32'")
@@ -193,7 +199,9 @@ def make_container(
                              seed=seed),
         optimizer=OptimizerConfig(lr=lr, min_lr=min_lr, adam_beta2=adam_beta2, adam_eps=adam_eps,
                                   use_distributed_optimizer=peft is None),  # as Megatron Bridge: off for PEFT
-        scheduler=SchedulerConfig(lr_warmup_iters=lr_warmup_iters, lr_decay_iters=lr_decay_iters),
+        scheduler=SchedulerConfig(lr_warmup_iters=lr_warmup_iters, lr_decay_iters=lr_decay_iters,
+                                  start_weight_decay=SCHEDULED_WEIGHT_DECAY, end_weight_decay=SCHEDULED_WEIGHT_DECAY,
+                                  weight_decay_incr_style="constant"),
         dataset=DatasetConfig(kind=kind, data_paths=paths, blend_weights=weights, seq_length=seq_length,
                               tokenizer=tokenizer, packing=packing, num_workers=num_workers),
         checkpoint=CheckpointConfig(save=save, load=save, save_interval=save_interval,
@@ -226,3 +234,44 @@ def debug_architecture(base, tokenizer: str | None, vocab_size: int | None):
     """`base` with the vocabulary of `vocab_size`, else of `tokenizer` (an HF folder), else its own."""
     vocab = vocab_size or (tokenizer_vocab_size(tokenizer) if tokenizer else base.vocab_size)
     return dataclasses.replace(base, vocab_size=vocab)
+
+
+def sft_recipe(finetune: Callable[..., ConfigContainer], name: str) -> Callable[..., ConfigContainer]:
+    """Megatron Bridge 0.6's `<model>_sft_config`: the finetune recipe with full training (peft=None)."""
+
+    def recipe(**user_kwargs) -> ConfigContainer:
+        if "peft" in user_kwargs or "peft_scheme" in user_kwargs:
+            raise ConfigError(f"{name} is full fine-tuning and takes no peft / peft_scheme; for adapters use "
+                              f"{name.replace('_sft_config', '_peft_config')}(peft_scheme='lora')")
+        return finetune(**user_kwargs, peft=None)
+
+    summary = (finetune.__doc__ or "").strip().splitlines()[0].split(":")[0]
+    recipe.__name__ = recipe.__qualname__ = name
+    recipe.__doc__ = f"{summary}, full (all weights): {finetune.__name__}(peft=None) under its Megatron Bridge 0.6 name."
+    return recipe
+
+
+def peft_recipe(finetune: Callable[..., ConfigContainer], name: str) -> Callable[..., ConfigContainer]:
+    """Megatron Bridge 0.6's `<model>_peft_config(peft_scheme="lora"|"dora")`: the finetune recipe with adapters."""
+
+    def recipe(peft_scheme="lora", **user_kwargs) -> ConfigContainer:
+        if "peft" in user_kwargs:
+            raise ConfigError(f"{name} takes peft_scheme= ('lora', 'dora' or a PeftConfig), not peft=")
+        if is_full_sft(peft_scheme):
+            raise ConfigError(f"{name}(peft_scheme={peft_scheme!r}): expected 'lora', 'dora' or a PeftConfig; "
+                              f"for full fine-tuning use {name.replace('_peft_config', '_sft_config')}")
+        return finetune(**user_kwargs, peft=peft_scheme)
+
+    summary = (finetune.__doc__ or "").strip().splitlines()[0].split(":")[0]
+    recipe.__name__ = recipe.__qualname__ = name
+    recipe.__doc__ = (f"{summary}, LoRA (default) or DoRA adapters: {finetune.__name__}(peft=peft_scheme) under "
+                      f"its Megatron Bridge 0.6 name.")
+    return recipe
+
+
+def deterministic(cfg: ConfigContainer) -> ConfigContainer:
+    """Megatron Bridge's apply_determinism_overrides: model.deterministic_mode on (it also turns off the fused
+    cross-entropy and TP comm overlap, which minibridge does not have, and sets CUBLAS_WORKSPACE_CONFIG,
+    which training.loop sets in deterministic mode)."""
+    cfg.model.deterministic_mode = True
+    return cfg

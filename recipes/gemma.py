@@ -3,8 +3,12 @@
 `_gemma3_finetune_common`) and the table of its docs/models/llm/gemma3.md:
 
     gemma3_1b_pretrain_config   TP=1 PP=1 CP=1 SP=off  seq 32768, global batch 512, lr 3e-4 -> 3e-5, 2000 warmup
-    gemma3_1b_finetune_config   TP=1 PP=1 CP=1 SP=off  seq 2048 (4096 packed), global batch 32, 100 iterations,
-                                lr 1e-4 (LoRA/DoRA dim 8 alpha 16) or 5e-6 (full), 10 warmup, save every 100
+    gemma3_1b_finetune_config   TP=1 PP=1 CP=1 SP=off  packed sequences of 4096 (2048 unpacked), global batch 32,
+                                100 iterations, lr 1e-4 (LoRA/DoRA dim 8 alpha 16) or 5e-6 (full), 10 warmup,
+                                save every 100; also named gemma3_1b_sft_config (full) and gemma3_1b_peft_config
+                                (peft_scheme="lora"|"dora"), Megatron Bridge 0.6's names
+
+All: Adam eps 1e-8, weight decay 0.033 (the scheduler's constant start/end_weight_decay).
 
 Without `data_paths` finetuning uses mock tokens (Megatron Bridge would download SQuAD). The debug recipes
 at the end are CPU-sized and keep Gemma's features: sliding windows (5 local : 1 global), MQA-style GQA,
@@ -20,7 +24,7 @@ from minibridge.training.config import ConfigContainer, ConfigError
 
 from .common import (
     HF_CONFIGS, architecture, checkpoint_architecture, finetune_architecture, is_full_sft, make_container,
-    debug_architecture, debug_tweaks, peft_config,
+    debug_architecture, debug_tweaks, peft_config, peft_recipe, sft_recipe,
 )
 
 SEQUENCE_LENGTH_32K = 32768
@@ -63,7 +67,7 @@ def gemma3_1b_pretrain_config(**user_kwargs) -> ConfigContainer:
 def _gemma3_finetune_common(
     hf_path: str | None = None, arch: ModelConfig | None = None, dir: str | None = None, name: str = "default",
     pretrained_checkpoint: str | None = None, peft=None, data_paths: list[str] | None = None,
-    packed_sequence: bool = False, train_iters: int = 100, global_batch_size: int | None = None,
+    packed_sequence: bool = True, train_iters: int = 100, global_batch_size: int | None = None,
     micro_batch_size: int = 1, seq_length: int | None = None, eval_interval: int = 50, save_interval: int = 100,
     finetune_lr: float | None = None, min_lr: float = 0.0, lr_warmup_iters: int = 10,
     lr_decay_iters: int | None = None, wandb_project: str | None = None, wandb_entity: str | None = None,
@@ -104,8 +108,16 @@ def gemma3_1b_finetune_config(**user_kwargs) -> ConfigContainer:
 
     Adapters: dim 8, alpha 16 (Megatron Bridge's Gemma values)."""
     user_kwargs, peft = _peft_and_lr(user_kwargs, full_lr=5e-6, peft_lr=1e-4)
-    return _gemma3_finetune_common(**{"hf_path": "google/gemma-3-1b", "recipe": "gemma3_1b_finetune_config",
-                                      **user_kwargs, "peft": peft})
+    cfg = _gemma3_finetune_common(**{"hf_path": "google/gemma-3-1b", "recipe": "gemma3_1b_finetune_config",
+                                     **user_kwargs, "peft": peft})
+    # ZeRO-1 with adapters too: Megatron Bridge 0.6.2's Gemma PEFT recipe turns it off in its optimizer section
+    # but on in its ddp section, and its ConfigContainer then turns both on (Llama's PEFT recipes set both off).
+    cfg.optimizer.use_distributed_optimizer = True
+    return cfg
+
+
+gemma3_1b_sft_config = sft_recipe(gemma3_1b_finetune_config, "gemma3_1b_sft_config")
+gemma3_1b_peft_config = peft_recipe(gemma3_1b_finetune_config, "gemma3_1b_peft_config")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -141,5 +153,5 @@ def gemma3_debug_finetune_config(**user_kwargs) -> ConfigContainer:
     if arch.family != "gemma3":
         raise ConfigError(f"gemma3_debug_finetune_config: {user_kwargs['pretrained_checkpoint']} is a {arch.family} "
                           f"model; use llama3_debug_finetune_config")
-    kwargs = {**_DEBUG, "name": "gemma3_debug_finetune", **user_kwargs}
+    kwargs = {**_DEBUG, "name": "gemma3_debug_finetune", "packed_sequence": False, **user_kwargs}
     return debug_tweaks(_gemma3_finetune_common(arch=arch, peft=peft, **kwargs))

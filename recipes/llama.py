@@ -16,9 +16,15 @@ Megatron Bridge's `megatron/bridge/recipes/llama/llama3.py` (the keyword-argumen
     llama31_405b              8   8   2   4  on   131072
 
 Pretraining (the code's defaults; the docs are silent): 1,168,251 iterations, global batch 512, micro 1,
-lr 3e-4 -> 3e-5 cosine after 2000 warmup, Adam (0.9, 0.95) eps 1e-5, weight decay 0.1, clip 1.0,
-eval every 2000, checkpoint every 500, bf16_mixed. Finetuning: 1000 iterations, global batch 128
-(8 packed), seq 2048 (4096 packed), lr 1e-4 (LoRA/DoRA) or 5e-6 (full), 50 warmup, beta2 0.98, save every 50.
+lr 3e-4 -> 3e-5 cosine after 2000 warmup, Adam (0.9, 0.95) eps 1e-8, weight decay 0.033 (the scheduler's
+constant start/end_weight_decay over the optimizer's 0.1), clip 1.0, eval every 2000, checkpoint every 500,
+bf16_mixed. Finetuning: 1000 iterations, packed sequences of 4096 (405B: 2048), global batch 8 (405B: 32 LoRA,
+16 full), lr 1e-4 (LoRA/DoRA) or 5e-6 (full), 50 warmup, beta2 0.98, save every 50; packed_sequence=False
+gives 2048-token rows and global batch 128.
+
+Names: Megatron Bridge 0.6's `<model>_sft_config` (full) and `<model>_peft_config(peft_scheme=...)` are
+`<model>_finetune_config` (the older name, LoRA by default) with peft=None / peft=peft_scheme: one recipe,
+three names, the same defaults. `*_pretrain_deterministic_config` adds model.deterministic_mode.
 
 Megatron Bridge downloads SQuAD when a finetune recipe gets no data; there is no hub here, so without
 `data_paths` the data is mock tokens. The debug recipes at the end are CPU-sized.
@@ -31,8 +37,8 @@ from minibridge.models.config import ModelConfig, RopeConfig
 from minibridge.training.config import ConfigContainer, ConfigError
 
 from .common import (
-    architecture, checkpoint_architecture, finetune_architecture, is_full_sft, make_container, peft_config,
-    debug_architecture, debug_tweaks,
+    architecture, checkpoint_architecture, deterministic, finetune_architecture, is_full_sft, make_container,
+    peft_config, peft_recipe, sft_recipe, debug_architecture, debug_tweaks,
 )
 
 SEQUENCE_LENGTH_16K = 16384
@@ -53,7 +59,7 @@ def _llama3_common(
     virtual_pipeline_model_parallel_size: int | None = None, context_parallel_size: int = 1,
     sequence_parallel: bool = False, account_for_embedding_in_pipeline_split: bool = False,
     account_for_loss_in_pipeline_split: bool = False, train_iters: int = 1168251, global_batch_size: int = 512,
-    micro_batch_size: int = 1, seq_length: int = 8192, lr: float = 3e-4, min_lr: float = 3e-5, adam_eps: float = 1e-5,
+    micro_batch_size: int = 1, seq_length: int = 8192, lr: float = 3e-4, min_lr: float = 3e-5, adam_eps: float = 1e-8,
     lr_warmup_iters: int = 2000, lr_decay_iters: int | None = None, eval_interval: int = 2000,
     save_interval: int = 500, wandb_project: str | None = None, wandb_entity: str | None = None,
     wandb_exp_name: str | None = None, precision_config: str = "bf16_mixed",
@@ -167,6 +173,16 @@ def llama31_405b_pretrain_config(**user_kwargs) -> ConfigContainer:
     return _pretrain("meta-llama/Meta-Llama-3.1-405B", recommended, user_kwargs)
 
 
+def llama3_70b_pretrain_deterministic_config(**user_kwargs) -> ConfigContainer:
+    """Llama 3 70B pretraining, 8k context, bit-exact reruns (llama3_70b_pretrain_config + model.deterministic_mode)."""
+    return deterministic(llama3_70b_pretrain_config(**user_kwargs))
+
+
+def llama31_405b_pretrain_deterministic_config(**user_kwargs) -> ConfigContainer:
+    """Llama 3.1 405B pretraining, 128k context, bit-exact reruns (llama31_405b_pretrain_config + deterministic_mode)."""
+    return deterministic(llama31_405b_pretrain_config(**user_kwargs))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Finetuning
 # ---------------------------------------------------------------------------------------------------
@@ -175,7 +191,7 @@ def llama31_405b_pretrain_config(**user_kwargs) -> ConfigContainer:
 def _llama3_finetune_common(
     hf_path: str | None = None, arch: ModelConfig | None = None, dir: str | None = None, name: str = "default",
     pretrained_checkpoint: str | None = None, peft=None, data_paths: list[str] | None = None,
-    packed_sequence: bool = False, train_iters: int = 1000, global_batch_size: int | None = None,
+    packed_sequence: bool = True, train_iters: int = 1000, global_batch_size: int | None = None,
     micro_batch_size: int = 1, seq_length: int | None = None, eval_interval: int = 30, save_interval: int = 50,
     finetune_lr: float = 1e-4, min_lr: float = 0.0, lr_warmup_iters: int = 50, lr_decay_iters: int | None = None,
     wandb_project: str | None = None, wandb_entity: str | None = None, wandb_exp_name: str | None = None,
@@ -184,9 +200,11 @@ def _llama3_finetune_common(
     sequence_parallel: bool = False, account_for_embedding_in_pipeline_split: bool = False,
     account_for_loss_in_pipeline_split: bool = False, recipe: str = "llama3 finetune",
 ) -> ConfigContainer:
-    """Finetuning config; the layout comes from the calling recipe. data_paths: .jsonl prompt/answer files."""
+    """Finetuning config; the layout comes from the calling recipe. data_paths: .jsonl prompt/answer files.
+    Packed sequences (on by default, as Megatron Bridge 0.6) fill each row of seq_length tokens (4096; 2048
+    without packing) with several conversations, so a global batch of 8 rows (128 without) holds about as much."""
     arch = finetune_architecture(arch or architecture(hf_path), pretrained_checkpoint, recipe)
-    seq_length = seq_length or (4096 if packed_sequence else 2048)  # most SQuAD samples fit 2k unpacked
+    seq_length = seq_length or (4096 if packed_sequence else 2048)  # packed size = seq_length; SQuAD fits 2k unpacked
     return make_container(
         arch, dir=dir, name=name, data_paths=data_paths, mock=False, finetune=True, seq_length=seq_length,
         train_iters=train_iters, global_batch_size=global_batch_size or (8 if packed_sequence else 128),
@@ -271,6 +289,23 @@ def llama31_405b_finetune_config(**user_kwargs) -> ConfigContainer:
                      dict(dim=16, alpha=32, target_modules=["linear_qkv"]), extra)
 
 
+# Megatron Bridge 0.6's names of the same recipes: <model>_sft_config (full) and <model>_peft_config (adapters).
+llama32_1b_sft_config = sft_recipe(llama32_1b_finetune_config, "llama32_1b_sft_config")
+llama32_1b_peft_config = peft_recipe(llama32_1b_finetune_config, "llama32_1b_peft_config")
+llama32_3b_sft_config = sft_recipe(llama32_3b_finetune_config, "llama32_3b_sft_config")
+llama32_3b_peft_config = peft_recipe(llama32_3b_finetune_config, "llama32_3b_peft_config")
+llama3_8b_sft_config = sft_recipe(llama3_8b_finetune_config, "llama3_8b_sft_config")
+llama3_8b_peft_config = peft_recipe(llama3_8b_finetune_config, "llama3_8b_peft_config")
+llama31_8b_sft_config = sft_recipe(llama31_8b_finetune_config, "llama31_8b_sft_config")
+llama31_8b_peft_config = peft_recipe(llama31_8b_finetune_config, "llama31_8b_peft_config")
+llama3_70b_sft_config = sft_recipe(llama3_70b_finetune_config, "llama3_70b_sft_config")
+llama3_70b_peft_config = peft_recipe(llama3_70b_finetune_config, "llama3_70b_peft_config")
+llama31_70b_sft_config = sft_recipe(llama31_70b_finetune_config, "llama31_70b_sft_config")
+llama31_70b_peft_config = peft_recipe(llama31_70b_finetune_config, "llama31_70b_peft_config")
+llama31_405b_sft_config = sft_recipe(llama31_405b_finetune_config, "llama31_405b_sft_config")
+llama31_405b_peft_config = peft_recipe(llama31_405b_finetune_config, "llama31_405b_peft_config")
+
+
 # ---------------------------------------------------------------------------------------------------
 # CPU-sized debug recipes: fp32 (exact comparisons), mock tokens unless data_paths; TP=2 divides every
 # sharded size (4 heads, 2 KV heads, 256 ffn, vocab) so `model.tensor_model_parallel_size=2` runs on 2 ranks.
@@ -308,5 +343,5 @@ def llama3_debug_finetune_config(**user_kwargs) -> ConfigContainer:
                           f"model; use gemma3_debug_finetune_config")
     if user_kwargs.get("finetune_lr") is None:
         user_kwargs["finetune_lr"] = 1e-4 if is_full_sft(peft) else 1e-3
-    kwargs = {**_DEBUG, "name": "llama3_debug_finetune", **_layout(1), **user_kwargs}
+    kwargs = {**_DEBUG, "name": "llama3_debug_finetune", "packed_sequence": False, **_layout(1), **user_kwargs}
     return debug_tweaks(_llama3_finetune_common(arch=arch, peft=peft_config(peft), **kwargs))

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import UnsafeCheckpointError
+from ..errors import ConfigError, UnsafeCheckpointError
 from .json_checks import Fields, parse_json
 from .safetensors_io import CorruptCheckpointError, TensorInfo, read_header
 
@@ -27,13 +27,17 @@ SIDE_FILES = (
 )
 
 
-def resolve_model_path(path: str | os.PathLike) -> Path:
-    """A local folder as is; otherwise a hub id, downloaded (safetensors and small files only).
+def resolve_model_path(path: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a hub id, downloaded (safetensors and small files only) at
+    `revision` (a branch, tag or commit; None: the default branch).
 
     `HF_TOKEN` and `HF_HOME` are honoured by huggingface_hub itself.
     """
     local = Path(path)
     if local.is_dir():
+        if revision is not None:
+            raise ConfigError(f"--hf-revision {revision}: {path} is a local folder, which has no revisions; drop "
+                              f"--hf-revision, or pass a hub id (org/name) to download that revision")
         return local
     name = str(path)
     if local.exists() or name.count("/") != 1 or name.startswith((".", "/")):
@@ -43,7 +47,7 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     except ImportError:
         raise FileNotFoundError(f"{name}: no such folder, and huggingface_hub is not installed to fetch it") from None
     patterns = ["*.json", "*.safetensors", "tokenizer*", "*.jinja"]
-    return Path(snapshot_download(name, allow_patterns=patterns, token=os.environ.get("HF_TOKEN")))
+    return Path(snapshot_download(name, allow_patterns=patterns, token=os.environ.get("HF_TOKEN"), revision=revision))
 
 
 def allowed_roots(folder: str | Path) -> tuple[Path, ...]:

@@ -35,6 +35,14 @@ from .reader import SafeFileSystemReader
 
 LATEST = "latest_checkpointed_iteration.txt"
 RUN_FILE = "run.json"
+RUN_CONFIG_FILE = "run_config.yaml"  # Megatron Bridge's name for the resolved configuration of a checkpoint
+
+
+def run_config_yaml(config: dict) -> str:
+    """The configuration (ConfigContainer.to_dict()) as YAML, sections in their order."""
+    import yaml
+
+    return yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False, default_flow_style=False)
 
 
 def iteration_dir(save: str | Path, iteration: int) -> Path:
@@ -87,6 +95,8 @@ def save_checkpoint(save: str | Path, iteration: int, model, optimizer, run_info
     barrier()
     if global_rank() == 0:
         write_atomic(tmp / RUN_FILE, json.dumps({"iteration": iteration, **run_info}, indent=2))
+        if run_info.get("config") is not None:
+            write_atomic(tmp / RUN_CONFIG_FILE, run_config_yaml(run_info["config"]))
         publish_folder(tmp, final)
         write_atomic(save / LATEST, str(iteration))
         if keep_last:

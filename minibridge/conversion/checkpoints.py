@@ -41,9 +41,22 @@ def stored_model_config(info: dict) -> dict | None:
     return model.get("config") if isinstance(model, dict) else None
 
 
+def trained_tokenizer(info: dict) -> str | None:
+    """The tokenizer folder the run of a run.json was trained with: dataset.tokenizer, else the pretrained
+    checkpoint's (as training.loop picks it; mock data needs none)."""
+    config = info.get("config") or {}
+    dataset, checkpoint = config.get("dataset") or {}, config.get("checkpoint") or {}
+    if dataset.get("tokenizer"):
+        return dataset["tokenizer"]
+    if dataset.get("kind", "mock") != "mock" and checkpoint.get("pretrained_checkpoint"):
+        return checkpoint["pretrained_checkpoint"]
+    return None
+
+
 def check_same_model(config: ModelConfig, hf_source: str | Path, folder: Path, info: dict, stored: dict,
-                     adapters_only: bool = False) -> None:
-    """Refuse a checkpoint whose model differs from `config` (read from `hf_source`)."""
+                     adapters_only: bool = False, strict: bool = True) -> list[str]:
+    """Refuse a checkpoint whose model differs from `config` (read from `hf_source`). Returns the
+    parameters the checkpoint lacks, which only `strict=False` accepts (a shape mismatch never is)."""
     recorded = stored_model_config(info)
     if recorded:
         diffs = [f"{k}={recorded.get(k)!r} (the HF config says {getattr(config, k)!r})"
@@ -51,17 +64,23 @@ def check_same_model(config: ModelConfig, hf_source: str | Path, folder: Path, i
         if diffs:
             raise CheckpointMismatchError(
                 f"{folder} is a checkpoint of another model than {hf_source}/config.json: " + "; ".join(diffs))
+    missing = []
     if adapters_only:
-        return
+        return missing
     for name, shape in whole_model_shapes(config).items():
         meta = stored.get(f"model.{name}")
+        if meta is None and not strict:
+            missing.append(name)
+            continue
         if meta is None:
             raise CheckpointMismatchError(f"{folder}: parameter {name!r} is missing; the checkpoint does not hold "
-                                          f"the model of {hf_source}/config.json (or holds adapters only)")
+                                          f"the model of {hf_source}/config.json (or holds adapters only); "
+                                          f"--not-strict exports the tensors it has")
         if tuple(meta.size) != shape:
             raise CheckpointMismatchError(
                 f"{folder}: parameter {name!r} has shape {list(meta.size)}, but the model of {hf_source}/config.json "
                 f"has {list(shape)}: a checkpoint of another model")
+    return missing
 
 
 def stored_dtype(stored: dict, adapters: bool = False) -> torch.dtype:

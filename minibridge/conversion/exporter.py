@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -26,13 +27,15 @@ import torch.distributed.checkpoint as dcp
 
 from ..bridge import HFBridge
 from ..bridge.auto_bridge import HF_DEFAULT_MAX_SHARD_SIZE
-from ..bridge.hf_folder import HFFolder
+from ..bridge.exporting import copy_side_files
+from ..bridge.hf_folder import SIDE_FILES, HFFolder, inside
 from ..bridge.safetensors_io import read_tensor
 from ..checkpoint import BlockLoadPlanner, SafeFileSystemReader, read_checkpoint
-from ..errors import ConfigError
-from ..models import whole_model_shapes
+from ..errors import CheckpointMismatchError, ConfigError
+from ..files import atomic_folder
+from ..models import ModelConfig, whole_model_shapes
 from ..parallel.dims import barrier, from_rank0, global_rank
-from .checkpoints import check_same_model, load_megatron_model
+from .checkpoints import check_same_model, load_megatron_model, stored_model_config, trained_tokenizer
 from .importer import import_checkpoint, parallel_layout
 
 
@@ -47,50 +50,104 @@ class _CachedReader(SafeFileSystemReader):
         return self._metadata
 
 
-def export_checkpoint(hf_model: str | os.PathLike, megatron_path: str | os.PathLike, hf_path: str | os.PathLike,
-                      adapter_only: bool = False, **kwargs) -> Path:
+def export_checkpoint(hf_model: str | os.PathLike | None, megatron_path: str | os.PathLike,
+                      hf_path: str | os.PathLike, adapter_only: bool = False, **kwargs) -> Path:
     """Write the minibridge checkpoint at `megatron_path` as an HF folder at `hf_path`; `hf_model` is
-    the HF folder of the same model (config, tokenizer, dtypes). See `export_with_bridge`."""
-    return export_with_bridge(HFBridge.from_hf_pretrained(hf_model), megatron_path, hf_path, adapter_only, **kwargs)
+    the HF folder of the same model (config, tokenizer, dtypes), or None for a model trained from
+    scratch (its configuration is in run.json; see `bridge_of_checkpoint`). See `export_with_bridge`."""
+    bridge = HFBridge.from_hf_pretrained(hf_model) if hf_model is not None else bridge_of_checkpoint(megatron_path)
+    return export_with_bridge(bridge, megatron_path, hf_path, adapter_only, **kwargs)
+
+
+def bridge_of_checkpoint(megatron_path) -> HFBridge:
+    """A bridge without an HF folder, for the architecture a checkpoint's run.json records."""
+    _, info, _ = read_checkpoint(megatron_path)
+    fields = dict(stored_model_config(info) or {})
+    if not fields:
+        raise ConfigError(f"{megatron_path}: run.json records no model configuration; pass --hf-model DIR")
+    try:
+        return HFBridge.from_config(ModelConfig.from_dict(fields, where=f"{megatron_path}: run.json model."))
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{megatron_path}: run.json's model configuration is not valid ({err})") from None
 
 
 def export_with_bridge(bridge: HFBridge, megatron_path, hf_path, adapter_only: bool = False,
                        dtype: torch.dtype | None = None, max_shard_size: int | str = HF_DEFAULT_MAX_SHARD_SIZE,
-                       overwrite: bool = False, progress: bool = True, tp: int = 1) -> Path:
+                       overwrite: bool = False, progress: bool = True, tp: int = 1, strict: bool = True,
+                       tokenizer: str | os.PathLike | None = None) -> Path:
     """The export itself. A LoRA/DoRA checkpoint is merged into its base (or, with `adapter_only`,
     written as an HF PEFT adapter folder), sharded over `tp` ranks under torchrun; `dtype` overrides
-    the tensors' dtype."""
-    if bridge.source is None:
-        raise ConfigError("export needs the HF folder of the model (for its config, tokenizer and dtypes); "
-                         "use HFBridge.from_hf_pretrained(folder)")
+    the tensors' dtype. Without an HF folder (`bridge.source` None) config.json is written from the
+    recorded architecture and the tokenizer files come from `tokenizer`, else from the folder the run
+    trained with. `strict=False` (Megatron Bridge's --not-strict) writes what the checkpoint holds when
+    parameters are missing, and ignores tensors of the HF folder the export does not produce."""
     folder, info, stored = read_checkpoint(megatron_path)
     peft = info.get("peft")
-    check_same_model(bridge.config, bridge.source, folder, info, stored, adapters_only=peft is not None)
+    if bridge.source is None and peft is not None:
+        raise ConfigError(f"{folder} holds {peft.get('scheme')} adapters: exporting them needs their base model; "
+                          f"pass --hf-model DIR (the HF folder they were trained on)")
+    missing = check_same_model(bridge.config, bridge.source, folder, info, stored, adapters_only=peft is not None,
+                               strict=strict)
     dims = parallel_layout(bridge.config, tp, command="export")
     if peft is not None:
         return _export_peft(bridge, folder, hf_path, adapter_only, dims, dtype, max_shard_size, overwrite, progress)
     if adapter_only:
         raise ConfigError(f"{folder} is a full-model checkpoint: it holds no LoRA/DoRA adapters for --adapter-only "
                          "(that exports the adapters of a PEFT fine-tuning checkpoint)")
+    side = _tokenizer_files(tokenizer if tokenizer is not None else
+                            None if bridge.source is not None else trained_tokenizer(info), folder)
+    if bridge.source is None and side is None and global_rank() == 0:
+        print(f"warning: {folder} was trained without a tokenizer (mock data), so the export has none; "
+              f"pass --tokenizer DIR to include one", file=sys.stderr, flush=True)
     target = Path(hf_path)
     if global_rank() == 0:
-        _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwrite, progress)
+        _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwrite, progress, missing, strict,
+                       side)
     barrier()
     return target
 
 
-def _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwrite, progress) -> None:
+def _tokenizer_files(source, checkpoint: Path) -> list[Path] | None:
+    """The tokenizer files of the folder `source` (None: none to add)."""
+    if source is None:
+        return None
+    found = [path for path in (inside(source, name) for name in SIDE_FILES) if path.is_file()]
+    if not found:
+        raise ConfigError(f"{source}: no tokenizer files ({', '.join(SIDE_FILES[1:4])}, ...) to export with "
+                          f"{checkpoint}; pass --tokenizer DIR (the tokenizer the run was trained with)")
+    return found
+
+
+def _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwrite, progress, missing=(),
+                   strict=True, side_files=None) -> None:
     reader = _CachedReader(str(folder))
     local_of, entries = {}, []
     for name, shape in whole_model_shapes(bridge.config).items():
+        if name in missing:
+            continue
         hf_name = bridge.mapping.to_hf(name)
         kept = stored[f"model.{name}"].properties.dtype
         entries.append((hf_name, bridge.hf_dtype(hf_name, kept, dtype), shape))
         local_of[hf_name] = (name, shape, kept)
+    if missing:
+        print(f"warning: --not-strict: {folder} lacks {len(missing)} parameters, left out of the export: "
+              f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}", file=sys.stderr, flush=True)
     out_dtype = {hf_name: d for hf_name, d, _ in entries}
     for hf_name in bridge.passthrough_names():  # outside the text model (a multimodal Gemma's vision tower)
         info = bridge.folder.tensors[hf_name]
         entries.append((hf_name, info.dtype, info.shape))
+    if bridge.source is not None:
+        unwritten = sorted(set(bridge.folder.tensors) - {e[0] for e in entries} - set(bridge.mapping.to_hf(n)
+                                                                                         for n in missing))
+        if unwritten and strict:
+            raise CheckpointMismatchError(
+                f"{bridge.source} holds {len(unwritten)} tensors the export of {folder} does not produce "
+                f"({', '.join(unwritten[:5])}); --not-strict writes the export without them")
+        if unwritten:
+            print(f"warning: --not-strict: {len(unwritten)} tensors of {bridge.source} are not in the export: "
+                  f"{', '.join(unwritten[:8])}", file=sys.stderr, flush=True)
 
     def tensor_of(hf_name: str) -> torch.Tensor:
         if hf_name not in local_of:
@@ -102,7 +159,12 @@ def _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwr
             dcp.load({f"model.{name}": tensor}, storage_reader=reader, planner=BlockLoadPlanner(), no_dist=True)
         return tensor.to(out_dtype[hf_name])
 
-    bridge.write_hf_folder(target, entries, tensor_of, max_shard_size, overwrite, progress)
+    if side_files is None:
+        bridge.write_hf_folder(target, entries, tensor_of, max_shard_size, overwrite, progress)
+        return
+    with atomic_folder(target, overwrite=overwrite) as tmp:  # the weights and config, then the tokenizer
+        bridge.write_hf_folder(tmp, entries, tensor_of, max_shard_size, overwrite=True, progress=progress)
+        copy_side_files(tmp, side_files)
 
 
 def _export_peft(bridge, folder, hf_path, adapter_only, dims, dtype, max_shard_size, overwrite, progress) -> Path:

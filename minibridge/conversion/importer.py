@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..bridge import HFBridge
 from ..bridge.sharded_io import read_block
 from ..checkpoint import LATEST, RUN_FILE, BlockSavePlanner, LazyBlock, iteration_dir
+from ..checkpoint.folder import RUN_CONFIG_FILE, run_config_yaml
 from ..errors import CheckpointMismatchError, MissingTensorError
 from ..files import busy_message, clean_stale_temporaries, publish_folder, temporary_sibling, write_atomic
 from ..parallel.dims import LayoutError, ParallelConfig, barrier, from_rank0, global_rank
@@ -136,6 +137,7 @@ def import_checkpoint(hf_model: str | os.PathLike, megatron_path: str | os.PathL
                     "world_size": dist.get_world_size() if dist.is_initialized() else 1, "tp": tp, "pp": pp,
                     "dtype": str(dtype).removeprefix("torch.") if dtype else "as stored"}
             write_atomic(final_iter / RUN_FILE, _json(info))
+            write_atomic(final_iter / RUN_CONFIG_FILE, run_config_yaml(info["config"]))
             write_atomic(tmp / LATEST, str(ITERATION))
             publish_folder(tmp, target)
     except BaseException:

@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
-from .common import RMSNorm, rope_tables
-from .output import OutputHead, shift_labels
+from .common import Embedding, RMSNorm, rope_tables
+from .output import ChunkedOutputHead, chunk_tokens, shift_labels
 from .config import FULL, SLIDING, ModelConfig
 from .kv_cache import KVCache
 
@@ -49,23 +49,35 @@ class CausalLM(nn.Module):
         self.is_first, self.is_last = first, last
         tied = config.tie_word_embeddings
         h, vocab = config.hidden_size, config.vocab_size
-        self.embed_tokens = nn.Embedding(vocab, h, padding_idx=config.pad_token_id) if first or (last and tied) else None
+        self.embed_tokens = Embedding(vocab, h, padding_idx=config.pad_token_id) if first or (last and tied) else None
         layers = range(config.num_layers) if layers is None else layers
         self.layers = nn.ModuleDict({str(i): self.block_class(config, i) for i in layers})
         self.norm = RMSNorm(h, config.rms_norm_eps, gemma=self.gemma_norms) if last else None
         # Tied models read the output projection straight from the embedding: one parameter, one name.
         self.lm_head = nn.Linear(h, vocab, bias=False) if last and not tied else None
-        self.head = OutputHead()
+        # The loss is the fused, chunked output layer + cross entropy: (tokens x vocab) logits never
+        # exist at once (4.3 GB of fp32 for Gemma's 262k vocabulary at 4096 tokens). Logits-only calls
+        # are the plain product.
+        self.head = ChunkedOutputHead(chunk_tokens(vocab))
         self.recompute = "none"
         # Set by passes, read through minibridge.models.ModelChunks (see models/chunks.py):
         self.sharding = None  # minibridge.parallel.sharding.Sharding under a parallel layout
         self.adapters = None  # minibridge.peft.AdapterState once LoRA/DoRA adapters are attached
+        self.tied_table = None  # see output_weight()
 
     def output_weight(self) -> torch.Tensor:
-        return self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        """The output projection: the lm_head, or the embedding table when tied (as the lookup of this
+        forward handed it on, so that both gradients meet in the lookup's backward: common._TableLookup)."""
+        if not self.config.tie_word_embeddings:
+            return self.lm_head.weight
+        table, self.tied_table = self.tied_table, None
+        return self.embed_tokens.weight if table is None else table
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(input_ids)
+        hidden, table = self.embed_tokens.lookup(input_ids)
+        if self.is_last and self.config.tie_word_embeddings:
+            self.tied_table = table  # read once by output_weight() in this forward's logits or loss
+        return hidden
 
     def rope(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """fp32 cos/sin tables per layer type; Gemma's local layers have their own base."""

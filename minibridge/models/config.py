@@ -7,9 +7,9 @@ simple (`model.num_layers=4`). Translation from and to HF `config.json` lives in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
-from ..errors import ConfigError
+from ..errors import ConfigError, reject_unknown_keys
 from .registry import family
 
 FULL = "full_attention"
@@ -93,3 +93,16 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "model.config.") -> "ModelConfig":
+        """The inverse of dataclasses.asdict, as run.json and configuration files store it; an unknown
+        key is a ConfigError naming `where + key`."""
+        data = dict(data)
+        reject_unknown_keys(where, data, [f.name for f in fields(cls)])
+        for key in ("rope", "rope_local"):
+            if isinstance(data.get(key), dict):
+                reject_unknown_keys(f"{where}{key}.", data[key], [f.name for f in fields(RopeConfig)])
+                data[key] = RopeConfig(**data[key])
+        data["layer_types"] = tuple(data.get("layer_types") or ())
+        return cls(**data)

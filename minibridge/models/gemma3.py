@@ -57,7 +57,7 @@ class Gemma3ForCausalLM(CausalLM):
     gemma_norms = True
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)
+        hidden = super().embed(input_ids)
         # transformers rounds sqrt(hidden) to the weight dtype before the multiply (HF PR 29402).
         scale = torch.tensor(math.sqrt(self.config.hidden_size), dtype=hidden.dtype, device=hidden.device)
         return hidden * scale

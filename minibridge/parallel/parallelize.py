@@ -8,8 +8,10 @@ allocates only its own blocks (torchtitan's `parallelize_llama` orders its passe
     1. tensor (+ sequence) parallelism   plan.apply_tensor_parallel: blocks, ShardSpecs, collectives
     2. context parallelism               context.apply_context_parallel: the ring / halo attention core
     3. activation recomputation          CausalLM.set_recompute ("none", "selective", "full")
-    4. the output head                   the fused, chunked output layer + loss, where the logits are
-                                         not vocab-sharded already (the TP head never gathers them)
+    4. the output head                   the fused, chunked output layer + loss (the model's default)
+                                         with another chunk budget; the TP head never gathers logits
+    5. torch.compile                     per block, as torchtitan does (one graph per layer type, reused
+                                         by every layer; names and parameters unchanged), when asked
 
 `build_model` runs build -> parallelize -> cast -> allocate for every chunk this rank holds and
 returns them as `ModelChunks`. The bridge, the checkpoint importer, the trainer and generation all
@@ -21,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..models import CausalLM, ModelChunks, ModelConfig, Stage, build_on_meta
-from ..models.output import ChunkedOutputHead
+from ..models.output import ChunkedOutputHead, chunk_tokens
 from .context import apply_context_parallel
 from .dims import ParallelDims
 from .pipeline import chunk_stages, layout_stages
@@ -38,15 +40,18 @@ def pipeline_stages(config: ModelConfig, dims: ParallelDims | None) -> list[Stag
 
 
 def parallelize(model: CausalLM, dims: ParallelDims | None, recompute: str = "none",
-                loss_chunk_bytes: int | None = None) -> CausalLM:
+                loss_chunk_bytes: int | None = None, compile: bool = False) -> CausalLM:
     """Apply the passes above, in that order, to `model` (a meta chunk). `loss_chunk_bytes`: fp32
-    logits held at once by the fused output layer + loss (None keeps the plain output layer)."""
+    logits held at once by the fused output layer + loss (None: the model's default budget)."""
     if dims is not None:
         apply_tensor_parallel(model, dims)
         apply_context_parallel(model, dims)
     model.set_recompute(recompute)
     if loss_chunk_bytes and model.is_last and (dims is None or dims.tp == 1):
-        model.head = ChunkedOutputHead(max(1, loss_chunk_bytes // (4 * model.config.vocab_size)))
+        model.head = ChunkedOutputHead(chunk_tokens(model.config.vocab_size, loss_chunk_bytes))
+    if compile:
+        for block in model.layers.values():
+            block.compile()  # nn.Module.compile: compiled in place, compiled on first call
     return model
 
 
@@ -57,13 +62,13 @@ def allocate(model: CausalLM, dtype: torch.dtype, device: torch.device | str) ->
 
 def build_model(config: ModelConfig, dims: ParallelDims | None = None, dtype: torch.dtype = torch.float32,
                 device: torch.device | str | None = None, recompute: str = "none",
-                loss_chunk_bytes: int | None = None, meta: bool = False) -> ModelChunks:
+                loss_chunk_bytes: int | None = None, compile: bool = False, meta: bool = False) -> ModelChunks:
     """This rank's chunks of the model of `config` under `dims`, parallelized and allocated (their
     values uninitialised: load or initialize them next). `meta=True` stops before allocation (shapes,
     specs and dtypes only, as the checkpoint importer needs)."""
     device = device or (dims.device if dims is not None else "cpu")
     chunks = ModelChunks()
     for stage in pipeline_stages(config, dims):
-        model = parallelize(build_on_meta(config, stage), dims, recompute, loss_chunk_bytes)
+        model = parallelize(build_on_meta(config, stage), dims, recompute, loss_chunk_bytes, compile)
         chunks.append(model.to(dtype=dtype) if meta else allocate(model, dtype, device))
     return chunks

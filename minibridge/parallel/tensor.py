@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.common import Embedding, lookup
 from ..models.output import IGNORE_INDEX, OutputHead
 from .collectives import (
     all_reduce_,
@@ -51,7 +52,7 @@ class RowParallelLinear(nn.Linear):
         return F.linear(x, self.weight)
 
 
-class VocabParallelEmbedding(nn.Embedding):
+class VocabParallelEmbedding(Embedding):
     """Rows [vocab_start, vocab_start + local rows) of the (padded) table; tokens outside give zeros,
     and the sum over ranks (or its reduce-scatter into sequence shards) completes the lookup."""
 
@@ -59,7 +60,7 @@ class VocabParallelEmbedding(nn.Embedding):
     tp_group = None
     sequence_parallel = False
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def lookup(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tp = torch.distributed.get_world_size(self.tp_group)
         if self.sequence_parallel and input_ids.shape[1] % tp:
             raise ValueError(
@@ -67,11 +68,11 @@ class VocabParallelEmbedding(nn.Embedding):
             )
         local = input_ids - self.vocab_start
         outside = (local < 0) | (local >= self.num_embeddings)
-        out = F.embedding(local.masked_fill(outside, 0), self.weight, self.padding_idx)
+        out, table = lookup(local.masked_fill(outside, 0), self.weight, self.padding_idx)
         out = out.masked_fill(outside[..., None], 0.0)  # also stops the gradient to row 0 from them
         if self.sequence_parallel:
-            return reduce_scatter_sequence(out, self.tp_group)
-        return reduce_from_region(out, self.tp_group)
+            return reduce_scatter_sequence(out, self.tp_group), table
+        return reduce_from_region(out, self.tp_group), table
 
 
 class VocabParallelHead(OutputHead):

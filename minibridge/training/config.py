@@ -3,8 +3,8 @@
     ConfigContainer
       model            ModelSettings: the architecture (ModelConfig) + parallel layout + seq_length
       train            TrainingConfig: iterations, batch sizes, eval cadence, seed
-      optimizer        OptimizerConfig: Adam hyper-parameters, clipping, ZeRO-1
-      scheduler        SchedulerConfig: warmup and decay of the learning rate
+      optimizer        OptimizerConfig: Adam hyper-parameters, clipping, ZeRO-1   (optimizer_config.py)
+      scheduler        SchedulerConfig: lr warmup / decay, weight-decay schedule  (optimizer_config.py)
       dataset          DatasetConfig: mock / indexed / jsonl / sft data, tokenizer, packing
       checkpoint       CheckpointConfig: save / load / pretrained weights / HF export
       logger           LoggerConfig: log cadence, tensorboard, wandb
@@ -26,12 +26,10 @@ from typing import Literal
 
 import torch
 
-from ..errors import ConfigError
-from ..models.config import ModelConfig, RopeConfig
+from ..errors import ConfigError, reject_unknown_keys
+from ..models.config import ModelConfig
 from ..peft.apply import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_TARGETS, MEGATRON_NAMES, SCHEMES
-
-
-
+from .optimizer_config import OptimizerConfig, SchedulerConfig, validate_optimizer  # sections re-exported here
 
 # Megatron Bridge's mixed-precision recipe names (megatron/bridge/training/mixed_precision.py) plus "fp32".
 # Low-precision ones map to the smallest CUDA compute capability that has the number format.
@@ -67,6 +65,9 @@ class ModelSettings:
     account_for_embedding_in_pipeline_split: bool = False
     account_for_loss_in_pipeline_split: bool = False
     pipeline_layout: list[int] | None = None  # layers per virtual stage; None: an even split
+    compile: bool = False  # torch.compile each block (minibridge.parallel.parallelize)
+    # Megatron's deterministic_mode: torch.use_deterministic_algorithms + a fixed cuBLAS workspace (training.loop).
+    deterministic_mode: bool = False
 
     def __post_init__(self):
         if self.recompute_granularity is None:  # Megatron spells "no recomputation" None
@@ -93,29 +94,6 @@ class TrainingConfig:
 
 
 @dataclass
-class OptimizerConfig:
-    # Defaults of Megatron Bridge's distributed_fused_adam_with_cosine_annealing (recipes/utils/optimizer_utils.py).
-    optimizer: Literal["adam"] = "adam"
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-5
-    clip_grad: float = 1.0
-    use_distributed_optimizer: bool = True  # ZeRO-1 over data-parallel ranks
-
-
-@dataclass
-class SchedulerConfig:
-    lr_warmup_iters: int = 2000
-    lr_decay_iters: int | None = None  # None: decay over train.train_iters (Megatron's default)
-    lr_decay_style: Literal["cosine", "linear", "constant", "WSD"] = "cosine"
-    lr_wsd_decay_iters: int | None = None  # WSD only: length of the final decay phase
-    lr_wsd_decay_style: Literal["linear", "cosine", "exponential", "minus_sqrt"] = "exponential"
-
-
-@dataclass
 class DatasetConfig:
     # mock: random tokens, no files. indexed: Megatron .bin/.idx prefixes. jsonl: raw text, one JSON
     # object per line. sft: prompt/answer pairs (loss on answers only).
@@ -126,6 +104,8 @@ class DatasetConfig:
     seq_length: int = 8192  # mirrors model.seq_length; an override of either sets both
     tokenizer: str | None = None  # HF tokenizer folder; None: the pretrained checkpoint's, if any
     packing: bool = False  # pack several documents into one sequence (sft: packed sequences)
+    # megatron: mock/indexed/jsonl samples as Megatron Core's GPTDataset; legacy: disjoint padded windows
+    sample_layout: Literal["megatron", "legacy"] = "megatron"
     num_workers: int = 8
 
 
@@ -207,7 +187,7 @@ class ConfigContainer:
     @classmethod
     def from_dict(cls, data: dict) -> "ConfigContainer":
         data = dict(data)
-        _reject_unknown("", data, [f.name for f in fields(cls)])
+        reject_unknown_keys("", data, [f.name for f in fields(cls)])
         kwargs = {}
         for name, section in SECTIONS.items():
             if name in data and data[name] is not None:
@@ -219,31 +199,12 @@ class ConfigContainer:
         return cls(**kwargs)
 
 
-def _reject_unknown(where: str, data: dict, valid: list[str]) -> None:
-    for key in data:
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-            hint = f"; closest valid keys: {', '.join(close)}" if close else f"; valid keys: {', '.join(valid)}"
-            raise ConfigError(f"unknown key '{where}{key}'{hint}")
-
-
 def _section_from_dict(name: str, section: type, data: dict):
     data = dict(data)
-    _reject_unknown(f"{name}.", data, [f.name for f in fields(section)])
+    reject_unknown_keys(f"{name}.", data, [f.name for f in fields(section)])
     if section is ModelSettings:
-        data["config"] = model_config_from_dict(data["config"])
+        data["config"] = ModelConfig.from_dict(data["config"])
     return section(**data)
-
-
-def model_config_from_dict(data: dict) -> ModelConfig:
-    data = dict(data)
-    _reject_unknown("model.config.", data, [f.name for f in fields(ModelConfig)])
-    for key in ("rope", "rope_local"):
-        if isinstance(data.get(key), dict):
-            _reject_unknown(f"model.config.{key}.", data[key], [f.name for f in fields(RopeConfig)])
-            data[key] = RopeConfig(**data[key])
-    data["layer_types"] = tuple(data.get("layer_types") or ())
-    return ModelConfig(**data)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -259,7 +220,7 @@ def _positive(key: str, value, allow_none: bool = False) -> None:
 
 
 def _validate(c: ConfigContainer) -> None:
-    m, t, o, s, d, ck = c.model, c.train, c.optimizer, c.scheduler, c.dataset, c.checkpoint
+    m, t, d, ck = c.model, c.train, c.dataset, c.checkpoint
     for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
                 "seq_length", "make_vocab_size_divisible_by"):
         _positive(f"model.{key}", getattr(m, key))
@@ -316,28 +277,9 @@ def _validate_layout(m: ModelSettings) -> None:
 
 
 def _validate_optimizer(c: ConfigContainer) -> None:
-    o, s = c.optimizer, c.scheduler
-    if not (o.lr > 0 and 0 <= o.min_lr <= o.lr):
-        raise ConfigError(f"optimizer.lr={o.lr}, optimizer.min_lr={o.min_lr}: expected 0 <= min_lr <= lr and lr > 0")
-    for key in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(o, key) < 1:
-            raise ConfigError(f"optimizer.{key}={getattr(o, key)}: expected a value in [0, 1)")
-    for key in ("weight_decay", "adam_eps", "clip_grad"):
-        if getattr(o, key) < 0:
-            raise ConfigError(f"optimizer.{key}={getattr(o, key)}: expected a value >= 0")
-    if s.lr_warmup_iters < 0:
-        raise ConfigError(f"scheduler.lr_warmup_iters={s.lr_warmup_iters}: expected >= 0")
-    _positive("scheduler.lr_decay_iters", s.lr_decay_iters, allow_none=True)
-    decay = c.lr_decay_iters
-    if s.lr_warmup_iters >= decay and s.lr_decay_style != "constant":
-        where = "scheduler.lr_decay_iters" if s.lr_decay_iters else "train.train_iters"
-        raise ConfigError(f"scheduler.lr_warmup_iters={s.lr_warmup_iters} must be smaller than {where}={decay} "
-                          f"(Megatron's scheduler asserts the same); lower the warmup or raise {where}")
-    if s.lr_decay_style == "WSD":
-        _positive("scheduler.lr_wsd_decay_iters", s.lr_wsd_decay_iters)
-        if s.lr_wsd_decay_iters > decay - s.lr_warmup_iters:
-            raise ConfigError(f"scheduler.lr_wsd_decay_iters={s.lr_wsd_decay_iters} is longer than the "
-                              f"{decay - s.lr_warmup_iters} iterations left after warmup")
+    _positive("scheduler.lr_decay_iters", c.scheduler.lr_decay_iters, allow_none=True)
+    where = "scheduler.lr_decay_iters" if c.scheduler.lr_decay_iters else "train.train_iters"
+    validate_optimizer(c.optimizer, c.scheduler, c.lr_decay_iters, where)
 
 
 def _validate_data(d: DatasetConfig, ck: CheckpointConfig) -> None:

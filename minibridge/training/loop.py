@@ -9,6 +9,7 @@ the split: TP=2 or DP=2 runs reproduce a single-process run.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +34,7 @@ from .flops import mfu, model_flops_per_token, peak_flops
 from .progress import NonFiniteLossError, TrainingLogger, check_finite, memory_gb
 from .optimizer import MixedPrecisionAdamW
 from .resume import check_same_adapters, check_same_run
-from .scheduler import LRSchedule
-
-LOGITS_CHUNK_BYTES = 256 * 2**20  # fp32 logits held at once by the chunked output layer
+from .scheduler import LRSchedule, WeightDecaySchedule
 
 
 @dataclass
@@ -64,6 +63,9 @@ class Trainer:
         c = self.config
         m = c.model
         self.dtype = torch.bfloat16 if c.mixed_precision.startswith("bf16") else torch.float32
+        if m.deterministic_mode:  # bit-exact reruns; cuBLAS needs a fixed workspace for that (torch docs)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
         self.bridge, self.chunks = self._build_model()
         self.optimizer = MixedPrecisionAdamW(
             self.chunks, lr=c.optimizer.lr, weight_decay=c.optimizer.weight_decay,
@@ -76,6 +78,8 @@ class Trainer:
             decay_iters=s.lr_decay_iters or c.train.train_iters, style=s.lr_decay_style,
             wsd_decay_iters=s.lr_wsd_decay_iters or 0, wsd_decay_style=s.lr_wsd_decay_style,
         )
+        self.weight_decay = WeightDecaySchedule(*s.weight_decay_range(c.optimizer), incr_iters=c.train.train_iters,
+                                                style=s.weight_decay_incr_style)
         self.train_data, self.valid_data = self._build_data()
         d = c.dataset
         self._data_source = (f"dataset {', '.join(d.data_paths)}" if d.data_paths else f"{d.kind} data") + (
@@ -130,10 +134,9 @@ class Trainer:
             bridge = HFBridge.from_hf_pretrained(source)
         else:
             bridge = HFBridge.from_config(c.model.config)
-        # build -> parallelize (TP, CP, recomputation, a fused output layer + loss that never holds
-        # (tokens x vocab) fp32 logits at once) -> load, for this rank's pipeline chunks
+        # build -> parallelize (TP, CP, recomputation, compile) -> load, for this rank's pipeline chunks
         chunks = bridge.to_model_chunks(self.dims, self.dtype, seed=c.train.seed, progress=self.dims.rank == 0,
-                                        recompute=c.model.recompute_granularity, loss_chunk_bytes=LOGITS_CHUNK_BYTES)
+                                        recompute=c.model.recompute_granularity, compile=c.model.compile)
         self.chunks = chunks
         if source and not (Path(source) / "config.json").exists():  # a minibridge checkpoint: weights only
             ckpt.load_checkpoint(ckpt.resolve_checkpoint(source), chunks, restore_rng=False)
@@ -173,6 +176,7 @@ class Trainer:
         return build_datasets(
             d.kind, seq_length=c.model.seq_length, tokenizer=tokenizer, data_paths=d.data_paths or None,
             blend_weights=d.blend_weights, split=d.split, seed=c.train.seed, packing=d.packing,
+            sample_layout=d.sample_layout,
             vocab_size=self.chunks[0].config.vocab_size,
         )
 
@@ -219,6 +223,8 @@ class Trainer:
         batch.check_vocabulary(self.chunks.config.vocab_size, self._data_source)
         b = batch.to(self.dims.device)
         targets = shift_labels(b.labels)
+        if b.final_label is not None:  # Megatron-style (seq_length + 1)-token windows: the last input's target
+            targets[:, -1] = b.final_label
         packed = bool((b.document_ids != 0).any())
         if self.dims.cp == 1:
             return MicroBatch(b.input_ids, targets, b.position_ids, b.document_ids if packed else None)
@@ -250,6 +256,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64)
         lr = self.schedule(self.step)
         self.optimizer.set_lr(lr)
+        self.optimizer.set_weight_decay(self.weight_decay(self.step))
         if self.pipeline is not None:
             loss_sum += self.pipeline.run(self._micro_batches(micro_batches), tokens.clamp(min=1).to(self.dims.device))
         else:

@@ -23,8 +23,20 @@ from ..parallel.dims import ParallelDims
 
 
 def _accumulate_into_main_grad(param: torch.Tensor) -> None:
-    param.main_grad.add_(param.grad.float())
-    param.grad = None
+    if param.grad is not None:  # None when a backward added into main_grad itself (models.common, models.output)
+        param.main_grad.add_(param.grad)  # bf16 added into fp32 in place: no fp32 copy of the gradient first
+        param.grad = None
+
+
+def fastest_adamw(params) -> dict:
+    """torch's fused AdamW (one kernel per parameter group, CPU and CUDA) where it runs on these fp32
+    masters, else its foreach form (one op per group for all tensors), never the per-tensor loop."""
+    probe = [p for p in params][:1]
+    try:
+        torch.optim.AdamW(probe or [torch.zeros(1, requires_grad=True)], fused=True)
+        return {"fused": True}
+    except (RuntimeError, ValueError):
+        return {"foreach": True}
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
@@ -59,11 +71,14 @@ class MixedPrecisionAdamW:
                 self.masters[name] = p if p.dtype == torch.float32 else p.detach().float().requires_grad_()
         decay = [m for n, m in self.masters.items() if not no_weight_decay(n, self.params[n])]
         no_decay = [m for n, m in self.masters.items() if no_weight_decay(n, self.params[n])]
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        self.inner = torch.optim.AdamW([g for g in groups if g["params"]] or [{"params": []}], lr=lr, betas=betas, eps=eps)
+        # wd_mult as Megatron's param groups: set_weight_decay gives each group wd * wd_mult
+        groups = [{"params": decay, "weight_decay": weight_decay, "wd_mult": 1.0},
+                  {"params": no_decay, "weight_decay": 0.0, "wd_mult": 0.0}]
+        groups = [g for g in groups if g["params"]] or [{"params": []}]
+        self.inner = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **fastest_adamw(self.masters.values()))
         for master in self.masters.values():  # eager state, so a checkpoint load has tensors to fill
             self.inner.state[master] = {
-                "step": torch.zeros((), dtype=torch.float32),
+                "step": torch.zeros((), dtype=torch.float32, device=master.device),
                 "exp_avg": torch.zeros_like(master, dtype=torch.float32),
                 "exp_avg_sq": torch.zeros_like(master, dtype=torch.float32),
             }
@@ -81,28 +96,40 @@ class MixedPrecisionAdamW:
         return {n for n, r in self.owner.items() if r == self.dims.dp_rank}
 
     def zero_grad(self) -> None:
+        main_grads = []
         for p in self.params.values():
             p.grad = None
             if p.dtype != torch.float32:
-                p.main_grad.zero_()
+                main_grads.append(p.main_grad)
+        if main_grads:
+            torch._foreach_zero_(main_grads)
 
     def set_lr(self, lr: float) -> None:
         for group in self.inner.param_groups:
             group["lr"] = lr
 
+    def set_weight_decay(self, weight_decay: float) -> None:
+        """The scheduler's weight decay for this step, in the groups that take it (Megatron's
+        OptimizerParamScheduler.step: weight_decay = wd * wd_mult; biases and norms keep 0)."""
+        for group in self.inner.param_groups:
+            group["weight_decay"] = weight_decay * group.get("wd_mult", 0.0)
+
     def grad_norm(self) -> float:
         """L2 norm of the whole model's gradient: sharded blocks summed over tp, replicas counted once."""
-        total = torch.zeros((), dtype=torch.float64)
+        grads, weights = [], []
         for name, p in self.params.items():
             g = grad_of(p)
             if g is None or id(p) in self.norm_skip:
                 continue
             spec = self.specs.get(name)
-            sq = torch.linalg.vector_norm(g.float()).double() ** 2  # no full-size float64 copy
-            if spec is not None and spec.size > 1:
-                # replicated tensors appear on every tp rank, KV blocks on `replicas` ranks
-                sq = sq / (spec.size if spec.dim is None else spec.replicas)
-            total += sq
+            # replicated tensors appear on every tp rank, KV blocks on `replicas` ranks: count them once
+            copies = 1 if spec is None or spec.size == 1 else spec.size if spec.dim is None else spec.replicas
+            grads.append(g)
+            weights.append(1.0 / copies)
+        total = torch.zeros((), dtype=torch.float64)
+        if grads:  # one fused pass over every gradient; squares summed in float64, no full-size copies
+            norms = torch.stack(torch._foreach_norm(grads)).double().cpu()
+            total = (norms.square() * torch.tensor(weights, dtype=torch.float64)).sum()
         if self.dims is not None and self.dims.tp > 1:
             all_reduce_(total, self.dims.tp_group)
         if self.dims is not None and self.dims.config.pp > 1:
@@ -120,12 +147,13 @@ class MixedPrecisionAdamW:
             for name, master in self.masters.items():
                 g = grad_of(self.params[name])  # fp32 already: a main_grad, or an fp32 parameter's grad
                 master.grad = g if g is not None else torch.zeros_like(master)
-                if scale != 1.0:
-                    master.grad.mul_(scale)
+            if scale != 1.0:
+                torch._foreach_mul_([m.grad for m in self.masters.values()], scale)
             self.inner.step()
-            for name, master in self.masters.items():
-                if master is not self.params[name]:
-                    self.params[name].copy_(master)
+            low = [(self.params[n], m) for n, m in self.masters.items() if m is not self.params[n]]
+            if low:  # round the fp32 masters back into the bf16 parameters
+                torch._foreach_copy_([p for p, _ in low], [m for _, m in low])
+            for master in self.masters.values():
                 master.grad = None
             self._share_updates()
         return norm

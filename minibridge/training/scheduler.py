@@ -6,7 +6,8 @@ Linear warmup from 0 to `lr` over `warmup` steps, then decay to `min_lr` at `dec
   constant  lr
   WSD       warmup, stable at lr, then the last `wsd_decay_iters` steps decay (linear, cosine,
             exponential or minus_sqrt) to min_lr: the warmup-stable-decay schedule of MiniCPM.
-Being a function of the step, the schedule needs no state in a checkpoint beyond the step itself.
+WeightDecaySchedule does the same for the weight decay (scheduler.start/end_weight_decay).
+Being functions of the step, the schedules need no state in a checkpoint beyond the step itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..errors import ConfigError
 
 STYLES = ("cosine", "linear", "constant", "WSD")
 WSD_STYLES = ("linear", "cosine", "exponential", "minus_sqrt")
+WEIGHT_DECAY_STYLES = ("constant", "linear", "cosine")
 
 
 @dataclass
@@ -63,3 +65,34 @@ class LRSchedule:
         if self.style == "linear":
             return self.min_lr + span * (1 - progress)
         return self.min_lr + span * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class WeightDecaySchedule:
+    """Weight decay for optimizer step `step` (0-based), as Megatron's OptimizerParamScheduler.get_wd with
+    `step` steps already taken: from `start` to `end` over `incr_iters` steps, then `end`.
+
+      constant  end (start == end)
+      linear    start + (end - start) * ratio
+      cosine    start + (end - start) * 0.5 * (cos(pi * (1 - ratio)) + 1)      ratio = step / incr_iters
+    """
+
+    start: float
+    end: float
+    incr_iters: int
+    style: str = "constant"
+
+    def __post_init__(self):
+        if self.style not in WEIGHT_DECAY_STYLES:
+            raise ConfigError(f"weight_decay_incr_style {self.style!r}: expected one of {WEIGHT_DECAY_STYLES}")
+        if not 0 <= self.start <= self.end:
+            raise ConfigError(f"weight decay from {self.start} to {self.end}: expected 0 <= start <= end")
+        if self.style == "constant" and self.start != self.end:
+            raise ConfigError(f"constant weight decay needs start == end, got {self.start} and {self.end}")
+
+    def __call__(self, step: int) -> float:
+        if step > self.incr_iters or self.style == "constant":
+            return self.end
+        ratio = step / max(1, self.incr_iters)
+        coeff = ratio if self.style == "linear" else 0.5 * (math.cos(math.pi * (1 - ratio)) + 1.0)
+        return self.start + coeff * (self.end - self.start)

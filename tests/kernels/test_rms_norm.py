@@ -40,11 +40,11 @@ def run(fn, x, w, dy, gemma):
     return y.detach(), x.grad, w.grad
 
 
-def check_against_ref(lead, D, dtype, gemma, layout="contiguous", device="cpu"):
+def check_against_ref(lead, D, dtype, gemma, layout="contiguous", device="cpu", backend="triton"):
     x, w, dy = make_inputs(lead, D, dtype, gemma, layout, device=device)
     if layout != "contiguous":
         assert not x.is_contiguous()
-    out = run(lambda *a: rms_norm(*a, backend="triton"), x, w, dy, gemma)
+    out = run(lambda *a: rms_norm(*a, backend=backend), x, w, dy, gemma)
     ref = run(rms_norm_ref, x, w, dy, gemma)
     oracle = run(rms_norm_ref, x.double(), w.double(), dy.double(), gemma)
     for name, o, r, orc in zip(("y", "dx", "dweight"), out, ref, oracle):
@@ -67,6 +67,17 @@ CASES = [  # (leading shape, D, layout): rows not a multiple of the kernel's row
 @pytest.mark.parametrize("lead,D,layout", CASES, ids=[f"D{c[1]}-{c[2]}" for c in CASES])
 def test_triton_matches_ref(lead, D, layout, gemma, dtype):
     check_against_ref(lead, D, dtype, gemma, layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("gemma", [False, True], ids=["llama", "gemma"])
+@pytest.mark.parametrize("lead,D,layout", CASES, ids=[f"D{c[1]}-{c[2]}" for c in CASES])
+def test_cpu_path_matches_ref(lead, D, layout, gemma, dtype):
+    """The CPU path's closed-form backward (the forward is the reference itself, bit for bit)."""
+    check_against_ref(lead, D, dtype, gemma, layout, backend="cpu")
+    x, w, _ = make_inputs(lead, D, dtype, gemma, layout)
+    x.requires_grad_()
+    assert torch.equal(rms_norm(x, w, EPS, gemma, backend="cpu"), rms_norm_ref(x, w, EPS, gemma))
 
 
 def test_llama_fp32_weight_bf16_input():

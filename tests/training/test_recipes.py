@@ -12,7 +12,7 @@ import torch
 
 from minibridge.bridge.hf_config import config_from_hf
 from minibridge.models import parameter_count
-from minibridge.recipes import RECIPES, build_config, gemma, get_recipe, list_recipes, llama
+from minibridge.recipes import ALIASES, RECIPES, build_config, gemma, get_recipe, list_recipes, llama
 from minibridge.recipes.common import HF_CONFIGS, architecture, tokenizer_vocab_size
 from minibridge.training.config import ConfigError, PeftConfig
 
@@ -34,19 +34,24 @@ PRETRAIN = {
     "llama31_8b_pretrain_config": (1, 1, None, 2, False, 8192, 512),
     "llama31_70b_pretrain_config": (4, 4, 5, 2, True, 131072, 512),
     "llama31_405b_pretrain_config": (8, 8, 2, 4, True, 131072, 512),
+    "llama3_70b_pretrain_deterministic_config": (4, 4, 5, 2, True, 8192, 512),
+    "llama31_405b_pretrain_deterministic_config": (8, 8, 2, 4, True, 131072, 512),
     "gemma3_1b_pretrain_config": (1, 1, None, 1, False, 32768, 512),
 }
-# name: (LoRA layout, full-finetune layout), each (TP, PP, VP, CP, SP, seq_length, global batch)
+# name: (LoRA layout, full-finetune layout), each (TP, PP, VP, CP, SP, seq_length, global batch): packed
+# sequences of seq_length, as Megatron Bridge 0.6.2 (tests/training/test_megatron_bridge_defaults.py: every field)
 FINETUNE = {
-    "llama32_1b_finetune_config": ((1, 1, None, 1, False, 2048, 128), (1, 1, None, 1, False, 2048, 128)),
-    "llama32_3b_finetune_config": ((1, 1, None, 1, False, 2048, 128), (1, 1, None, 1, False, 2048, 128)),
-    "llama3_8b_finetune_config": ((1, 1, None, 1, False, 2048, 128), (2, 1, None, 1, False, 2048, 128)),
-    "llama31_8b_finetune_config": ((1, 1, None, 1, False, 2048, 128), (2, 1, None, 1, False, 2048, 128)),
-    "llama3_70b_finetune_config": ((8, 1, None, 1, False, 2048, 128), (8, 4, None, 1, False, 2048, 128)),
-    "llama31_70b_finetune_config": ((8, 1, None, 1, False, 2048, 128), (8, 4, None, 1, False, 2048, 128)),
+    "llama32_1b_finetune_config": ((1, 1, None, 1, False, 4096, 8), (1, 1, None, 1, False, 4096, 8)),
+    "llama32_3b_finetune_config": ((1, 1, None, 1, False, 4096, 8), (1, 1, None, 1, False, 4096, 8)),
+    "llama3_8b_finetune_config": ((1, 1, None, 1, False, 4096, 8), (2, 1, None, 1, False, 4096, 8)),
+    "llama31_8b_finetune_config": ((1, 1, None, 1, False, 4096, 8), (2, 1, None, 1, False, 4096, 8)),
+    "llama3_70b_finetune_config": ((8, 1, None, 1, False, 4096, 8), (8, 4, None, 1, False, 4096, 8)),
+    "llama31_70b_finetune_config": ((8, 1, None, 1, False, 4096, 8), (8, 4, None, 1, False, 4096, 8)),
     "llama31_405b_finetune_config": ((4, 8, 8, 1, True, 2048, 32), (8, 16, None, 1, True, 2048, 16)),
-    "gemma3_1b_finetune_config": ((1, 1, None, 1, False, 2048, 32), (1, 1, None, 1, False, 2048, 32)),
+    "gemma3_1b_finetune_config": ((1, 1, None, 1, False, 4096, 32), (1, 1, None, 1, False, 4096, 32)),
 }
+# Megatron Bridge 0.6's names of the finetune recipes
+NEW_FINETUNE_NAMES = [n.replace("_finetune_config", f"_{kind}_config") for n in FINETUNE for kind in ("sft", "peft")]
 DEBUG = ["llama3_debug_pretrain_config", "llama3_debug_finetune_config", "gemma3_debug_pretrain_config",
          "gemma3_debug_finetune_config"]
 # hub id -> (file in tests/data/hf_configs, known parameter count)
@@ -65,7 +70,7 @@ def _layout(cfg):
 
 
 def test_every_documented_name_is_registered():
-    assert set(RECIPES) == set(PRETRAIN) | set(FINETUNE) | set(DEBUG)
+    assert set(RECIPES) == set(PRETRAIN) | set(FINETUNE) | set(NEW_FINETUNE_NAMES) | set(DEBUG)
     names = [name for name, _ in list_recipes()]
     assert names == list(RECIPES)
     for name, line in list_recipes():
@@ -75,7 +80,7 @@ def test_every_documented_name_is_registered():
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_builds_and_validates(name, monkeypatch, tmp_path):
     monkeypatch.setenv("SAVE_DIR", str(tmp_path))
-    kwargs = {"pretrained_checkpoint": "/ckpt"} if "finetune" in name else {}
+    kwargs = {"pretrained_checkpoint": "/ckpt"} if name.endswith(("finetune_config", "sft_config", "peft_config")) else {}
     cfg = get_recipe(name)(**kwargs)
     assert cfg.dataset.seq_length == cfg.model.seq_length
     if name == "llama3_8b_low_precision_pretrain_config" and not torch.cuda.is_available():
@@ -93,8 +98,11 @@ def test_pretrain_layouts_and_defaults(name):
     assert _layout(cfg) == PRETRAIN[name]
     low = name == "llama3_8b_low_precision_pretrain_config"
     assert cfg.optimizer.lr == (6e-4 if low else 3e-4) and cfg.optimizer.min_lr == (6e-6 if low else 3e-5)
-    assert cfg.optimizer.adam_eps == (1e-8 if low else 1e-5)
+    assert cfg.optimizer.adam_eps == 1e-8
     assert (cfg.optimizer.adam_beta1, cfg.optimizer.adam_beta2, cfg.optimizer.weight_decay) == (0.9, 0.95, 0.1)
+    s = cfg.scheduler  # the weight decay the runs use: the scheduler's, over the optimizer's 0.1
+    assert (s.start_weight_decay, s.end_weight_decay, s.weight_decay_incr_style) == (0.033, 0.033, "constant")
+    assert cfg.model.deterministic_mode == name.endswith("_deterministic_config")
     assert cfg.optimizer.clip_grad == 1.0 and cfg.optimizer.use_distributed_optimizer
     assert (cfg.train.train_iters, cfg.train.micro_batch_size, cfg.train.eval_interval) == (1168251, 1, 2000)
     assert (cfg.scheduler.lr_warmup_iters, cfg.scheduler.lr_decay_style, cfg.checkpoint.save_interval) == (2000, "cosine", 500)
@@ -108,8 +116,12 @@ def test_finetune_layouts_and_defaults(name):
     assert (_layout(lora), _layout(full)) == FINETUNE[name]
     assert lora.peft.scheme == "lora" and full.peft is None
     assert (lora.optimizer.lr, full.optimizer.lr) == (1e-4, 5e-6)
-    assert lora.optimizer.min_lr == 0.0 and not lora.optimizer.use_distributed_optimizer
+    assert lora.optimizer.min_lr == 0.0 and full.optimizer.use_distributed_optimizer
+    # Megatron Bridge 0.6.2: off for Llama's adapters; Gemma's recipe ends up with it on (its ddp section)
+    assert lora.optimizer.use_distributed_optimizer == name.startswith("gemma")
     assert lora.train.seed == 5678 and lora.dataset.kind == "mock"
+    assert lora.dataset.packing and full.dataset.packing and lora.optimizer.adam_eps == 1e-8
+    assert lora.scheduler.end_weight_decay == full.scheduler.start_weight_decay == 0.033
     gemma_recipe = name.startswith("gemma")
     assert lora.train.train_iters == (100 if gemma_recipe else 1000)
     assert lora.scheduler.lr_warmup_iters == (10 if gemma_recipe else 50)
@@ -161,10 +173,12 @@ def test_recipe_kwargs(tmp_path, monkeypatch):
 
 
 def test_finetune_kwargs():
-    cfg = llama.llama3_8b_finetune_config(pretrained_checkpoint="/ckpt", finetune_lr=3e-4, packed_sequence=True,
+    cfg = llama.llama3_8b_finetune_config(pretrained_checkpoint="/ckpt", finetune_lr=3e-4, packed_sequence=False,
                                           data_paths=["train.jsonl"])
     assert cfg.optimizer.lr == 3e-4 and cfg.checkpoint.pretrained_checkpoint == "/ckpt"
-    assert (cfg.model.seq_length, cfg.train.global_batch_size, cfg.dataset.packing) == (4096, 8, True)
+    assert (cfg.model.seq_length, cfg.train.global_batch_size, cfg.dataset.packing) == (2048, 128, False)
+    unpacked = gemma.gemma3_1b_sft_config(packed_sequence=False)
+    assert (unpacked.model.seq_length, unpacked.train.global_batch_size, unpacked.dataset.packing) == (2048, 32, False)
     assert (cfg.dataset.kind, cfg.dataset.data_paths) == ("sft", ["train.jsonl"])
     assert gemma.gemma3_1b_finetune_config(train_iters=30).scheduler.lr_decay_iters == 30
 
@@ -243,3 +257,40 @@ def test_recipes_need_no_test_data():
     import minibridge.recipes.common as common
 
     assert "tests" not in Path(common.__file__).parts and len(HF_CONFIGS) == len(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("name", sorted(FINETUNE))
+def test_sft_and_peft_names_are_the_finetune_recipe(name):
+    sft, peft = RECIPES[name.replace("_finetune", "_sft")], RECIPES[name.replace("_finetune", "_peft")]
+    assert sft(train_iters=7).to_dict() == RECIPES[name](peft=None, train_iters=7).to_dict()
+    assert peft().to_dict() == RECIPES[name]().to_dict()
+    assert peft(peft_scheme="dora").to_dict() == RECIPES[name](peft="dora").to_dict()
+    assert peft(peft_scheme="dora").peft.scheme == "dora" and sft().peft is None
+    with pytest.raises(ConfigError, match="full fine-tuning and takes no peft"):
+        sft(peft="lora")
+    with pytest.raises(ConfigError, match="for full fine-tuning use .*_sft_config"):
+        peft(peft_scheme="none")
+    with pytest.raises(ConfigError, match="takes peft_scheme="):
+        peft(peft="lora")
+    assert ALIASES[sft.__name__] == (name, "peft=None") and ALIASES[peft.__name__] == (name, "peft=peft_scheme")
+
+
+def test_list_shows_the_aliases():
+    lines = dict(list_recipes())
+    assert lines["llama3_8b_sft_config"].startswith("alias of llama3_8b_finetune_config(peft=None). ")
+    assert lines["gemma3_1b_peft_config"].startswith("alias of gemma3_1b_finetune_config(peft=peft_scheme). ")
+    assert "also named llama3_8b_sft_config / llama3_8b_peft_config" in lines["llama3_8b_finetune_config"]
+    assert "TP=8 PP=16 VP=- CP=1 SP=on seq=2048 gbs=16" in lines["llama31_405b_sft_config"]
+    assert "llama3_70b_pretrain_config + model.deterministic_mode" in lines["llama3_70b_pretrain_deterministic_config"]
+
+
+def test_build_config_with_the_new_names():
+    cfg = build_config("llama3_8b_peft_config", pretrained_checkpoint="/ckpt", peft_scheme="dora")
+    assert cfg.peft == PeftConfig("dora", dim=8, alpha=16) and cfg.checkpoint.pretrained_checkpoint == "/ckpt"
+    full = build_config("llama3_8b_sft_config", pretrained_checkpoint="/ckpt", peft_scheme="none")
+    assert full.peft is None and full.optimizer.lr == 5e-6 and full.checkpoint.pretrained_checkpoint == "/ckpt"
+    with pytest.raises(ConfigError, match="--peft_scheme lora with llama3_8b_sft_config, which is full fine-tuning"):
+        build_config("llama3_8b_sft_config", pretrained_checkpoint="/ckpt", peft_scheme="lora")
+    deterministic = build_config("llama3_70b_pretrain_deterministic_config", validate=False)
+    assert deterministic.model.deterministic_mode and not build_config("llama3_70b_pretrain_config",
+                                                                       validate=False).model.deterministic_mode

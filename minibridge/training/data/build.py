@@ -1,14 +1,20 @@
 """build_datasets: one entry point from a data config to (train, validation) sequence datasets.
 
 kinds:
-    "mock"     random tokens (MockDataset); vocabulary from the tokenizer or vocab_size=
-    "indexed"  Megatron .bin/.idx prefixes (IndexedDataset) cut into GPT-style windows
-    "jsonl"    raw-text JSONL (json_key, default "text") tokenized on the fly, then windows like "indexed"
+    "mock"     Megatron's MockGPTLowLevelDataset (megatron_gpt.MockDocuments); vocabulary from the
+               tokenizer or vocab_size=, EOD its EOS (else vocab_size - 1, as Megatron's NullTokenizer)
+    "indexed"  Megatron .bin/.idx prefixes (IndexedDataset), samples as Megatron's GPTDataset
+    "jsonl"    raw-text JSONL (json_key, default "text") tokenized on the fly, then samples like "indexed"
     "sft"      prompt/completion or chat-messages JSONL, loss on the answers only
 
-File kinds split each file by documents in file order with Megatron's split string ("969,30,1":
-train/validation/test, the test part unused here), then shuffle each part with `seed`. Several
-data_paths are blended by blend_weights (one per path; without weights, in proportion to their sizes).
+sample_layout "megatron" (default) builds mock/indexed/jsonl samples as Megatron Core's GPTDataset
+(megatron_gpt.MegatronGPTDataset); "legacy" keeps minibridge's earlier ones: disjoint seq_length windows
+of the shuffled documents, the last one padded (WindowDataset), and uniform random mock tokens (MockDataset).
+
+File kinds split each file in file order with Megatron's split string ("969,30,1": train/validation/test,
+the test part unused here; mock data always "1,1,1", as Megatron's): by sequence (a .idx sequence, Megatron's GPT unit) for "indexed" in the
+megatron layout, else by document. Several data_paths are blended by blend_weights (one per path;
+without weights, in proportion to their sizes).
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import numpy as np
 from .errors import DataError
 from .indexed import IndexedDataset
 from .jsonl import JsonlTextSource
+from .megatron_gpt import MOCK_SPLIT, IndexedSequences, MegatronGPTDataset, MockDocuments, megatron_split_ranges
 from .samples import BlendedDataset, MockDataset, SequenceDataset, WindowDataset, parse_split, split_ranges
 from .sft import SFTDataset, SFTSource
 from .tokenizer import load_tokenizer
 
 KINDS = ("mock", "indexed", "jsonl", "sft")
+SAMPLE_LAYOUTS = ("megatron", "legacy")
 DEFAULT_MOCK_SAMPLES = 8192
 
 
@@ -68,18 +76,38 @@ def _blend(parts: list[tuple[SequenceDataset, float | None]]) -> SequenceDataset
 def build_datasets(kind: str, *, seq_length: int, tokenizer=None, data_paths=None, blend_weights=None,
                    split="969,30,1", seed: int = 1234, packing: bool = True, chat_template: bool = True,
                    num_mock_samples: int | None = None, vocab_size: int | None = None,
-                   json_key: str = "text") -> tuple[SequenceDataset, SequenceDataset | None]:
+                   json_key: str = "text", sample_layout: str = "megatron",
+                   num_train_samples: int | None = None, num_valid_samples: int | None = None) -> tuple[SequenceDataset, SequenceDataset | None]:
     """(train, validation) datasets; validation is None when the split gives it nothing.
 
     tokenizer: an HF tokenizer or a folder to load one from (required for "jsonl" and "sft").
-    num_mock_samples: training samples of "mock" (validation gets the split's share on top).
+    num_mock_samples: training samples of legacy "mock" (validation gets the split's share on top);
+    in the megatron layout, as num_train_samples.
+    num_train_samples: megatron layout: build at least this many training samples (Megatron's
+    train_iters * global_batch_size: more epochs, drawn as Megatron draws them); None: one epoch.
+    num_valid_samples: the same for the validation split.
     """
     if kind not in KINDS:
         raise DataError(f"unknown data kind {kind!r}; expected one of {list(KINDS)}")
+    if sample_layout not in SAMPLE_LAYOUTS:
+        raise DataError(f"sample_layout={sample_layout!r}: expected one of {list(SAMPLE_LAYOUTS)}")
     if isinstance(seq_length, bool) or not isinstance(seq_length, int) or seq_length < 1:
         raise DataError(f"seq_length must be a positive int, got {seq_length!r}")
     tokenizer = load_tokenizer(tokenizer)
     weights = parse_split(split)
+    megatron = sample_layout == "megatron" and kind != "sft"
+    if kind == "mock" and megatron:
+        vocab = vocab_size if vocab_size is not None else (len(tokenizer) if tokenizer is not None else None)
+        eos = getattr(tokenizer, "eos_token_id", None)
+        source = MockDocuments(vocab, eos if eos is not None else (vocab or 1) - 1)
+        requested = num_train_samples if num_train_samples is not None else num_mock_samples
+        (a, b), (c, d), _ = megatron_split_ranges(MOCK_SPLIT, len(source))
+        train = MegatronGPTDataset(source, np.arange(a, b), seq_length, seed=seed, packing=packing,
+                                   pad_id=_pad_id(tokenizer), name="mock data (train)", num_samples=requested)
+        valid = MegatronGPTDataset(source, np.arange(c, d), seq_length, seed=seed, packing=packing,
+                                   pad_id=_pad_id(tokenizer), name="mock data (validation)",
+                                   num_samples=num_valid_samples)
+        return train, valid
     if kind == "mock":
         vocab = vocab_size if vocab_size is not None else (len(tokenizer) if tokenizer is not None else None)
         n = DEFAULT_MOCK_SAMPLES if num_mock_samples is None else int(num_mock_samples)
@@ -100,22 +128,27 @@ def build_datasets(kind: str, *, seq_length: int, tokenizer=None, data_paths=Non
     train_parts, valid_parts = [], []
     for path, w in zip(paths, blend):
         if kind == "indexed":
-            source = IndexedDataset(path)
+            source = IndexedSequences(IndexedDataset(path)) if megatron else IndexedDataset(path)
         elif kind == "jsonl":
             source = JsonlTextSource(path, tokenizer, key=json_key)
         else:
             source = SFTSource(path, tokenizer, chat_template=chat_template)
         if len(source) == 0:
             raise DataError(f"{path}: empty dataset (no documents)")
-        (a, b), (c, d), _ = split_ranges(split, len(source))
-        make = SFTDataset if kind == "sft" else WindowDataset
+        if megatron:
+            (a, b), (c, d), _ = [r or (0, 0) for r in megatron_split_ranges(split, len(source))]
+        else:
+            (a, b), (c, d), _ = split_ranges(split, len(source))
+        make = SFTDataset if kind == "sft" else (MegatronGPTDataset if megatron else WindowDataset)
         if b <= a:
             raise DataError(f"{path}: split {split!r} leaves no training documents out of {len(source)}")
+        requested = {"num_samples": num_train_samples} if megatron else {}
         train_parts.append((make(source, np.arange(a, b), seq_length, seed=seed, packing=packing,
-                                 pad_id=pad_id, name=f"{path} (train)"), w))
+                                 pad_id=pad_id, name=f"{path} (train)", **requested), w))
         if d > c:
+            requested = {"num_samples": num_valid_samples} if megatron else {}
             valid_parts.append((make(source, np.arange(c, d), seq_length, seed=seed, packing=packing,
-                                     pad_id=pad_id, name=f"{path} (validation)"), w))
+                                     pad_id=pad_id, name=f"{path} (validation)", **requested), w))
     train = _blend(train_parts)
     if train is None:
         raise DataError(f"empty dataset: every path has blend weight 0 ({dict(zip(paths, blend))})")

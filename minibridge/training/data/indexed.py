@@ -143,6 +143,13 @@ class IndexedDataset:
         stop = end - begin if stop is None else stop
         return np.asarray(self._bin[begin + start : begin + stop], dtype=np.int64)
 
+    def sequence_tokens(self, seq: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Tokens [start, stop) of sequence `seq` as int64: Megatron's GPTDataset unit (a sentence when
+        preprocessing split sentences, else a whole document)."""
+        begin, end = int(self._seq_start[seq]), int(self._seq_start[seq + 1])
+        stop = end - begin if stop is None else stop
+        return np.asarray(self._bin[begin + start : begin + stop], dtype=np.int64)
+
     def __getitem__(self, doc: int) -> np.ndarray:
         if not 0 <= doc < len(self):
             raise IndexError(f"{self.prefix}: document {doc} out of range (0..{len(self) - 1})")

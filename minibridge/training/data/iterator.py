@@ -2,7 +2,8 @@
 
 The order is defined once for all ranks, in global samples: the stream s = 0, 1, 2, ... visits epoch
 e = s // N (N = len(dataset)) at position s % N of permutation(N) drawn with seed + e (or in order when
-shuffle=False). Global batch g is stream samples [g*G, (g+1)*G) (G = global_batch_size); dp rank r takes
+shuffle=False, the default for datasets that order themselves: Megatron-style samples, whose shuffle
+index is the order Megatron's sampler reads). Global batch g is stream samples [g*G, (g+1)*G) (G = global_batch_size); dp rank r takes
 the contiguous slice [r*G/dp, (r+1)*G/dp) of it and cuts it into micro-batches. The whole state is
 therefore the number of consumed samples, which stays valid when dp_size (or the micro-batch size)
 changes between a save and a resume: dp ranks' slices concatenated in rank order are the dp=1 batch.
@@ -27,10 +28,15 @@ class Batch:
     labels: torch.Tensor  # aligned with input_ids (the model shifts); -100 = no loss
     position_ids: torch.Tensor  # restart at 0 at each packed document
     document_ids: torch.Tensor  # 0, 1, 2, ... per document in a row; attention stays within one id
+    # (B,) target of each row's last token, from Megatron-style (seq_length + 1)-token windows
+    # (megatron_gpt); None: the last token predicts nothing, as with HF-convention labels alone
+    final_label: torch.Tensor | None = None
 
     def num_loss_tokens(self) -> int:
-        """Targets the shifted loss uses: labels[:, 1:] (label 0 of a row predicts nothing)."""
-        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+        """Targets the shifted loss uses: labels[:, 1:] (label 0 of a row predicts nothing), and
+        final_label, the last position's target, where the rows carry one."""
+        tail = 0 if self.final_label is None else int((self.final_label != IGNORE_INDEX).sum())
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum()) + tail
 
     def check_vocabulary(self, vocab_size: int, source: str) -> None:
         """Every token id indexes the model's embedding (an id past it would fail deep in the forward)."""
@@ -42,11 +48,14 @@ class Batch:
                             f"model's tokenizer, or a model whose vocabulary covers this one")
 
     def to(self, device, non_blocking: bool = False) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: v if v is None else v.to(device, non_blocking=non_blocking) for k, v in moved.items()})
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> Batch:
-    return Batch(**{f.name: torch.stack([s[f.name] for s in samples]) for f in fields(Batch)})
+    """Stack samples into a Batch; final_label only when every sample has one."""
+    names = [f.name for f in fields(Batch) if f.name != "final_label" or all(f.name in s for s in samples)]
+    return Batch(**{name: torch.stack([s[name] for s in samples]) for name in names})
 
 
 def _positive_int(name: str, value) -> int:
@@ -61,7 +70,7 @@ class DataIterator:
     STATE_VERSION = 1
 
     def __init__(self, dataset: SequenceDataset, *, global_batch_size: int, micro_batch_size: int,
-                 dp_rank: int, dp_size: int, seed: int = 1234, shuffle: bool = True):
+                 dp_rank: int, dp_size: int, seed: int = 1234, shuffle: bool | None = None):
         gbs = _positive_int("global_batch_size", global_batch_size)
         mbs = _positive_int("micro_batch_size", micro_batch_size)
         dp = _positive_int("dp_size", dp_size)
@@ -77,6 +86,10 @@ class DataIterator:
         self.dataset = dataset
         self.global_batch_size, self.micro_batch_size = gbs, mbs
         self.dp_rank, self.dp_size = int(dp_rank), dp
+        # shuffle=None: reshuffle each epoch unless the dataset's order is already shuffled and is
+        # the reference order (Megatron-style samples: its sampler reads them in order)
+        if shuffle is None:
+            shuffle = not getattr(dataset, "orders_itself", False)
         self.seed, self.shuffle = int(seed), bool(shuffle)
         self.consumed_samples = 0
         self._epoch, self._order = -1, None

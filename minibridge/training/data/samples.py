@@ -176,6 +176,7 @@ class BlendedDataset:
         self.seq_length = self.datasets[0].seq_length
         size = sum(len(d) for d in self.datasets)
         self.dataset_index, self.sample_index = blend_indices(weights, size)
+        self.orders_itself = all(getattr(d, "orders_itself", False) for d in self.datasets)
 
     def __len__(self) -> int:
         return len(self.dataset_index)
@@ -188,7 +189,7 @@ class BlendedDataset:
 
 
 class MockDataset:
-    """Deterministic random tokens for CPU debugging: sample i depends only on (seed, offset + i). With packing,
+    """sample_layout="legacy" mock data: deterministic random tokens for CPU debugging: sample i depends only on (seed, offset + i). With packing,
     each row is cut into 1-4 random documents so the masking path is exercised too."""
 
     def __init__(self, num_samples: int, seq_length: int, vocab_size: int, *, seed: int, packing: bool,

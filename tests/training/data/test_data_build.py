@@ -10,7 +10,7 @@ from minibridge.training.data import DataError, IndexedDatasetWriter, build_data
 def test_jsonl_documents_get_bos_and_eos(tmp_path, word_tokenizer):
     path = write_jsonl(tmp_path / "raw.jsonl", [{"text": "hi yo"}, {"text": "what is two"}, {"text": "four"}])
     train, valid = build_datasets("jsonl", seq_length=5, data_paths=path, tokenizer=word_tokenizer,
-                                  split="1,0,0", seed=0)
+                                  split="1,0,0", seed=0, sample_layout="legacy")
     assert valid is None
     stream = [t for r in rows(train) for t in r["input_ids"]]
     docs = {(0, 8, 9, 1), (0, 10, 11, 12, 1), (0, 13, 1)}  # bos ... eos; 12 tokens -> 3 rows, 3 pads
@@ -29,9 +29,11 @@ def test_validation_is_none_when_the_split_gives_nothing(tmp_path):
     with IndexedDatasetWriter(tmp_path / "d", np.uint16) as w:
         for i in range(10):
             w.add_document([i + 1] * 5)
-    train, valid = build_datasets("indexed", seq_length=8, data_paths=[tmp_path / "d"])  # 969,30,1 of 10
+    train, valid = build_datasets("indexed", seq_length=8, data_paths=[tmp_path / "d"],
+                                  sample_layout="legacy")  # 969,30,1 of 10
     assert valid is None and len(train) == 7  # 50 tokens in windows of 8
-    train, valid = build_datasets("indexed", seq_length=8, data_paths=[tmp_path / "d"], split="8,2")
+    train, valid = build_datasets("indexed", seq_length=8, data_paths=[tmp_path / "d"], split="8,2",
+                                  sample_layout="legacy")
     assert len(train) == 5 and len(valid) == 2
 
 
@@ -96,5 +98,5 @@ def test_bad_jsonl_lines_name_file_line_and_key(tmp_path, word_tokenizer, line, 
 def test_custom_json_key(tmp_path, word_tokenizer):
     path = write_jsonl(tmp_path / "raw.jsonl", [{"content": "hi"}])
     train, _ = build_datasets("jsonl", seq_length=4, data_paths=[path], tokenizer=word_tokenizer,
-                              json_key="content")
+                              json_key="content", sample_layout="legacy")
     assert rows(train)[0]["input_ids"] == [0, 8, 1, 2]

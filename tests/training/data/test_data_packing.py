@@ -97,16 +97,19 @@ def test_blended_indexed_datasets(tmp_path):
             for d in range(40):
                 w.add_document(np.full(8, base + d))
     train, valid = build_datasets("indexed", seq_length=8, data_paths=[tmp_path / "a", tmp_path / "b"],
-                                  blend_weights=[3, 1], split="90,10,0")
+                                  blend_weights=[3, 1], split="90,10,0", sample_layout="legacy")
     sources = [train[i]["input_ids"][0].item() // 100 for i in range(len(train))]
     assert len(train) == 72 and sources.count(1) == 54 and sources.count(2) == 18
     assert len(valid) == 8 and valid[0]["input_ids"][0].item() >= 136  # validation = documents 36..39
 
 
 def test_mock_is_deterministic_and_packs():
-    train, valid = build_datasets("mock", seq_length=32, vocab_size=50, num_mock_samples=40, seed=3)
-    again, _ = build_datasets("mock", seq_length=32, vocab_size=50, num_mock_samples=40, seed=3)
-    other, _ = build_datasets("mock", seq_length=32, vocab_size=50, num_mock_samples=40, seed=4)
+    train, valid = build_datasets("mock", seq_length=32, vocab_size=50, num_mock_samples=40, seed=3,
+                                  sample_layout="legacy")
+    again, _ = build_datasets("mock", seq_length=32, vocab_size=50, num_mock_samples=40, seed=3,
+                              sample_layout="legacy")
+    other, _ = build_datasets("mock", seq_length=32, vocab_size=50, num_mock_samples=40, seed=4,
+                              sample_layout="legacy")
     assert len(train) == 40 and len(valid) == 1  # 40 * 30/969 rounds to 1
     assert rows(train) == rows(again) and rows(train) != rows(other)
     assert rows(valid)[0] != rows(train)[0]
@@ -123,4 +126,4 @@ def test_mock_needs_a_vocabulary_and_samples():
     with pytest.raises(DataError, match="vocab_size"):
         build_datasets("mock", seq_length=8)
     with pytest.raises(DataError, match="empty dataset"):
-        build_datasets("mock", seq_length=8, vocab_size=10, num_mock_samples=0)
+        build_datasets("mock", seq_length=8, vocab_size=10, num_mock_samples=0, sample_layout="legacy")

@@ -1,0 +1,99 @@
+"""The optimizer and scheduler sections of the training configuration, and their checks.
+
+Field names and defaults are Megatron Bridge's (megatron/bridge/training/config.py, whose SchedulerConfig
+extends Megatron-LM's): `python -m minibridge.train optimizer.adam_eps=1e-8 scheduler.end_weight_decay=0.1`
+works as it does there. `minibridge.training.config` re-exports both classes, which is where to import them.
+
+Weight decay is scheduled as Megatron's OptimizerParamScheduler does it: the optimizer's `weight_decay` is
+only the value the param groups are built with; at every step the scheduler overwrites it, in the groups
+that take weight decay, with a value that goes from `scheduler.start_weight_decay` to
+`scheduler.end_weight_decay` over train.train_iters ("constant", "linear" or "cosine"; see
+minibridge.training.scheduler.WeightDecaySchedule). Left None, both are the optimizer's `weight_decay`
+(Megatron-LM's argument defaults). Megatron Bridge's recipes set both to 0.033, so its runs decay with
+0.033, not the 0.1 their optimizer sections show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import ConfigError
+from .scheduler import WEIGHT_DECAY_STYLES
+
+
+@dataclass
+class OptimizerConfig:
+    # Defaults of Megatron Bridge's distributed_fused_adam_with_cosine_annealing (recipes/utils/optimizer_utils.py).
+    optimizer: Literal["adam"] = "adam"
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.1  # the param groups' initial value; the scheduler's start/end_weight_decay rule
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    use_distributed_optimizer: bool = True  # ZeRO-1 over data-parallel ranks
+
+
+@dataclass
+class SchedulerConfig:
+    lr_warmup_iters: int = 2000
+    lr_decay_iters: int | None = None  # None: decay over train.train_iters (Megatron's default)
+    lr_decay_style: Literal["cosine", "linear", "constant", "WSD"] = "cosine"
+    lr_wsd_decay_iters: int | None = None  # WSD only: length of the final decay phase
+    lr_wsd_decay_style: Literal["linear", "cosine", "exponential", "minus_sqrt"] = "exponential"
+    # Weight decay of the param groups that take it, from start to end over train.train_iters (see above).
+    start_weight_decay: float | None = None  # None: optimizer.weight_decay
+    end_weight_decay: float | None = None  # None: optimizer.weight_decay
+    weight_decay_incr_style: Literal["constant", "linear", "cosine"] = "constant"
+
+    def weight_decay_range(self, optimizer: OptimizerConfig) -> tuple[float, float]:
+        """(start, end) weight decay, the optimizer's weight_decay standing in for an unset end."""
+        start = optimizer.weight_decay if self.start_weight_decay is None else self.start_weight_decay
+        end = optimizer.weight_decay if self.end_weight_decay is None else self.end_weight_decay
+        return start, end
+
+
+def validate_optimizer(o: OptimizerConfig, s: SchedulerConfig, decay_iters: int, decay_source: str) -> None:
+    """Checks of the two sections; `decay_iters` is the lr decay length, named `decay_source` in errors."""
+    if not (o.lr > 0 and 0 <= o.min_lr <= o.lr):
+        raise ConfigError(f"optimizer.lr={o.lr}, optimizer.min_lr={o.min_lr}: expected 0 <= min_lr <= lr and lr > 0")
+    for key in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(o, key) < 1:
+            raise ConfigError(f"optimizer.{key}={getattr(o, key)}: expected a value in [0, 1)")
+    for key in ("weight_decay", "adam_eps", "clip_grad"):
+        if getattr(o, key) < 0:
+            raise ConfigError(f"optimizer.{key}={getattr(o, key)}: expected a value >= 0")
+    _validate_weight_decay(o, s)
+    if s.lr_warmup_iters < 0:
+        raise ConfigError(f"scheduler.lr_warmup_iters={s.lr_warmup_iters}: expected >= 0")
+    if s.lr_warmup_iters >= decay_iters and s.lr_decay_style != "constant":
+        raise ConfigError(f"scheduler.lr_warmup_iters={s.lr_warmup_iters} must be smaller than {decay_source}="
+                          f"{decay_iters} (Megatron's scheduler asserts the same); lower the warmup or raise "
+                          f"{decay_source}")
+    if s.lr_decay_style == "WSD":
+        if isinstance(s.lr_wsd_decay_iters, bool) or not isinstance(s.lr_wsd_decay_iters, int) \
+                or s.lr_wsd_decay_iters < 1:
+            raise ConfigError(f"scheduler.lr_wsd_decay_iters={s.lr_wsd_decay_iters!r}: expected a positive integer")
+        if s.lr_wsd_decay_iters > decay_iters - s.lr_warmup_iters:
+            raise ConfigError(f"scheduler.lr_wsd_decay_iters={s.lr_wsd_decay_iters} is longer than the "
+                              f"{decay_iters - s.lr_warmup_iters} iterations left after warmup")
+
+
+def _validate_weight_decay(o: OptimizerConfig, s: SchedulerConfig) -> None:
+    """Megatron's asserts (0 <= start <= end; constant needs start == end), as errors naming the keys."""
+    if s.weight_decay_incr_style not in WEIGHT_DECAY_STYLES:
+        raise ConfigError(f"scheduler.weight_decay_incr_style={s.weight_decay_incr_style!r}: expected one of "
+                          f"{', '.join(WEIGHT_DECAY_STYLES)}")
+    for key in ("start_weight_decay", "end_weight_decay"):
+        value = getattr(s, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ConfigError(f"scheduler.{key}={value!r}: expected a number >= 0 (or null: optimizer.weight_decay)")
+    start, end = s.weight_decay_range(o)
+    if end < start:
+        raise ConfigError(f"scheduler.end_weight_decay={end} is below scheduler.start_weight_decay={start}: "
+                          f"Megatron's weight decay only increases; expected end >= start")
+    if s.weight_decay_incr_style == "constant" and start != end:
+        raise ConfigError(f"scheduler.weight_decay_incr_style='constant' with start_weight_decay={start} != "
+                          f"end_weight_decay={end}; set both equal or use 'linear' / 'cosine'")
