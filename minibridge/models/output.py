@@ -88,7 +88,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if need_grad:  # d loss / d logits = softmax - one_hot, built in the logits' own buffer
                 grad_logits = logits.sub_(lse[:, None]).exp_()
                 grad_logits[torch.arange(len(t), device=t.device), t.clamp(min=0)] -= 1.0
-                grad_logits *= valid[:, None]
+                if not bool(valid.all()):  # a pass over the chunk only where targets are ignored
+                    grad_logits *= valid[:, None]
                 if grad_logits is not low:
                     grad_logits = low.copy_(grad_logits)  # rounded to the weight's dtype, in its buffer
                 grad_hidden[start : start + chunk_tokens] = (grad_logits @ weight).to(hidden.dtype)

@@ -19,7 +19,7 @@ from .config import ConfigContainer
 RUN_IDENTITY = (
     ("model", "config"), ("model", "seq_length"),
     ("dataset", "kind"), ("dataset", "data_paths"), ("dataset", "blend_weights"), ("dataset", "split"),
-    ("dataset", "tokenizer"), ("dataset", "packing"),
+    ("dataset", "tokenizer"), ("dataset", "packing"), ("dataset", "sample_layout"),
 )
 PATH_KEYS = {("dataset", "data_paths"), ("dataset", "tokenizer")}
 

@@ -75,6 +75,8 @@ def test_resume_refuses_another_model_or_data_and_names_each_difference(tmp_path
     with pytest.raises(CheckpointMismatchError, match=r"dataset\.kind: 'mock'.*'jsonl'.*dataset\.data_paths"):
         trainer(save, "train.train_iters=4", "dataset.kind=jsonl", f"dataset.data_paths=[{pydoc_data['jsonl']}]",
                 f"dataset.tokenizer={pydoc_data['tokenizer']}")
+    with pytest.raises(CheckpointMismatchError, match=r"dataset\.sample_layout: 'megatron' in the checkpoint, 'legacy'"):
+        trainer(save, "train.train_iters=4", "dataset.sample_layout=legacy")
     # learning rate and schedule may change on resume (Megatron allows it): the run continues
     result = trainer(save, "train.train_iters=3", "optimizer.lr=1e-3").run()
     assert len(result.losses) == 1
