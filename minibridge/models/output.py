@@ -75,6 +75,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         rows = min(chunk_tokens, hidden.shape[0])
         logits_low = torch.empty(rows, weight.shape[0], dtype=weight.dtype, device=weight.device)
         logits_fp32 = logits_low if weight.dtype == torch.float32 else torch.empty_like(logits_low, dtype=torch.float32)
+        all_valid = bool((targets != IGNORE_INDEX).all())  # one host sync per call, not one per chunk
         for start in range(0, hidden.shape[0], chunk_tokens):
             h, t = hidden[start : start + chunk_tokens].to(weight.dtype), targets[start : start + chunk_tokens]
             low, logits = logits_low[: len(t)], logits_fp32[: len(t)]
@@ -88,7 +89,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if need_grad:  # d loss / d logits = softmax - one_hot, built in the logits' own buffer
                 grad_logits = logits.sub_(lse[:, None]).exp_()
                 grad_logits[torch.arange(len(t), device=t.device), t.clamp(min=0)] -= 1.0
-                if not bool(valid.all()):  # a pass over the chunk only where targets are ignored
+                if not all_valid:  # a pass over the chunk only where targets are ignored
                     grad_logits *= valid[:, None]
                 if grad_logits is not low:
                     grad_logits = low.copy_(grad_logits)  # rounded to the weight's dtype, in its buffer
