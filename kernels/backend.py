@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from ._triton import HAS_TRITON, triton_runs_on
+from ._triton import HAS_TRITON, TRITON_WANTED, triton_runs_on
 
 BACKENDS = ("auto", "triton", "flash", "cpu", "ref")
 
@@ -34,7 +34,8 @@ def resolve_backend(backend: str, tensor: torch.Tensor, op: str, flash_able: boo
             return "flash"
         return "triton" if HAS_TRITON else "cpu"
     if backend == "triton" and not triton_runs_on(tensor):
-        reason = "Triton is not installed" if not HAS_TRITON else f"the tensor is on {tensor.device}"
+        reason = ("this torch has no CUDA and TRITON_INTERPRET is unset, so Triton was not loaded" if not TRITON_WANTED
+                  else "Triton is not installed" if not HAS_TRITON else f"the tensor is on {tensor.device}")
         raise RuntimeError(f"{op}: backend='triton' cannot run: {reason} (set TRITON_INTERPRET=1 to interpret on CPU)")
     if backend == "flash" and not flash_able:
         raise RuntimeError(f"{op}: backend='flash' needs flash-attn installed, a CUDA tensor in fp16/bf16, "

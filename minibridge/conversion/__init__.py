@@ -11,14 +11,32 @@ It sits above the bridge and the checkpoint package; `minibridge.AutoBridge` (au
 bridge with `import_ckpt` / `export_ckpt` from here.
 """
 
-from ..checkpoint import read_checkpoint, resolve_checkpoint
 from ..errors import CheckpointMismatchError
 from .auto_bridge import AutoBridge
-from .checkpoints import load_megatron_model
-from .exporter import TensorComparison, compare_folders, export_checkpoint, export_with_bridge, roundtrip
-from .importer import import_checkpoint
 
 __all__ = [
     "AutoBridge", "CheckpointMismatchError", "TensorComparison", "compare_folders", "export_checkpoint",
     "export_with_bridge", "import_checkpoint", "load_megatron_model", "read_checkpoint", "resolve_checkpoint", "roundtrip",
 ]
+
+
+def __getattr__(name: str):
+    """The conversions, imported on first use (PEP 562) with the checkpoint package they need, so that
+    `import minibridge` stays without torch.distributed.checkpoint (see auto_bridge.py)."""
+    if name in ("read_checkpoint", "resolve_checkpoint"):
+        from .. import checkpoint
+
+        return getattr(checkpoint, name)
+    if name == "load_megatron_model":
+        from .checkpoints import load_megatron_model
+
+        return load_megatron_model
+    if name == "import_checkpoint":
+        from .importer import import_checkpoint
+
+        return import_checkpoint
+    if name in ("TensorComparison", "compare_folders", "export_checkpoint", "export_with_bridge", "roundtrip"):
+        from . import exporter
+
+        return getattr(exporter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

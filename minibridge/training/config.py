@@ -92,6 +92,16 @@ class TrainingConfig:
     # with one may be skipped (no update, counted in metrics.jsonl's skipped_steps) before it does.
     max_skipped_steps: int = 0
 
+    def num_samples(self) -> tuple[int, int | None]:
+        """(train, validation) samples a run reads, by Megatron's rule (get_train_valid_test_num_samples):
+        train_iters x global_batch_size, and for validation (train_iters // eval_interval + 1) x eval_iters
+        x global_batch_size (None without evaluation). Megatron-style datasets are built for at least
+        that many samples: data shorter than that is repeated in more epochs, each drawn as Megatron does."""
+        valid = None
+        if self.eval_interval:
+            valid = (self.train_iters // self.eval_interval + 1) * self.eval_iters * self.global_batch_size
+        return self.train_iters * self.global_batch_size, valid
+
 
 @dataclass
 class DatasetConfig:

@@ -33,7 +33,7 @@ from .data import DataIterator, build_datasets, load_tokenizer
 from .flops import mfu, model_flops_per_token, peak_flops
 from .progress import NonFiniteLossError, TrainingLogger, check_finite, memory_gb
 from .optimizer import MixedPrecisionAdamW
-from .resume import check_same_adapters, check_same_run
+from .resume import changed_sample_request, check_same_adapters, check_same_run
 from .scheduler import LRSchedule, WeightDecaySchedule
 
 
@@ -173,10 +173,11 @@ class Trainer:
         d = c.dataset
         tokenizer_path = d.tokenizer or (c.checkpoint.pretrained_checkpoint if d.kind != "mock" else None)
         tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else None
+        num_train, num_valid = c.train.num_samples()
         return build_datasets(
             d.kind, seq_length=c.model.seq_length, tokenizer=tokenizer, data_paths=d.data_paths or None,
             blend_weights=d.blend_weights, split=d.split, seed=c.train.seed, packing=d.packing,
-            sample_layout=d.sample_layout,
+            sample_layout=d.sample_layout, num_train_samples=num_train, num_valid_samples=num_valid,
             vocab_size=self.chunks[0].config.vocab_size,
         )
 
@@ -209,9 +210,14 @@ class Trainer:
                                         trainable_only=self.config.peft is not None)
             self.step = self.saved_step = info["iteration"]
             self.skipped_steps = int(info.get("skipped_steps", 0))
-            self.iterator.load_state_dict(info["data"])
+            resized = changed_sample_request(stored.get("config"), self.config)
+            self.iterator.load_state_dict(info["data"], resized=resized)
             if self.dims.rank == 0:
                 print(f"resumed from {found[0]} at step {self.step}", flush=True)
+                if resized and info["data"].get("dataset_length") != len(self.train_data):
+                    print(f"the training data was rebuilt for {resized}: {len(self.train_data)} samples instead of "
+                          f"{info['data'].get('dataset_length')}, so the samples after step {self.step} come in "
+                          f"another order than the stored run's would have (Megatron rebuilds them alike)", flush=True)
 
     # ------------------------------------------------------------------ steps
     def _global_sum(self, value: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,22 @@ def check_same_run(folder: str | Path, stored_config: dict | None, config: Confi
             "checkpoint.save) from these weights with checkpoint.pretrained_checkpoint=" + str(Path(folder).parent))
 
 
+def changed_sample_request(stored_config: dict | None, config: ConfigContainer) -> str | None:
+    """How the run's requested training samples (train_iters x global_batch_size, see
+    TrainingConfig.num_samples) changed since the checkpoint, or None. Megatron-style datasets are
+    built for that many samples, so a longer run over small data has more epochs and another order
+    after the resumed position; Megatron rebuilds its indices the same way when train_iters grows."""
+    stored = (stored_config or {}).get("train") if isinstance(stored_config, dict) else None
+    if not isinstance(stored, dict) or not all(isinstance(stored.get(k), int) for k in ("train_iters",
+                                                                                        "global_batch_size")):
+        return None
+    before, now = stored["train_iters"] * stored["global_batch_size"], config.train.num_samples()[0]
+    if before == now:
+        return None
+    return (f"train.train_iters x train.global_batch_size = {now} training samples, {before} in the checkpoint's "
+            f"run")
+
+
 def check_same_adapters(folder: str | Path, stored: dict | None, ours: dict | None) -> None:
     """An adapter-only checkpoint resumes only a PEFT run with the same adapters on the same base
     (`stored` / `ours`: run.json's "peft" entry and this run's: scheme, dim, modules, base_model)."""

@@ -115,3 +115,23 @@ def test_gated_product_matches_autograd_bit_for_bit_and_saves_less(gelu, dtype):
         assert torch.equal(mine, theirs)
     with torch.no_grad():
         assert torch.equal(common.gated_product(gate, up, gelu), ref)
+
+
+def test_the_research_path_loads_no_checkpoint_machinery_and_no_triton(hf_checkpoint):
+    """`from minibridge import AutoBridge`, load, forward + backward: neither torch.distributed.checkpoint
+    (with DTensor, ~50 MB resident) nor, on a CPU-only torch, Triton (~70 MB) is imported."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from minibridge import AutoBridge\n"
+            f"model = AutoBridge.from_hf_pretrained({str(hf_checkpoint('Llama-3.2-1B'))!r}).to_model(progress=False)\n"
+            "ids = torch.randint(0, model.config.vocab_size, (1, 8))\n"
+            "model(ids, labels=ids).backward()\n"
+            "cpu_only = not (torch.version.cuda or getattr(torch.version, 'hip', None))\n"
+            "print(sorted(m for m in ('torch.distributed.checkpoint', 'torch.distributed.tensor') if m in sys.modules),\n"
+            "      cpu_only and 'triton' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split("\n")[0] == "[] False", out

@@ -139,9 +139,11 @@ class DataIterator:
             "dataset_length": len(self.dataset),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, resized: str | None = None) -> None:
         """Resume where `state` was saved. The saved seed and shuffle define the order and win over
-        the constructor's; the dataset must have the same length (else it is different data)."""
+        the constructor's; the dataset must have the same length (else it is different data), unless
+        `resized` says why it was rebuilt for another number of samples (the same data, more or fewer
+        Megatron epochs): the run then continues at the same consumed-sample count."""
         if not isinstance(state, dict):
             raise DataError(f"data iterator state must be a dict, got {type(state).__name__}")
         for key, kind in (("consumed_samples", int), ("seed", int), ("shuffle", bool), ("dataset_length", int)):
@@ -150,7 +152,7 @@ class DataIterator:
                                 f"(got {state.get(key)!r})")
         if state.get("version", self.STATE_VERSION) != self.STATE_VERSION:
             raise DataError(f"data iterator state: version {state['version']!r}, expected {self.STATE_VERSION}")
-        if state["dataset_length"] != len(self.dataset):
+        if state["dataset_length"] != len(self.dataset) and resized is None:
             raise DataError(f"data iterator state was saved for a dataset of {state['dataset_length']} "
                             f"samples, this one has {len(self.dataset)}: the data, split, seq_length or "
                             "seed changed, so the order cannot be resumed")
