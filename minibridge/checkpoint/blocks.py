@@ -147,8 +147,12 @@ def training_state(model, optimizer=None, rank: int | None = None, trainable_onl
     `trainable_only` (PEFT): only parameters that train, i.e. the adapters; the frozen base is not saved."""
     chunks = ModelChunks.of(model)
     specs = chunks.specs
-    state = {f"model.{n}": block_of(p.data, specs.get(n)) for c in chunks for n, p in c.named_parameters()
-             if p.requires_grad or not trainable_only}
+    # FSDP2 computing in bf16 stores what a plain bf16 run does: bf16 weights (a copy, whose load is
+    # dropped), its fp32 shards as the optimizer's masters
+    fsdp = chunks.sharding.fsdp if chunks.sharding is not None else None
+    low = fsdp.param_dtype if fsdp is not None and optimizer is not None else None
+    state = {f"model.{n}": block_of(p.data if low is None else p.data.to(low), specs.get(n))
+             for c in chunks for n, p in c.named_parameters() if p.requires_grad or not trainable_only}
     if optimizer is not None:
         for name, entries in optimizer.named_state().items():
             for key, value in entries.items():

@@ -63,6 +63,8 @@ class MixedPrecisionAdamW:
         self.dims = dims
         chunks = ModelChunks.of(model)  # this rank's pipeline chunks
         self.fsdp = is_fsdp(chunks)  # sharded fp32 parameters: ZeRO-1 is subsumed
+        # FSDP2 computing in bf16: its fp32 shards are the masters a checkpoint stores as such
+        self.fsdp_masters = self.fsdp and chunks.sharding.fsdp.param_dtype is not None
         distributed = distributed and not self.fsdp
         self.params = {n: p for n, p in chunks.named_parameters() if p.requires_grad}
         self.specs = chunks.specs
@@ -184,7 +186,7 @@ class MixedPrecisionAdamW:
         out = {}
         for name, master in self.masters.items():
             state = dict(self.inner.state[master])
-            if master is not self.params[name]:
+            if master is not self.params[name] or self.fsdp_masters:
                 state["master"] = master
             out[name] = state
         return out

@@ -19,6 +19,7 @@ from minibridge.recipes.llama import DEBUG_ARCH as LLAMA_DEBUG
 
 LLAMA, GEMMA = "llama3_debug_pretrain_config", "gemma3_debug_pretrain_config"
 FSDP = ["dist.use_torch_fsdp2=true"]
+BF16 = ["mixed_precision=bf16_mixed"]
 # 2 layers, hidden 64: 8 sequences of 32 tokens in micro-batches of 2, so every dp rank accumulates
 # gradients over 2 (dp=2) micro-batches; clip_grad 0.5 clips every step here.
 TINY = ["model.num_layers=2", "model.hidden_size=64", "model.vocab_size=256", "model.seq_length=32",
@@ -59,10 +60,11 @@ def test_fsdp_dp2_resumes_across_layouts_lora_and_export(tmp_path, base):
     lora[-1] = f"checkpoint.export_hf_on_finish={tmp_path / 'lora_fsdp'}"
     runs = [(LLAMA, None, None, TINY + save + FSDP + [f"checkpoint.save={fsdp}"]),  # FSDP2 from scratch
             (LLAMA, None, None, TINY + FSDP + ["train.train_iters=6", f"checkpoint.save={plain}"]),  # resumes plain
-            ("llama3_debug_finetune_config", base, "lora", TINY + FSDP + lora)]
+            ("llama3_debug_finetune_config", base, "lora", TINY + FSDP + lora),
+            (LLAMA, None, None, TINY + save + FSDP + BF16 + [f"checkpoint.save={fsdp}_bf16"])]
     out = tmp_path / "losses.json"
     run_distributed(fsdp_world, 2, runs, str(out), (base, str(tmp_path / "export")))
-    first_fsdp, plain_then_fsdp, lora_fsdp = json.loads(out.read_text())
+    first_fsdp, plain_then_fsdp, lora_fsdp, bf16_fsdp = json.loads(out.read_text())
     fsdp_then_plain = train(LLAMA, None, None, TINY + ["train.train_iters=6", f"checkpoint.save={fsdp}"])
 
     close(first_plain, straight[:3], "plain")
@@ -82,6 +84,20 @@ def test_fsdp_dp2_resumes_across_layouts_lora_and_export(tmp_path, base):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(ours["optim"]["state"][name][key], theirs["optim"]["state"][name][key],
                                        rtol=1e-2, atol=1e-6, msg=f"{name} {key}")
+
+    # bf16_mixed: FSDP2's fp32 shards are stored as a plain bf16 run's masters, beside its bf16 weights
+    # (3 Adam steps of at most lr = 3e-3 each: bf16 gradients that differ in sign move a weight by < 1e-2)
+    bf16_plain = train(LLAMA, None, None, TINY + save + BF16 + [f"checkpoint.save={plain}_bf16"])
+    assert all(abs(g - w) <= 1e-2 * w for g, w in zip(bf16_fsdp, bf16_plain)), (bf16_fsdp, bf16_plain)
+    ours = _torch_save(Path(f"{fsdp}_bf16") / "iter_0000003", tmp_path / "fsdp_bf16.pt")
+    theirs = _torch_save(Path(f"{plain}_bf16") / "iter_0000003", tmp_path / "plain_bf16.pt")
+    assert {n: t.dtype for n, t in ours["model"].items()} == {n: t.dtype for n, t in theirs["model"].items()}
+    assert {t.dtype for t in theirs["model"].values()} == {torch.bfloat16}
+    for name, entries in theirs["optim"]["state"].items():
+        assert {k: (v.dtype, v.shape) for k, v in ours["optim"]["state"][name].items()} == \
+            {k: (v.dtype, v.shape) for k, v in entries.items()}, name
+        assert entries["master"].dtype == torch.float32
+        torch.testing.assert_close(ours["optim"]["state"][name]["master"], entries["master"], rtol=0, atol=1e-2)
 
     # exports: sharded then gathered, byte for byte the one-process export of the same weights
     single = tmp_path / "single"
@@ -109,14 +125,26 @@ def hf_weights(folder: Path) -> dict:
     return out
 
 
-def test_fsdp_with_tp_pp_cp_matches_one_process(tmp_path):
-    gemma = ["model.num_layers=2", "model.hidden_size=64"]
-    layouts = [(GEMMA, ["model.tensor_model_parallel_size=2", "model.sequence_parallel=true"]),  # q/k norms, SP
-               (GEMMA, ["model.pipeline_model_parallel_size=2"]),  # tied embedding over the stages, sharded
+def test_fsdp_with_tp_pp_cp_matches_one_process_and_reshards(tmp_path):
+    gemma = ["model.num_layers=2", "model.hidden_size=64", "train.train_iters=3"]
+    tp2 = ["model.tensor_model_parallel_size=2", "model.sequence_parallel=true"]  # q/k norms, SP norms
+    layouts = [(GEMMA, ["model.pipeline_model_parallel_size=2"]),  # tied embedding over the stages, sharded
                (LLAMA, ["model.context_parallel_size=2"])]
-    references = [train(recipe, None, None, TINY + gemma + ["train.train_iters=3"]) for recipe, _ in layouts]
-    runs = [(recipe, None, None, TINY + gemma + FSDP + ["train.train_iters=3"] + layout) for recipe, layout in layouts]
+    references = [train(recipe, None, None, TINY + gemma) for recipe, _ in layouts]
+    # TP=2 x FSDP2 dp=2 saves what a plain process resumes, and resumes what a plain process saved
+    straight = train(GEMMA, None, None, TINY + gemma + ["train.train_iters=6"])
+    save = ["checkpoint.save_interval=3"]
+    train(GEMMA, None, None, TINY + gemma + save + [f"checkpoint.save={tmp_path / 'plain'}"])
+    runs = [(GEMMA, None, None, TINY + gemma + FSDP + tp2 + save + [f"checkpoint.save={tmp_path / 'tp_fsdp'}"]),
+            (GEMMA, None, None, TINY + gemma + FSDP + tp2 + ["train.train_iters=6", f"checkpoint.save={tmp_path / 'plain'}"])]
+    runs += [(recipe, None, None, TINY + gemma + FSDP + layout) for recipe, layout in layouts]
     out = tmp_path / "losses.json"
     run_distributed(fsdp_world, 4, runs, str(out))
-    for (recipe, layout), got, want in zip(layouts, json.loads(out.read_text()), references):
+    tp_fsdp, plain_then_tp_fsdp, *others = json.loads(out.read_text())
+    tp_fsdp_then_plain = train(GEMMA, None, None, TINY + gemma + ["train.train_iters=6",
+                                                                  f"checkpoint.save={tmp_path / 'tp_fsdp'}"])
+    close(tp_fsdp, straight[:3], "tp=2 x fsdp dp=2")
+    close(plain_then_tp_fsdp, straight[3:], "plain -> tp=2 x fsdp resume")
+    close(tp_fsdp_then_plain, straight[3:], "tp=2 x fsdp -> plain resume")
+    for (recipe, layout), got, want in zip(layouts, others, references):
         close(got, want, (recipe, layout))
