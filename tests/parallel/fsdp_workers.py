@@ -15,15 +15,25 @@ from minibridge.recipes import build_config
 from minibridge.training.loop import Trainer
 
 
-def train(recipe: str, base: str | None, scheme: str | None, overrides: list[str]) -> list[float]:
-    """One run; under dist.use_torch_fsdp2 every trainable parameter and its Adam moments are dp-sharded DTensors."""
+def train(recipe: str, base: str | None, scheme: str | None, overrides: list[str]) -> list[list[float]]:
+    """One run's [loss, grad norm] per step (the norm shows a gradient scaled by a constant, which AdamW's
+    losses hardly do); under dist.use_torch_fsdp2 every trainable parameter and its Adam moments are
+    dp-sharded DTensors."""
     trainer = Trainer(build_config(recipe, base, scheme, overrides))
+    norms, step = [], trainer.train_step
+
+    def recorded() -> dict:
+        metrics = step()
+        norms.append(metrics["grad_norm"])
+        return metrics
+
+    trainer.train_step = recorded
     if "dist.use_torch_fsdp2=true" in overrides:
         params = [p for _, p in trainer.chunks.named_parameters()]
         assert params and all(isinstance(p, DTensor) and p.dtype == torch.float32 for p in params)
         inner = trainer.optimizer.inner
         assert all(isinstance(inner.state[p]["exp_avg"], DTensor) for g in inner.param_groups for p in g["params"])
-    return trainer.run().losses
+    return [[loss, norm] for loss, norm in zip(trainer.run().losses, norms, strict=True)]
 
 
 def train_runs(runs: list[tuple], out_file: str) -> None:
