@@ -15,6 +15,9 @@ from spawn import run_distributed
 
 from minibridge import AutoBridge
 from minibridge.conversion.exporter import export_checkpoint
+from minibridge.errors import ConfigError
+from minibridge.recipes import build_config
+from minibridge.training.config import ConfigContainer
 from minibridge.recipes.gemma import DEBUG_ARCH as GEMMA_DEBUG
 from minibridge.recipes.llama import DEBUG_ARCH as LLAMA_DEBUG
 
@@ -140,7 +143,7 @@ def test_fsdp_with_tp_pp_cp_matches_one_process_and_reshards(tmp_path):
     gemma = ["model.num_layers=2", "model.hidden_size=64", "model.num_kv_heads=1", "train.train_iters=3"]
     tp2 = ["model.tensor_model_parallel_size=2", "model.sequence_parallel=true"]
     layouts = [(GEMMA, ["model.pipeline_model_parallel_size=2"]),  # tied embedding over the stages, sharded
-               (LLAMA, ["model.context_parallel_size=2"])]
+               (LLAMA, ["model.context_parallel_size=2", "dist.reshard_after_forward=false"])]
     references = [train(recipe, None, None, TINY + gemma) for recipe, _ in layouts]
     # TP=2 x FSDP2 dp=2 saves what a plain process resumes, and resumes what a plain process saved
     straight = train(GEMMA, None, None, TINY + gemma + ["train.train_iters=6"])
@@ -159,3 +162,12 @@ def test_fsdp_with_tp_pp_cp_matches_one_process_and_reshards(tmp_path):
     close(tp_fsdp_then_plain, straight[3:], "tp=2 x fsdp -> plain resume")
     for (recipe, layout), got, want in zip(layouts, others, references):
         close(got, want, (recipe, layout))
+
+
+def test_dist_section_overrides_round_trip_and_checks():
+    config = build_config(LLAMA, overrides=TINY + FSDP + ["dist.reshard_after_forward=false"])
+    assert config.dist.use_torch_fsdp2 and not config.dist.reshard_after_forward
+    assert ConfigContainer.from_dict(json.loads(json.dumps(config.to_dict()))).dist == config.dist
+    config.dist.use_torch_fsdp2 = "yes"
+    with pytest.raises(ConfigError, match="dist.use_torch_fsdp2='yes': expected true or false"):
+        config.validate()
