@@ -4,16 +4,26 @@ Each rank contributes its parameter blocks as `ShardedBlock`s: a local tensor pl
 the full (unpadded) tensor. DCP stores the chunks with those coordinates, deduplicates identical
 chunks held by several ranks (replicated norms, KV heads replicated under tp, dp replicas), and on
 load reads whatever overlaps each rank's block under the *current* layout: that is the resharding.
+Under FSDP2 a rank's block is its dp shard of its TP block (`block_of`), so every layout stores the
+same global tensors under the same names and reads every other layout's checkpoints.
+
+Keys: `model.<name>` for parameters, `optim.state.<name>.<exp_avg|exp_avg_sq|step|master>` for the
+optimizer (torch's `state.<fqn>.*` layout, so `dcp_to_torch_save` hands torch tools a familiar
+dict), `rng.rank<N>`. torch's `param_groups` are not stored: DCP would pickle them (a bytes entry the
+safe reader refuses), and a run rebuilds them from its configuration anyway (lr and weight decay
+are set at every step by the schedules).
 """
 
 from __future__ import annotations
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.distributed.checkpoint import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorProperties
 from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
 
 from ..models import ModelChunks
+from ..parallel.fsdp import shard_rows
 from ..parallel.sharding import ShardSpec
 
 
@@ -84,16 +94,52 @@ class BlockLoadPlanner(DefaultLoadPlanner):
 
 def block_of(tensor: torch.Tensor, spec: ShardSpec | None):
     """What DCP should see for a parameter-shaped tensor: itself, or its block of the full tensor.
-    Vocabulary padding rows are cut off, so checkpoints do not depend on the padding."""
-    if spec is None or spec.dim is None or spec.size == 1:
+    Vocabulary padding rows are cut off, so checkpoints do not depend on the padding.
+
+    Under FSDP2 `tensor` is a DTensor over the dp ranks whose global shape is the TP-local block:
+    this rank holds rows [row, row + n) of that block, so its offsets are the block's plus `row`."""
+    row = 0
+    if isinstance(tensor, DTensor):
+        block_shape = tuple(tensor.shape)
+        tensor, row = shard_rows(tensor)
+        if spec is None or spec.dim is None or spec.size == 1:
+            return ShardedBlock(tensor, (row,) + (0,) * (tensor.ndim - 1), block_shape)
+    elif spec is None or spec.dim is None or spec.size == 1:
         return tensor
     start, stop = spec.local_range()
-    if spec.kind == "vocab":
-        stop = min(stop, spec.full_shape[0])
-        tensor = tensor[: max(0, stop - start)]
     offsets = [0] * tensor.ndim
     offsets[spec.dim] = start
+    offsets[0] += row
+    if spec.kind == "vocab":  # rows of this shard past the real vocabulary are padding
+        tensor = tensor[: max(0, min(tensor.shape[0], spec.full_shape[0] - offsets[0]))]
     return ShardedBlock(tensor, tuple(offsets), spec.full_shape)
+
+
+def optimizer_key(name: str, key: str) -> str:
+    """The DCP key of one optimizer state entry: torch's layout (`state.<fqn>.<key>`, what
+    torch.distributed.checkpoint.state_dict.get_optimizer_state_dict returns) under `optim.`."""
+    return f"optim.state.{name}.{key}"
+
+
+def torch_layout(state: dict) -> dict:
+    """The flat state nested as torch's state dicts are ({"model": {fqn: ...}, "optim": {"state": {fqn:
+    {"exp_avg": ...}}}}). DCP flattens it back to the same keys when it saves and records the nesting,
+    so `dcp_to_torch_save` rebuilds these dicts."""
+    out: dict = {}
+    for key, value in state.items():
+        if key.startswith("optim.state."):
+            name, entry = key[len("optim.state."):].rsplit(".", 1)
+            out.setdefault("optim", {}).setdefault("state", {}).setdefault(name, {})[entry] = value
+        elif key.startswith("model."):
+            out.setdefault("model", {})[key[len("model."):]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def legacy_key(key: str) -> str:
+    """Where checkpoints before the torch layout stored an optimizer entry (`optim.<fqn>.<key>`)."""
+    return "optim." + key[len("optim.state."):] if key.startswith("optim.state.") else key
 
 
 def training_state(model, optimizer=None, rank: int | None = None, trainable_only: bool = False) -> dict:
@@ -101,12 +147,16 @@ def training_state(model, optimizer=None, rank: int | None = None, trainable_onl
     `trainable_only` (PEFT): only parameters that train, i.e. the adapters; the frozen base is not saved."""
     chunks = ModelChunks.of(model)
     specs = chunks.specs
-    state = {f"model.{n}": block_of(p.data, specs.get(n)) for c in chunks for n, p in c.named_parameters()
-             if p.requires_grad or not trainable_only}
+    # FSDP2 computing in bf16 stores what a plain bf16 run does: bf16 weights (a copy, whose load is
+    # dropped), its fp32 shards as the optimizer's masters
+    fsdp = chunks.sharding.fsdp if chunks.sharding is not None else None
+    low = fsdp.param_dtype if fsdp is not None and optimizer is not None else None
+    state = {f"model.{n}": block_of(p.data if low is None else p.data.to(low), specs.get(n))
+             for c in chunks for n, p in c.named_parameters() if p.requires_grad or not trainable_only}
     if optimizer is not None:
         for name, entries in optimizer.named_state().items():
             for key, value in entries.items():
-                state[f"optim.{name}.{key}"] = value if key == "step" else block_of(value.data, specs.get(name))
+                state[optimizer_key(name, key)] = value if key == "step" else block_of(value.data, specs.get(name))
     if rank is not None:
         state[f"rng.rank{rank}"] = torch.get_rng_state()
     return state

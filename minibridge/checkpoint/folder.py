@@ -30,7 +30,7 @@ from ..errors import (CheckpointError, CheckpointMismatchError, CorruptCheckpoin
                       MissingTensorError)
 from ..files import publish_folder, temporary_sibling, write_atomic
 from ..parallel.dims import barrier, from_rank0, global_rank
-from .blocks import BlockLoadPlanner, BlockSavePlanner, ShardedBlock, training_state
+from .blocks import BlockLoadPlanner, BlockSavePlanner, ShardedBlock, legacy_key, torch_layout, training_state
 from .reader import SafeFileSystemReader
 
 LATEST = "latest_checkpointed_iteration.txt"
@@ -81,7 +81,7 @@ def save_checkpoint(save: str | Path, iteration: int, model, optimizer, run_info
         tmp.mkdir()
     barrier()
     try:
-        dcp.save(training_state(model, optimizer, rank=global_rank(), trainable_only=trainable_only),
+        dcp.save(torch_layout(training_state(model, optimizer, rank=global_rank(), trainable_only=trainable_only)),
                  checkpoint_id=str(tmp), planner=BlockSavePlanner())
     except (Exception, CheckpointException) as err:
         if global_rank() == 0:
@@ -170,6 +170,7 @@ def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool
     stored = metadata.state_dict_metadata
     check_storage(folder, metadata)
     state = training_state(model, optimizer, rank=global_rank() if restore_rng else None, trainable_only=trainable_only)
+    state = {legacy_key(k) if k not in stored and legacy_key(k) in stored else k: v for k, v in state.items()}
     missing = [k for k in state if k not in stored and not k.startswith("rng.")]
     if missing:
         raise MissingTensorError(f"{folder}: checkpoint lacks {missing[:5]}{' ...' if len(missing) > 5 else ''} "

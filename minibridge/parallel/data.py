@@ -5,6 +5,8 @@ per step, after the last micro-batch's backward and before clipping and the opti
 Data-parallel averaging flattens gradients into buckets (one all-reduce per ~25 MB), which composes
 with the sharded TP parameters without wrapping the model. ZeRO-1 (the optimizer state split over the
 dp ranks) is the trainer's optimizer's job: minibridge.training.optimizer.MixedPrecisionAdamW.
+Under FSDP2 (parallel/fsdp.py) the dp reduction is FSDP2's reduce-scatter; the tp and cp sums here
+then run on each rank's local shard of the sharded gradients.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from ..models import CausalLM
 from .collectives import all_reduce_
 from .dims import ParallelDims
+from .fsdp import is_fsdp, local
 
 BUCKET_BYTES = 25 * 2**20
 
@@ -47,8 +50,9 @@ def _kv_replica_sum(grad: torch.Tensor, spec, group):
 
 def grad_of(param: torch.nn.Parameter) -> torch.Tensor | None:
     """The gradient an optimizer uses: the fp32 `main_grad` that low-precision parameters accumulate
-    into under mixed precision (see minibridge.training.optimizer), else `.grad`."""
-    return getattr(param, "main_grad", None) if param.dtype != torch.float32 else param.grad
+    into under mixed precision (see minibridge.training.optimizer), else `.grad`; under FSDP2 this
+    rank's local shard of it."""
+    return getattr(param, "main_grad", None) if param.dtype != torch.float32 else local(param.grad)
 
 
 def finalize_grads(model: CausalLM, dims: ParallelDims, average_dp: bool = True) -> None:
@@ -66,7 +70,7 @@ def finalize_grads(model: CausalLM, dims: ParallelDims, average_dp: bool = True)
                 _kv_replica_sum(g, specs[n], dims.tp_group)
     if dims.config.cp > 1:  # every cp rank saw a part of each sequence
         _bucketed_all_reduce([g for _, g in params], dims.cp_group, scale=1.0 / dims.config.cp if average_dp else 1.0)
-    if dims.dp > 1 and not ddp:  # DDP has averaged them already
+    if dims.dp > 1 and not ddp and not is_fsdp(model):  # DDP has averaged them, FSDP2 reduce-scattered them
         _bucketed_all_reduce([g for _, g in params], dims.dp_group, scale=1.0 / dims.dp if average_dp else 1.0)
 
 

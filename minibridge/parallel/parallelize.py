@@ -12,6 +12,11 @@ allocates only its own blocks (torchtitan's `parallelize_llama` orders its passe
                                          with another chunk budget; the TP head never gathers logits
     5. torch.compile                     per block, as torchtitan does (one graph per layer type, reused
                                          by every layer; names and parameters unchanged), when asked
+    6. FSDP2 over dp                     fsdp.apply_fsdp (dist.use_torch_fsdp2): fully_shard per block,
+                                         then per chunk, as torchtitan's apply_fsdp. It runs on the
+                                         allocated, loaded model with its adapters (fully_shard fixes
+                                         the parameters it manages when it wraps), so the trainer calls
+                                         it after loading rather than this function on meta.
 
 `build_model` runs build -> parallelize -> cast -> allocate for every chunk this rank holds and
 returns them as `ModelChunks`. The bridge, the checkpoint importer, the trainer and generation all

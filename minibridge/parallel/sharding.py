@@ -63,6 +63,7 @@ class Sharding:
 
     dims: object
     specs: dict[str, ShardSpec] = field(default_factory=dict)
+    fsdp: object = None  # minibridge.parallel.fsdp.FsdpSettings once FSDP2 shards the chunk over dp
 
     def full_shape(self, name: str, param: torch.Tensor) -> tuple[int, ...]:
         spec = self.specs.get(name)

@@ -9,6 +9,7 @@
       checkpoint       CheckpointConfig: save / load / pretrained weights / HF export
       logger           LoggerConfig: log cadence, tensorboard, wandb
       peft             PeftConfig or None (full training)
+      dist             DistributedInitConfig: use_torch_fsdp2 (FSDP2 over the dp ranks)
       mixed_precision  a Megatron Bridge recipe name: "bf16_mixed", "fp32", ...
 
 Field names are Megatron Bridge's so its users' overrides (`train.global_batch_size=64`) work unchanged.
@@ -164,9 +165,23 @@ class PeftConfig:
         return cls(scheme=scheme, **{"alpha": DEFAULT_ALPHA[scheme], **changes})
 
 
+@dataclass
+class DistributedInitConfig:
+    """Megatron Bridge's `dist` section (megatron/bridge/training/config.py, DistributedInitConfig)."""
+
+    # torch FSDP2 (fully_shard) over the data-parallel ranks instead of the bucketed all-reduce:
+    # parameters, gradients and optimizer state sharded (minibridge.parallel.fsdp); ZeRO-1
+    # (optimizer.use_distributed_optimizer) is subsumed and ignored.
+    use_torch_fsdp2: bool = False
+    # Free each block's gathered parameters after its forward and gather them again in backward.
+    # Megatron-LM keeps this on TorchFullyShardedDataParallelConfig (a ddp config, which we lack).
+    reshard_after_forward: bool = True
+
+
 SECTIONS = {
     "model": ModelSettings, "train": TrainingConfig, "optimizer": OptimizerConfig, "scheduler": SchedulerConfig,
     "dataset": DatasetConfig, "checkpoint": CheckpointConfig, "logger": LoggerConfig, "peft": PeftConfig,
+    "dist": DistributedInitConfig,
 }
 
 
@@ -181,6 +196,7 @@ class ConfigContainer:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     peft: PeftConfig | None = None
     mixed_precision: str = "bf16_mixed"
+    dist: DistributedInitConfig = field(default_factory=DistributedInitConfig)
 
     @property
     def lr_decay_iters(self) -> int:
@@ -253,6 +269,9 @@ def _validate(c: ConfigContainer) -> None:
         raise ConfigError(f"dataset.seq_length={d.seq_length} differs from model.seq_length={m.seq_length}; set one "
                           f"(an override of either sets both)")
     _validate_layout(m)
+    for key in ("use_torch_fsdp2", "reshard_after_forward"):
+        if not isinstance(getattr(c.dist, key), bool):
+            raise ConfigError(f"dist.{key}={getattr(c.dist, key)!r}: expected true or false")
     _validate_optimizer(c)
     _validate_data(d, ck)
     if d.packing and m.context_parallel_size > 1:

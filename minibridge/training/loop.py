@@ -23,6 +23,7 @@ from ..models.output import shift_labels
 from ..parallel import finalize_grads, initialize
 from ..parallel.context import split_batch_for_context_parallel
 from ..parallel.data import finalize_pipeline_grads
+from ..parallel.fsdp import apply_fsdp, unshard
 from ..parallel.pipeline import MicroBatch, PipelineExecutor
 from ..parallel.collectives import all_reduce_
 from ..bridge.fingerprint import weights_fingerprint
@@ -135,7 +136,8 @@ class Trainer:
         else:
             bridge = HFBridge.from_config(c.model.config)
         # build -> parallelize (TP, CP, recomputation, compile) -> load, for this rank's pipeline chunks
-        chunks = bridge.to_model_chunks(self.dims, self.dtype, seed=c.train.seed, progress=self.dims.rank == 0,
+        dtype = torch.float32 if c.dist.use_torch_fsdp2 else self.dtype  # FSDP2: fp32 shards, self.dtype compute
+        chunks = bridge.to_model_chunks(self.dims, dtype, seed=c.train.seed, progress=self.dims.rank == 0,
                                         recompute=c.model.recompute_granularity, compile=c.model.compile)
         self.chunks = chunks
         if source and not (Path(source) / "config.json").exists():  # a minibridge checkpoint: weights only
@@ -143,6 +145,9 @@ class Trainer:
         self.base_model = None  # PEFT: fingerprint of the frozen base the adapters belong to
         if c.peft is not None:
             self._attach_adapters(bridge, bridge.source or source)  # a hub id resolves to its local folder
+        if c.dist.use_torch_fsdp2:  # the last parallelize pass, once the weights and adapters are in
+            apply_fsdp(chunks, self.dims, self.dtype if self.dtype != torch.float32 else None,
+                       c.dist.reshard_after_forward)
         self.pipeline = PipelineExecutor(chunks, self.dims) if self.dims.pp > 1 else None
         return bridge, chunks
 
@@ -369,6 +374,7 @@ class Trainer:
             if self.save_dir is None:
                 raise ConfigError("checkpoint.export_hf_on_finish=true needs checkpoint.save (or give a folder)")
             target = self.save_dir / "hf"
+        unshard(self.chunks)  # FSDP2: whole parameters (the run is over); nothing to do otherwise
         adapter = None
         if self.config.peft is not None:
             adapter = Path(f"{target}_adapter")

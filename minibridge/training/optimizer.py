@@ -6,6 +6,10 @@ parameter has an fp32 `main_grad` that micro-batch gradients accumulate into (a 
 hook moves each bf16 `.grad` there and frees it), and an fp32 master copy that torch's AdamW updates
 before it is rounded back into the bf16 parameter. fp32 parameters are their own masters.
 
+Under FSDP2 (minibridge.parallel.fsdp) the parameters are sharded fp32 DTensors, their own masters:
+the same class runs torch's AdamW over them (no main_grad, no copies; ZeRO-1 is subsumed, the state
+being sharded with the parameters), and the gradient norm adds up the dp shards as well.
+
 State is keyed by parameter name (never by position), so checkpoints reshard across layouts.
 """
 
@@ -20,6 +24,7 @@ from ..models import ModelChunks
 from ..parallel.collectives import all_reduce_
 from ..parallel.data import grad_of
 from ..parallel.dims import ParallelDims
+from ..parallel.fsdp import is_fsdp, local
 
 
 def _accumulate_into_main_grad(param: torch.Tensor) -> None:
@@ -57,6 +62,10 @@ class MixedPrecisionAdamW:
     ):
         self.dims = dims
         chunks = ModelChunks.of(model)  # this rank's pipeline chunks
+        self.fsdp = is_fsdp(chunks)  # sharded fp32 parameters: ZeRO-1 is subsumed
+        # FSDP2 computing in bf16: its fp32 shards are the masters a checkpoint stores as such
+        self.fsdp_masters = self.fsdp and chunks.sharding.fsdp.param_dtype is not None
+        distributed = distributed and not self.fsdp
         self.params = {n: p for n, p in chunks.named_parameters() if p.requires_grad}
         self.specs = chunks.specs
         # A tied last pipeline stage holds a copy of the embedding: count it once in the norm.
@@ -134,6 +143,8 @@ class MixedPrecisionAdamW:
             all_reduce_(total, self.dims.tp_group)
         if self.dims is not None and self.dims.config.pp > 1:
             all_reduce_(total, self.dims.pp_group)
+        if self.fsdp and self.dims.dp > 1:  # each dp rank holds a shard of every gradient
+            all_reduce_(total, self.dims.dp_group)
         return math.sqrt(total.item())
 
     @torch.no_grad()
@@ -145,10 +156,14 @@ class MixedPrecisionAdamW:
             scale = max_grad_norm / (norm + 1e-6)
         if math.isfinite(norm):
             for name, master in self.masters.items():
-                g = grad_of(self.params[name])  # fp32 already: a main_grad, or an fp32 parameter's grad
+                param = self.params[name]
+                if master is param:  # fp32: its own master (a DTensor under FSDP2), its .grad in place
+                    master.grad = torch.zeros_like(master) if master.grad is None else master.grad
+                    continue
+                g = grad_of(param)  # fp32 already: the main_grad
                 master.grad = g if g is not None else torch.zeros_like(master)
             if scale != 1.0:
-                torch._foreach_mul_([m.grad for m in self.masters.values()], scale)
+                torch._foreach_mul_([local(m.grad) for m in self.masters.values()], scale)
             self.inner.step()
             low = [(self.params[n], m) for n, m in self.masters.items() if m is not self.params[n]]
             if low:  # round the fp32 masters back into the bf16 parameters
@@ -171,7 +186,7 @@ class MixedPrecisionAdamW:
         out = {}
         for name, master in self.masters.items():
             state = dict(self.inner.state[master])
-            if master is not self.params[name]:
+            if master is not self.params[name] or self.fsdp_masters:
                 state["master"] = master
             out[name] = state
         return out

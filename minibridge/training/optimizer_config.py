@@ -33,7 +33,7 @@ class OptimizerConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
-    use_distributed_optimizer: bool = True  # ZeRO-1 over data-parallel ranks
+    use_distributed_optimizer: bool = True  # ZeRO-1 over data-parallel ranks (subsumed by dist.use_torch_fsdp2)
 
 
 @dataclass
