@@ -24,21 +24,27 @@ def llama(hf_checkpoint):
 
 def run_eval(tmp_path, name, *argv):
     out = tmp_path / f"{name}.json"
-    assert main([*argv, *COMMON, "--output", str(out)]) == 0
+    assert main([*COMMON, *argv, "--output", str(out)]) == 0  # argv may override COMMON
     return json.loads(out.read_text())
 
 
 def hf_reference(folder, dataset, n: int) -> tuple[float, int]:
-    """(sum of NLLs, tokens) of transformers on the first n samples: each (seq_length + 1)-token
-    Megatron window run with its labels (HF shifts them inside and means over non -100 targets)."""
+    """(sum of NLLs, tokens) of transformers on the first n samples in training's order (DataIterator:
+    Megatron windows in order, SFT rows shuffled by train.seed), each run with its labels (HF shifts
+    them inside and means over non -100 targets); a (seq_length + 1)-token Megatron window ends with
+    its final_label."""
+    from minibridge.training.data import DataIterator
+
     model = load_hf(folder)
+    order = DataIterator(dataset, global_batch_size=1, micro_batch_size=1, dp_rank=0, dp_size=1, seed=1234)
     total, tokens = 0.0, 0
     with torch.no_grad():
-        for i in range(n):
-            s = dataset[i]
-            final = s["final_label"].reshape(1)
-            ids = torch.cat([s["input_ids"], final.clamp(min=0)])[None]
-            labels = torch.cat([s["labels"], final])[None]
+        for _ in range(n):
+            (b,) = order.next_global_batch()
+            ids, labels = b.input_ids, b.labels
+            if b.final_label is not None:
+                final = b.final_label.reshape(1, 1)
+                ids, labels = torch.cat([ids, final.clamp(min=0)], 1), torch.cat([labels, final], 1)
             count = int((labels[:, 1:] != -100).sum())
             total += model(input_ids=ids, labels=labels).loss.double().item() * count
             tokens += count
@@ -56,6 +62,26 @@ def test_perplexity_equals_transformers(tmp_path, llama, indexed_data, one_threa
     assert got["loss"] == pytest.approx(total / tokens, rel=1e-5)
     assert got["perplexity"] == pytest.approx(math.exp(total / tokens), rel=1e-5)
     assert got["layout"]["tp"] == 1 and got["dataset"]["kind"] == "indexed" and got["model"]["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sft"])
+def test_text_datasets_equal_transformers(tmp_path, hf_checkpoint, pydoc_data, kind, one_thread):
+    """Raw-text JSONL (tokenized on the fly) and SFT rows (loss on the completions only, padded)."""
+    from minibridge.evaluation import eval_dataset
+
+    folder = hf_checkpoint("Llama-3.2-1B", vocab_size=pydoc_data["vocab_size"])
+    texts = [json.loads(line)["text"] for line in open(pydoc_data["jsonl"])][:40]
+    path = tmp_path / f"{kind}.jsonl"  # 40 of pydoc's topics: quick to tokenize
+    rows = [{"text": t[:2000]} if kind == "jsonl" else {"prompt": t[:12], "completion": t[12:80]} for t in texts]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    seq = SEQ if kind == "jsonl" else 64  # the chat template's prompt + some of the completion
+    got = run_eval(tmp_path, kind, "--hf-model", str(folder), "--data-path", str(path), "--dataset", kind,
+                   "--tokenizer", pydoc_data["tokenizer"], "--split", "all", "--max-samples", "6",
+                   "--seq-length", str(seq))
+    dataset = eval_dataset(kind, [str(path)], seq_length=seq, tokenizer=pydoc_data["tokenizer"], part="all")
+    total, tokens = hf_reference(folder, dataset, 6)
+    assert got["samples"] == 6 and got["tokens"] == tokens > 0 and got["dataset"]["kind"] == kind
+    assert got["loss"] == pytest.approx(total / tokens, rel=1e-5)
 
 
 def test_checkpoint_equals_its_hf_folder(tmp_path, llama, indexed_data, one_thread):
