@@ -19,14 +19,20 @@ LAYERS = 4
 
 
 @pytest.fixture(scope="module")
-def llama(hf_checkpoint, pydoc_data, tmp_path_factory):
-    """A 4-layer tiny Llama with pydoc's 512-token tokenizer beside its weights."""
-    folder = tmp_path_factory.mktemp("compare") / "llama"
-    shutil.copytree(hf_checkpoint("Llama-3.2-1B", vocab_size=pydoc_data["vocab_size"], num_hidden_layers=LAYERS),
-                    folder)
-    for file in Path(pydoc_data["tokenizer"]).iterdir():
-        shutil.copy(file, folder / file.name)
-    return folder
+def lm_folder(hf_checkpoint, pydoc_data, tmp_path_factory):
+    """lm_folder(name, **overrides): a tiny HF checkpoint with pydoc's 512-token tokenizer beside its weights."""
+    def build(name, **overrides):
+        folder = tmp_path_factory.mktemp("compare") / name
+        shutil.copytree(hf_checkpoint(name, vocab_size=pydoc_data["vocab_size"], **overrides), folder)
+        for file in Path(pydoc_data["tokenizer"]).iterdir():
+            shutil.copy(file, folder / file.name)
+        return folder
+    return build
+
+
+@pytest.fixture(scope="module")
+def llama(lm_folder):
+    return lm_folder("Llama-3.2-1B", num_hidden_layers=LAYERS)
 
 
 def compare(tmp_path, name, *argv):
@@ -35,12 +41,15 @@ def compare(tmp_path, name, *argv):
     return code, json.loads(out.read_text())
 
 
-def test_identical_model_agrees(tmp_path, llama, one_thread, capsys):
-    code, got = compare(tmp_path, "same", "--hf-model", str(llama), "--per-layer", "--dtype", "fp32", "--top-k", "3")
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_identical_model_agrees(tmp_path, llama, lm_folder, family, one_thread, capsys):
+    """Gemma: 7 layers, sliding window 8 < the prompt's length, tied output."""
+    folder, layers = (llama, LAYERS) if family == "llama" else (lm_folder("gemma-3-1b-it"), 7)
+    code, got = compare(tmp_path, "same", "--hf-model", str(folder), "--per-layer", "--dtype", "fp32", "--top-k", "3")
     assert code == 0 and got["ok"]
     assert got["max_abs_diff"] < 1e-4 and got["cosine_min"] > 1 - 1e-6
     assert got["top1_agreement"] == 1.0 and got["topk_overlap"] == 1.0 and got["top_k"] == 3
-    assert len(got["layers"]) == LAYERS and got["first_diverging_layer"] is None
+    assert len(got["layers"]) == layers and got["first_diverging_layer"] is None and got["positions"] > 8
     assert all(d["relative"] < 1e-5 for d in got["layers"]) and got["layers"][-1]["with_final_norm"]
     out = capsys.readouterr().out
     assert "cosine similarity per position: min" in out and "every layer within tolerance 0.0001" in out

@@ -91,7 +91,8 @@ def test_checkpoint_equals_its_hf_folder(tmp_path, llama, indexed_data, one_thre
     data = ["--data-path", indexed_data, "--split", "all", "--eval-iters", "4", "--micro-batch-size", "2"]
     hf = run_eval(tmp_path, "hf", "--hf-model", str(llama), *data)
     with_config = run_eval(tmp_path, "ckpt", "--hf-model", str(llama), "--megatron-path", str(ckpt), *data)
-    alone = run_eval(tmp_path, "alone", "--megatron-path", str(tmp_path / "ckpt"), *data)  # run.json's config
+    iteration = next((tmp_path / "ckpt").glob("iter_*"))  # an iteration folder, the config from its run.json
+    alone = run_eval(tmp_path, "alone", "--megatron-path", str(iteration), *data)
     assert hf["samples"] == 8
     for other in (with_config, alone):
         assert (other["loss"], other["tokens"]) == (hf["loss"], hf["tokens"])
