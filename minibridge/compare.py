@@ -65,7 +65,7 @@ def _input_ids(args, bridge):
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     from .errors import ConfigError
-    from .evaluation import load_model, model_bridge, parse_dtype
+    from .evaluation import json_safe, load_model, model_bridge, parse_dtype
     from .evaluation.compare import compare_with_transformers
     from .files import write_atomic
     from .parallel import ParallelConfig, initialize
@@ -91,9 +91,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"transformers ({args.hf_model}) vs minibridge ({ours}, tp={args.tp}) on {ids.shape[1]} prompt tokens")
         print(result.summary(), flush=True)
         if args.json:
-            write_atomic(args.json, json.dumps({"hf_model": args.hf_model, "megatron_path": args.megatron_path,
-                                                "prompt": args.prompt, "tp": args.tp, **result.to_dict()},
-                                               indent=2) + "\n")
+            record = {"hf_model": args.hf_model, "megatron_path": args.megatron_path, "prompt": args.prompt,
+                      "tp": args.tp, **result.to_dict()}
+            write_atomic(args.json, json.dumps(json_safe(record), indent=2) + "\n")  # nan/inf as null
     return 0 if ok[0] else 1
 
 

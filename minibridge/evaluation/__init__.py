@@ -7,7 +7,7 @@ It sits above training (the trainer's forward and data pipeline) and conversion 
 """
 
 from .models import default_tokenizer, load_model, model_bridge, parse_dtype
-from .perplexity import EvalResult, eval_dataset, evaluate_perplexity
+from .perplexity import EvalResult, eval_dataset, evaluate_perplexity, json_safe
 
-__all__ = ["EvalResult", "default_tokenizer", "eval_dataset", "evaluate_perplexity", "load_model", "model_bridge",
-           "parse_dtype"]
+__all__ = ["EvalResult", "default_tokenizer", "eval_dataset", "evaluate_perplexity", "json_safe", "load_model",
+           "model_bridge", "parse_dtype"]

@@ -52,14 +52,17 @@ class EvalResult:
 
     def write_json(self, path) -> None:
         """The result as JSON at `path`, written atomically (non-finite numbers as null)."""
-        write_atomic(path, json.dumps(_finite(self.to_dict()), indent=2) + "\n")
+        write_atomic(path, json.dumps(json_safe(self.to_dict()), indent=2) + "\n")
 
 
-def _finite(value):
+def json_safe(value):
+    """`value` with every non-finite float (nested in dicts and lists) as None: strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     return value
 
 

@@ -99,10 +99,14 @@ def test_checkpoint_equals_its_hf_folder(tmp_path, llama, indexed_data, one_thre
 
 
 def test_parallel_layouts_equal_one_process(tmp_path, llama, indexed_data):
+    """TP=2 (+SP), PP=2 (the pipeline's forward_only path; also from a checkpoint), CP=2 and DP=2."""
+    from minibridge.conversion import import_checkpoint
+
+    ckpt = import_checkpoint(str(llama), tmp_path / "ckpt", progress=False)
     data = ["--hf-model", str(llama), "--data-path", indexed_data, "--split", "all", "--max-samples", "8",
             "--micro-batch-size", "2", *COMMON]
     layouts = {"one": [], "tp2": ["--tp", "2", "--sequence-parallel"], "pp2": ["--pp", "2"], "cp2": ["--cp", "2"],
-               "dp2": []}
+               "dp2": [], "pp2_ckpt": ["--pp", "2", "--megatron-path", str(ckpt)]}
     run_commands("eval", [[*data, "--output", str(tmp_path / "one.json")]])
     run_distributed(run_commands, 2, "eval",
                     [[*data, *flags, "--output", str(tmp_path / f"{name}.json")] for name, flags in layouts.items()
