@@ -164,3 +164,11 @@ def test_bad_inputs_give_clear_errors(tmp_path, llama, indexed_data, capsys):
     assert "fewer than one global batch of 1000" in err
     err = error_of(capsys, "--hf-model", str(llama), "--data-path", indexed_data, "--tp", "3")
     assert "tp=3" in err
+
+
+def test_progress_lines_and_summary(tmp_path, llama, indexed_data, capsys, one_thread):
+    assert main(["--hf-model", str(llama), "--data-path", indexed_data, "--split", "all", "--seq-length", str(SEQ),
+                 "--eval-iters", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "eval: 3/3 batches | loss so far" in captured.err and "tokens/s" in captured.err
+    assert f"on {indexed_data} (all): loss " in captured.out and f"{3 * SEQ} tokens in 3 samples" in captured.out
