@@ -40,6 +40,7 @@ CHECKPOINT = PARALLEL | {"minibridge.checkpoint"}
 TRAINING = BRIDGE | CHECKPOINT | {"minibridge.training"}
 CONVERSION = BRIDGE | CHECKPOINT | {"minibridge.conversion"}
 PUBLIC = TRAINING | CONVERSION | {"minibridge", "minibridge.recipes"}
+EVALUATION = TRAINING | CONVERSION | {"minibridge.evaluation"}
 LAYERS: dict[str, set[str]] = {
     "minibridge.errors": set(),
     "minibridge.files": {"minibridge.errors"},
@@ -58,10 +59,14 @@ LAYERS: dict[str, set[str]] = {
     # recipes only build configs: never the training loop, parallel or kernels
     "minibridge.recipes": FOUNDATION | {"minibridge.models", "minibridge.bridge", "minibridge.training.config",
                                         "minibridge.training.overrides"},
+    # eval / compare logic: the trainer's forward and data (training) and checkpoint loading (conversion)
+    "minibridge.evaluation": TRAINING | CONVERSION,
     "minibridge": CONVERSION,                  # the public API in minibridge/__init__.py
     "minibridge.train": PUBLIC,                # thin `python -m` entry points
     "minibridge.convert": PUBLIC,
     "minibridge.generate": PUBLIC,
+    "minibridge.eval": PUBLIC | EVALUATION,
+    "minibridge.compare": PUBLIC | EVALUATION,
 }
 # units that must not touch torch.distributed (single-device code)
 NO_DISTRIBUTED = {"minibridge.models", "minibridge.kernels"}

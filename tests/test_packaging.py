@@ -29,6 +29,8 @@ SCRIPTS = {
     "minibridge-train": "minibridge.train:main",
     "minibridge-convert": "minibridge.convert:main",
     "minibridge-generate": "minibridge.generate:main",
+    "minibridge-eval": "minibridge.eval:main",
+    "minibridge-compare": "minibridge.compare:main",
     "minibridge-preprocess": "minibridge.training.data.preprocess:main",
 }
 EXTRAS = {"test", "flash", "tensorboard", "matplotlib", "wandb"}

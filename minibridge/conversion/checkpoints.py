@@ -103,11 +103,12 @@ def load_megatron_model(bridge, path: str | Path, parallel=None, dtype: torch.dt
     """This rank's chunks of the model of `bridge` (an AutoBridge of the matching HF folder) with the
     weights of the minibridge checkpoint at `path`: a full checkpoint is read directly (resharded to
     `parallel`); an adapter-only (LoRA/DoRA) checkpoint is attached to its base model and, by default,
-    merged into it. `dtype` defaults to the dtype stored in the checkpoint."""
-    if parallel is not None and parallel.config.pp > 1:
-        raise ConfigError("loading a checkpoint for export or generation supports tensor parallelism only (pp=1)")
+    merged into it (pp=1 only). `dtype` defaults to the dtype stored in the checkpoint."""
     folder, info, stored = read_checkpoint(path)
     peft = info.get("peft")
+    if parallel is not None and parallel.config.pp > 1 and peft is not None:
+        raise ConfigError(f"{folder} holds {peft.get('scheme')} adapters: loading them onto their base model "
+                          f"supports tensor parallelism only (pp=1); a full checkpoint loads under any layout")
     check_same_model(bridge.config, bridge.source, folder, info, stored, adapters_only=peft is not None)
     if peft is None:
         chunks = build_model(bridge.config, parallel, dtype or stored_dtype(stored), device)

@@ -19,18 +19,15 @@ import torch.distributed as dist
 
 from .. import checkpoint as ckpt
 from ..bridge import HFBridge
-from ..models.output import shift_labels
 from ..parallel import finalize_grads, initialize
-from ..parallel.context import split_batch_for_context_parallel
 from ..parallel.data import finalize_pipeline_grads
 from ..parallel.fsdp import apply_fsdp, unshard
-from ..parallel.pipeline import MicroBatch, PipelineExecutor
-from ..parallel.collectives import all_reduce_
 from ..bridge.fingerprint import weights_fingerprint
 from ..peft import apply_peft, count_parameters, merge_peft
 from ..errors import ConfigError, RunLockedError
 from .config import ConfigContainer
 from .data import DataIterator, build_datasets, load_tokenizer
+from .forward import ModelForward
 from .flops import mfu, model_flops_per_token, peak_flops
 from .progress import NonFiniteLossError, TrainingLogger, check_finite, memory_gb
 from .optimizer import MixedPrecisionAdamW
@@ -85,6 +82,7 @@ class Trainer:
         d = c.dataset
         self._data_source = (f"dataset {', '.join(d.data_paths)}" if d.data_paths else f"{d.kind} data") + (
             f" (tokenizer {d.tokenizer or c.checkpoint.pretrained_checkpoint})" if d.kind != "mock" else "")
+        self.forward = ModelForward(self.chunks, self.dims, self._data_source)  # train, validate and eval share it
         self.iterator = self._iterator(self.train_data)
         self.step = 0
         self.saved_step = None  # the step of the newest checkpoint of this run, known alike on every rank
@@ -148,7 +146,6 @@ class Trainer:
         if c.dist.use_torch_fsdp2:  # the last parallelize pass, once the weights and adapters are in
             apply_fsdp(chunks, self.dims, self.dtype if self.dtype != torch.float32 else None,
                        c.dist.reshard_after_forward)
-        self.pipeline = PipelineExecutor(chunks, self.dims) if self.dims.pp > 1 else None
         return bridge, chunks
 
     def _attach_adapters(self, bridge, source):
@@ -225,60 +222,26 @@ class Trainer:
                           f"another order than the stored run's would have (Megatron rebuilds them alike)", flush=True)
 
     # ------------------------------------------------------------------ steps
-    def _global_sum(self, value: torch.Tensor) -> torch.Tensor:
-        return all_reduce_(value, self.dims.dp_group) if self.dims.dp > 1 else value
-
-    def _micro_batch(self, batch) -> MicroBatch:
-        """A data batch on this rank's device, its labels shifted into targets (once, on the whole
-        sequence); under context parallelism, this cp rank's share."""
-        batch.check_vocabulary(self.chunks.config.vocab_size, self._data_source)
-        b = batch.to(self.dims.device)
-        targets = shift_labels(b.labels)
-        if b.final_label is not None:  # Megatron-style (seq_length + 1)-token windows: the last input's target
-            targets[:, -1] = b.final_label
-        packed = bool((b.document_ids != 0).any())
-        if self.dims.cp == 1:
-            return MicroBatch(b.input_ids, targets, b.position_ids, b.document_ids if packed else None)
-        if packed:
-            raise ConfigError("packed documents (dataset.packing=true, or an SFT dataset's packed rows) with "
-                              "model.context_parallel_size > 1 are not supported yet; set one of them off")
-        ids, targets, positions = split_batch_for_context_parallel(b.input_ids, targets, b.position_ids,
-                                                                   self.dims.cp, self.dims.cp_rank)
-        return MicroBatch(ids, targets, positions, None)
-
-    def _forward(self, batch, reduction: str):
-        b = self._micro_batch(batch)
-        model = self.chunks[0]
-        return model.loss(model.hidden_states(b.input_ids, b.position_ids, b.document_ids), b.targets, reduction)
-
-    def _micro_batches(self, batches) -> list[MicroBatch]:
-        return [self._micro_batch(b) for b in batches]
-
-    def _sequence_sum(self, value: torch.Tensor) -> torch.Tensor:
-        """Sum a per-rank partial (loss) over the cp ranks that share the sequences, then over dp."""
-        if self.dims.cp > 1:
-            all_reduce_(value, self.dims.cp_group)
-        return self._global_sum(value)
-
     def train_step(self) -> dict:
         start = time.perf_counter()
         micro_batches = self.iterator.next_global_batch()
-        tokens = self._global_sum(torch.tensor(float(sum(b.num_loss_tokens() for b in micro_batches))))
+        f = self.forward
+        tokens = f.global_sum(torch.tensor(float(sum(b.num_loss_tokens() for b in micro_batches))))
         loss_sum = torch.zeros((), dtype=torch.float64)
         lr = self.schedule(self.step)
         self.optimizer.set_lr(lr)
         self.optimizer.set_weight_decay(self.weight_decay(self.step))
-        if self.pipeline is not None:
-            loss_sum += self.pipeline.run(self._micro_batches(micro_batches), tokens.clamp(min=1).to(self.dims.device))
+        if f.pipeline is not None:
+            loss_sum += f.pipeline.run(f.micro_batches(micro_batches), tokens.clamp(min=1).to(self.dims.device))
         else:
             for batch in micro_batches:
-                loss = self._forward(batch, "sum") / tokens.clamp(min=1).to(self.dims.device)
+                loss = f.forward(batch, "sum") / tokens.clamp(min=1).to(self.dims.device)
                 loss.backward()
                 loss_sum += loss.detach().double().cpu()
         for chunk in self.chunks:
             finalize_grads(chunk, self.dims, average_dp=False)
         finalize_pipeline_grads(self.chunks, self.dims)
-        loss = self._sequence_sum(loss_sum).item()
+        loss = f.sequence_sum(loss_sum).item()
         check_finite(loss, self.step + 1, self._last_checkpoint())
         grad_norm = self.optimizer.step(self.config.optimizer.clip_grad or None)  # no update when not finite
         self.optimizer.zero_grad()
@@ -306,22 +269,12 @@ class Trainer:
             print(f"step {self.step}: gradient norm is {grad_norm}; update skipped ({self.skipped_steps} of "
                   f"train.max_skipped_steps={allowed})", flush=True)
 
-    @torch.no_grad()
     def validate(self) -> float | None:
+        """Token-weighted mean NLL over train.eval_iters global batches of the validation split
+        (ModelForward.evaluate, as `python -m minibridge.eval` computes it)."""
         if self.valid_data is None:
             return None
-        iterator = self._iterator(self.valid_data)
-        total = torch.zeros((), dtype=torch.float64)
-        count = torch.zeros((), dtype=torch.float64)
-        for _ in range(self.config.train.eval_iters):
-            batches = iterator.next_global_batch()
-            count += sum(b.num_loss_tokens() for b in batches)
-            if self.pipeline is not None:
-                total += self.pipeline.run(self._micro_batches(batches), 1.0, forward_only=True)
-                continue
-            for batch in batches:
-                total += self._forward(batch, "sum").double().cpu()
-        return (self._sequence_sum(total) / self._global_sum(count).clamp(min=1)).item()
+        return self.forward.evaluate(self._iterator(self.valid_data), self.config.train.eval_iters).loss
 
     def _last_checkpoint(self) -> Path | None:
         if self.save_dir is None:

@@ -30,8 +30,8 @@ import torch
 from ..errors import TrainingDivergedError
 from .loss_curve import METRICS_NAME, plot_loss_curve, read_loss_history, supersede_after
 
-__all__ = ["NonFiniteLossError", "TrainingLogger", "check_finite", "format_progress", "memory_gb", "plot_loss_curve",
-           "read_loss_history"]
+__all__ = ["NonFiniteLossError", "TrainingLogger", "check_finite", "format_progress", "memory_gb", "perplexity",
+           "plot_loss_curve", "read_loss_history"]
 
 _log = logging.getLogger("minibridge.training")
 REQUIRED_KEYS = ("loss", "lr", "grad_norm", "tokens_per_sec")
@@ -61,6 +61,15 @@ def check_finite(loss, step: int, last_checkpoint: str | Path | None = None) -> 
     if not math.isfinite(value):
         raise NonFiniteLossError(value, step, last_checkpoint)
     return value
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean NLL in nats); inf where exp overflows a float (loss > ~709.78), nan stays nan."""
+    loss = float(loss)
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
 
 
 def memory_gb(device: torch.device | str | None = None) -> float | None:
@@ -245,14 +254,16 @@ class TrainingLogger:
         if self.rank != 0:
             return
         shown = _number(loss, finite_only=False)
-        ppl = math.exp(shown) if not shown >= 50 else float("inf")  # nan stays nan
+        ppl = perplexity(shown)
         print(f"validation at step {step} | val loss {shown:.4f} | val ppl {ppl:.2f}", flush=True)
-        loss = _number(loss)
-        self._write({"step": int(step), "val_loss": loss})
-        if self._tb is not None and loss is not None:
-            self._tb.add_scalar("val/loss", loss, step)
-        if self._wandb is not None and loss is not None:
-            self._wandb.log({"val/loss": loss}, step=step)
+        loss, ppl = _number(loss), _number(ppl)  # non-finite values are written as null
+        self._write({"step": int(step), "val_loss": loss, "val_ppl": ppl})
+        values = {key: value for key, value in (("loss", loss), ("ppl", ppl)) if value is not None}
+        if self._tb is not None:
+            for key, value in values.items():
+                self._tb.add_scalar(f"val/{key}", value, step)
+        if self._wandb is not None and values:
+            self._wandb.log({f"val/{key}": value for key, value in values.items()}, step=step)
 
     def finish(self) -> Path | None:
         """Close every sink and draw `<log_dir>/loss_curve.png`; returns its path (None off rank 0)."""

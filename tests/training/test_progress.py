@@ -1,5 +1,6 @@
 """TrainingLogger, the loss-curve PNG, non-finite loss checks and the FLOPs count (all CPU, fast)."""
 
+import math
 import json
 import pickle
 import struct
@@ -54,7 +55,7 @@ def test_resumed_run_appends_and_last_value_of_a_step_wins(tmp_path):
         logger.log_validation(4, 2.5)
     records = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 3, 4, 4]
-    assert records[-1] == {"step": 4, "val_loss": 2.5}
+    assert records[-1] == {"step": 4, "val_loss": 2.5, "val_ppl": math.exp(2.5)}
     train, val = read_loss_history(tmp_path / "metrics.jsonl")
     assert train == [(1, 11.0), (2, 12.0), (3, 3.0), (4, 4.0)]
     assert val == [(4, 2.5)]
@@ -110,8 +111,17 @@ def test_eta_from_wall_clock_when_no_step_time_given(tmp_path, monkeypatch):
 def test_validation_is_printed_and_logged(tmp_path, capsys):
     with TrainingLogger(tmp_path, total_iters=10) as logger:
         logger.log_validation(10, torch.tensor(2.0))
-    assert "val loss 2.0000" in capsys.readouterr().out
-    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 10, "val_loss": 2.0}]
+    assert "val loss 2.0000 | val ppl 7.39" in capsys.readouterr().out
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 10, "val_loss": 2.0, "val_ppl": math.exp(2.0)}]
+
+
+@pytest.mark.parametrize("loss, ppl", [(800.0, None), (float("nan"), None), (60.0, math.exp(60.0))])
+def test_validation_perplexity_overflow_and_nan_are_null(tmp_path, loss, ppl):
+    """exp overflows past ~709.78 nats: inf, written as null like nan; large finite values stay."""
+    with TrainingLogger(tmp_path, total_iters=10) as logger:
+        logger.log_validation(10, loss)
+    record = read_jsonl(tmp_path / "metrics.jsonl")[0]
+    assert record["val_ppl"] == ppl
 
 
 def test_other_ranks_write_and_print_nothing(tmp_path, capsys):
@@ -180,7 +190,7 @@ def test_tensorboard_and_wandb_receive_metrics(tmp_path, monkeypatch):
     assert ("add_scalar", ("val/loss", 1.5, 1), {}) in tb.calls
     assert tb.calls[-1][0] == "close"
     assert run.init_kwargs["project"] == "proj" and run.init_kwargs["config"] == {"lr": 3e-4}
-    assert ("log", ({"val/loss": 1.5},), {"step": 1}) in run.calls
+    assert ("log", ({"val/loss": 1.5, "val/ppl": math.exp(1.5)},), {"step": 1}) in run.calls
     assert run.calls[-1][0] == "finish"
 
 
