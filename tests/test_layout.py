@@ -62,6 +62,8 @@ LAYERS: dict[str, set[str]] = {
     "minibridge.train": PUBLIC,                # thin `python -m` entry points
     "minibridge.convert": PUBLIC,
     "minibridge.generate": PUBLIC,
+    # lm-evaluation-harness's `--model minibridge`: an entry point that also generates with minibridge.generate
+    "minibridge.harness": PUBLIC | {"minibridge.generate"},
 }
 # units that must not touch torch.distributed (single-device code)
 NO_DISTRIBUTED = {"minibridge.models", "minibridge.kernels"}
