@@ -14,6 +14,7 @@ read as minibridge reads user folders (safetensors only, no remote code, no file
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,9 @@ def _whole_model(model) -> torch.nn.Module:
 def load(pretrained=None, checkpoint=None, tokenizer=None, dtype=None, device=None, revision=None,
          add_bos_token: bool | None = None) -> Loaded:
     """The model, tokenizer and EOS ids of one of the sources of this module's docstring."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']}: --model minibridge evaluates in one process (no "
+                          f"data or tensor parallel evaluation yet); run it without torchrun or accelerate launch")
     dtype = parse_dtype(dtype)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if pretrained is not None and not isinstance(pretrained, (str, Path)):

@@ -61,6 +61,14 @@ def test_bad_model_arguments_are_named(args, message):
         MinibridgeLM(**args)
 
 
+def test_one_process_only(monkeypatch):
+    from minibridge.harness import MinibridgeLM
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="WORLD_SIZE=2: --model minibridge evaluates in one process"):
+        MinibridgeLM(pretrained="x")
+
+
 def test_bad_sources_and_generation_settings(harness_lms, tmp_path):
     from lm_eval.api.instance import Instance
 
