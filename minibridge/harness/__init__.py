@@ -11,7 +11,7 @@
     from minibridge.harness import register; register()        # then model="minibridge" works by name
     results = lm_eval.simple_evaluate(model="minibridge", model_args="pretrained=HF_DIR", tasks=["arc_easy"])
 
-lm_eval 0.4 finds models only in its own registry (no entry points or plugins), so `python -m
+lm_eval (0.4.13 checked) finds models only in its own registry (no entry points or plugins), so `python -m
 minibridge.harness` registers the model and then runs lm_eval's own command line with the same arguments.
 lm_eval is an optional extra (`pip install minibridge[lm-eval]`), imported only when used: this package
 imports without it. The model arguments are listed in `MinibridgeLM`'s docstring (model.py); how each
