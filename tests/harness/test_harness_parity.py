@@ -77,6 +77,14 @@ def test_requests_equal_hf(harness_lms, family):
     assert_same(rolling, hf.loglikelihood_rolling(_requests("loglikelihood_rolling", texts)))
     assert_same(alone.loglikelihood_rolling(_requests("loglikelihood_rolling", texts)), rolling)
 
+    # add_bos_token=false reaches the tokenizer as it does in HFLM (and changes the scores)
+    no_bos = dict(add_bos_token=False, batch_size=4, **common)
+    few = _requests("loglikelihood", pairs[-3:-1])  # contexts short enough to keep their first token
+    without = MinibridgeLM(pretrained=folder, **no_bos).loglikelihood(few)
+    assert_same(without, HFLM(pretrained=folder, **no_bos).loglikelihood(few))
+    with pytest.raises(AssertionError):
+        assert_same(without, got[-3:-1])
+
     # a stop string from the middle of each output: the text ends before its first occurrence
     stops = [(p, {"until": [text[len(text) // 2]], "max_gen_toks": 8}) for p, text in zip(PROMPTS, raw)]
     cut = ours.generate_until(_requests("generate_until", stops))
