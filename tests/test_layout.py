@@ -67,6 +67,8 @@ LAYERS: dict[str, set[str]] = {
     "minibridge.generate": PUBLIC,
     "minibridge.eval": PUBLIC | EVALUATION,
     "minibridge.compare": PUBLIC | EVALUATION,
+    # lm-evaluation-harness's `--model minibridge`: an entry point that also generates with minibridge.generate
+    "minibridge.harness": PUBLIC | {"minibridge.generate"},
 }
 # units that must not touch torch.distributed (single-device code)
 NO_DISTRIBUTED = {"minibridge.models", "minibridge.kernels"}
