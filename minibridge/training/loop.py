@@ -12,6 +12,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from ..models.output import shift_labels
 from ..parallel import finalize_grads, initialize
 from ..parallel.context import split_batch_for_context_parallel
 from ..parallel.data import finalize_pipeline_grads
+from ..parallel.overlap import arm_chunk, grad_reducers
 from ..parallel.pipeline import MicroBatch, PipelineExecutor
 from ..parallel.collectives import all_reduce_
 from ..bridge.fingerprint import weights_fingerprint
@@ -72,6 +74,8 @@ class Trainer:
             betas=(c.optimizer.adam_beta1, c.optimizer.adam_beta2), eps=c.optimizer.adam_eps,
             dims=self.dims, distributed=c.optimizer.use_distributed_optimizer,
         )
+        self.reducers = grad_reducers(self.chunks, self.dims, average=False, bucket_bytes=c.ddp.bucket_bytes(),
+                                      overlap=c.ddp.overlap_grad_reduce)  # after the optimizer: see parallel.overlap
         s = c.scheduler
         self.schedule = LRSchedule(
             lr=c.optimizer.lr, min_lr=c.optimizer.min_lr, warmup_iters=s.lr_warmup_iters,
@@ -258,14 +262,18 @@ class Trainer:
         self.optimizer.set_lr(lr)
         self.optimizer.set_weight_decay(self.weight_decay(self.step))
         if self.pipeline is not None:
-            loss_sum += self.pipeline.run(self._micro_batches(micro_batches), tokens.clamp(min=1).to(self.dims.device))
+            loss_sum += self.pipeline.run(self._micro_batches(micro_batches), tokens.clamp(min=1).to(self.dims.device),
+                                          before_last_backward=partial(arm_chunk, self.reducers))
         else:
-            for batch in micro_batches:
+            for i, batch in enumerate(micro_batches):
+                if i == len(micro_batches) - 1:  # its gradients are final: ddp.overlap_grad_reduce may start
+                    arm_chunk(self.reducers, 0)
                 loss = self._forward(batch, "sum") / tokens.clamp(min=1).to(self.dims.device)
                 loss.backward()
                 loss_sum += loss.detach().double().cpu()
-        for chunk in self.chunks:
-            finalize_grads(chunk, self.dims, average_dp=False)
+        for v, chunk in enumerate(self.chunks):
+            finalize_grads(chunk, self.dims, average_dp=False, reducer=self.reducers[v],
+                           bucket_bytes=self.config.ddp.bucket_bytes())
         finalize_pipeline_grads(self.chunks, self.dims)
         loss = self._sequence_sum(loss_sum).item()
         check_finite(loss, self.step + 1, self._last_checkpoint())
