@@ -4,6 +4,8 @@ DP x TP (sequence-parallel partial sums stay with finalize_grads), DP x PP (1F1B
 DP x CP; fp32 and bf16_mixed, tied and untied embeddings (their gradients go into main_grad directly),
 ZeRO-1 on and off, with gradient accumulation (8 sequences in micro-batches of 2)."""
 
+import pytest
+
 from overlap_workers import overlap_matches
 from spawn import run_distributed
 
@@ -57,3 +59,22 @@ def test_torch_runs_post_accumulate_hooks_after_a_backward_that_returns_no_gradi
     weight.register_post_accumulate_grad_hook(lambda p: seen.append((p.grad, p.main_grad.clone())))
     WritesMainGrad.apply(torch.ones(3, requires_grad=True), weight).sum().backward()
     assert len(seen) == 1 and seen[0][0] is None and torch.equal(seen[0][1], torch.ones(3))
+
+
+def test_ddp_settings_are_checked_and_the_reducer_needs_the_optimizer_first():
+    from types import SimpleNamespace
+
+    import torch
+
+    from minibridge.errors import ConfigError
+    from minibridge.parallel.overlap import GradReducer
+    from minibridge.recipes import build_config
+
+    for override, says in (("ddp.bucket_size=0", "ddp.bucket_size=0: expected a positive integer"),
+                           ("ddp.overlap_grad_reduce=maybe", "ddp.overlap_grad_reduce")):
+        with pytest.raises(ConfigError, match=says):
+            build_config(LLAMA, overrides=[override]).validate()
+    assert build_config(LLAMA, overrides=["ddp.bucket_size=1000"]).ddp.bucket_bytes() == 4000  # fp32 gradients
+    dims = SimpleNamespace(config=SimpleNamespace(cp=1), dp=2, tp=1, dp_group=None)
+    with pytest.raises(ConfigError, match="parameter weight .*bfloat16.* has no fp32 main_grad yet"):
+        GradReducer(torch.nn.Linear(2, 2, dtype=torch.bfloat16), dims)
