@@ -12,7 +12,7 @@ per-rank bytes, P parameters on d ranks:
     FSDP2      (4P + 4P + 8P)/d    (torch's fully_shard per block, then the root: all three split)
 ZeRO-1's split is by whole parameters (greedy by size), so it lands near, not on, 8P/d; FSDP2 pads
 each parameter's dim 0 to a multiple of d. The overlapped reducer's flat bucket copies (alive from
-a bucket's launch to the end of backward) are shown apart, at their peak.
+the first backward on, kept between steps) are shown apart.
 
 Hidden fraction (dp = 2): best of a few repetitions of backward alone, the reduction alone
 (finalize_grads, 25 MB buckets), backward then the reduction, and backward with the overlapped
@@ -105,7 +105,7 @@ def measure_memory(args, dims, mode: str) -> dict:
     state = [v for s in inner.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim > 0]
     out = {"params": _nbytes(params), "grads": grads, "state": _nbytes(state),
            "count": sum(_local(p).numel() for p in params)}
-    if mode == "plain DP" and dims.dp > 1:  # the overlapped reducer's flat bucket copies, at their peak
+    if mode == "plain DP" and dims.dp > 1:  # the overlapped reducer's flat bucket copies
         optimizer.zero_grad()
         reducer = GradReducer(model, dims)
         reducer.arm()
@@ -179,12 +179,13 @@ def main():
     parser.add_argument("--dp", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     mb = 2**20
+    load = os.getloadavg()[0]  # other processes on these cores slow the timings (never the memory figures)
     results = {dp: spawn_ranks(_worker, dp, args)[0] for dp in args.dp}
     full = results[min(args.dp)]["memory"]["plain DP"]["count"] * min(args.dp)  # every parameter, once
     lines = [
         "# bench_dp (CPU, gloo, fp32)",
         "",
-        machine_line(),
+        machine_line() + f"; load average {load:.1f} when the run began",
         "",
         f"Llama-shaped model, tied embeddings: hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}: "
         f"{full / 1e6:.1f}M parameters ({4 * full / mb:.0f} MiB fp32). `python benchmarks/bench_dp.py`.",
@@ -207,9 +208,9 @@ def main():
     flats = {dp: r["memory"]["plain DP"].get("flat") for dp, r in results.items()
              if isinstance(r["memory"]["plain DP"], dict) and r["memory"]["plain DP"].get("flat")}
     if flats:
-        lines += ["", "With `ddp.overlap_grad_reduce=true` the in-flight flat bucket copies add, at the end of "
-                  "backward: " + ", ".join(f"dp={dp}: {f / mb:.0f} MiB" for dp, f in flats.items())
-                  + " (one copy of the gradients; freed when finalize_grads has waited for them)."]
+        lines += ["", "With `ddp.overlap_grad_reduce=true` the flat bucket copies add "
+                  "per rank: " + ", ".join(f"dp={dp}: {f / mb:.0f} MiB" for dp, f in flats.items())
+                  + " (one fp32 copy of the gradients, kept between steps)."]
     if 2 in results:
         o = results[2]["overlap"]
         hidden_serial = (o["backward"] + o["reduce"] - o["serial"]) / o["reduce"]

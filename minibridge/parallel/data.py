@@ -33,8 +33,9 @@ def bucket_indices(sizes: list[int], bucket_bytes: int = BUCKET_BYTES) -> list[l
     return buckets + [bucket] if bucket else buckets
 
 
-def flatten(grads: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([g.reshape(-1) for g in grads])
+def flatten(grads: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """One flat buffer of `grads` (into `out` when given: a buffer kept between steps)."""
+    return torch.cat([g.reshape(-1) for g in grads], out=out)
 
 
 def unflatten_into(flat: torch.Tensor, grads: list[torch.Tensor], scale: float = 1.0) -> None:

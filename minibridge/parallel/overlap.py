@@ -29,8 +29,9 @@ than two dp ranks their buckets differ from finalize_grads' and may round differ
 Why not torch DDP: its Reducer reduces the bf16 `.grad` of each micro-batch (we sum fp32 `main_grad`
 once per step), never sees the gradients written into `main_grad` directly, and cannot tell the last
 backward of a pipeline schedule; finalize_grads still accepts a DDP-wrapped model.
-Memory: a bucket's flat copy lives from its launch until it is copied back (at most one copy of the
-covered gradients, freed in finish; Megatron avoids it with gradients that are views of the buckets).
+Memory: each bucket keeps a flat fp32 copy of its gradients between steps (one more copy of the
+covered gradients, 4 B per parameter; allocating it in every backward cost page faults there).
+Megatron avoids the copy by making the gradients themselves views of the bucket buffers.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from .dims import ParallelDims
 class _Bucket:
     def __init__(self, names: list[str], params: list[torch.nn.Parameter]):
         self.names, self.params = names, params
+        self.buffer = None  # the flat copy, kept between steps: no allocation (page faults) in backward
         self.reset()
 
     def reset(self):
@@ -116,7 +118,10 @@ class GradReducer:
         if not bucket.grads:
             bucket.stage = len(self.stages)  # nothing to reduce (no member got a gradient)
             return
-        bucket.flat = flatten(bucket.grads)
+        numel = sum(g.numel() for g in bucket.grads)
+        if bucket.buffer is None or bucket.buffer.numel() != numel:
+            bucket.buffer = torch.empty(numel, dtype=torch.float32, device=bucket.grads[0].device)
+        bucket.flat = flatten(bucket.grads, out=bucket.buffer)
         self._start_stage(bucket)
         if len(self.stages) > 1:  # earlier buckets' cp sums are (nearly) done: start their dp sums
             for earlier in self.buckets[:b]:
