@@ -14,13 +14,13 @@ ZeRO-1's split is by whole parameters (greedy by size), so it lands near, not on
 each parameter's dim 0 to a multiple of d. The overlapped reducer's flat bucket copies (alive from
 the first backward on, kept between steps) are shown apart.
 
-Hidden fraction (dp = 2): best of a few repetitions of backward alone, the reduction alone
+Hidden fraction (dp = 2): best of a few repetitions (each the slowest rank's time) of backward alone, the reduction alone
 (finalize_grads, 25 MB buckets), backward then the reduction, and backward with the overlapped
 reducer then its finish; hidden = (backward + reduce - overlapped) / reduce. Each rank gets one of
 this machine's cores; gloo's communication threads share them with backward, so on few cores the
 overlap competes with compute for CPU time (on GPUs the all-reduce runs on its own stream and links).
 
-    python benchmarks/bench_dp.py [--hidden 1024 --layers 4 --vocab 16000 --seq 128 --repeats 3]
+    python benchmarks/bench_dp.py [--hidden 1024 --layers 4 --vocab 16000 --seq 128 --repeats 5]
 """
 
 from __future__ import annotations
@@ -118,10 +118,14 @@ def measure_memory(args, dims, mode: str) -> dict:
 
 
 def _timed(fn) -> float:
+    """Seconds from a barrier to the slowest rank's end: a reduction waits for the slowest rank's
+    backward, so backward alone is timed the same way."""
     dist.barrier()
     start = time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    elapsed = torch.tensor(time.perf_counter() - start, dtype=torch.float64)
+    dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+    return elapsed.item()
 
 
 def measure_overlap(args, dims) -> dict:
@@ -174,7 +178,7 @@ def analytic(count: int, dp: int, mode: str) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in (("hidden", 1024), ("layers", 4), ("vocab", 16000), ("seq", 128), ("repeats", 3)):
+    for name, default in (("hidden", 1024), ("layers", 4), ("vocab", 16000), ("seq", 128), ("repeats", 5)):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--dp", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
