@@ -53,6 +53,27 @@ def run_child(script: str, *args, memory_cap_gb: float | None = None) -> dict | 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def spawn_ranks(worker, world: int, *args, expect: int = 1, timeout: float = 1800) -> list:
+    """Run `worker(rank, world, port, *args, queue)` in `world` spawned processes (ranks of a local
+    gloo world on a free port) and return the first `expect` objects they put on the queue."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(r, world, port, *args, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=timeout) for _ in range(expect)]
+    for p in procs:
+        p.join()
+    return results
+
+
 def best_training_step(step_fn, optimizer, ids, steps: int) -> tuple[float, float]:
     """(best seconds, last loss) over `steps` forward + backward + optimizer steps after one warm-up
     step (allocator, optimizer state); the best, since other processes only ever slow a step down."""

@@ -25,7 +25,7 @@ from report import RESULTS, device_tag, write_report  # noqa: E402
 from minibridge.training.flops import measure_cpu_matmul_flops  # noqa: E402
 
 ORDER = ("bench_train_step", "bench_load", "bench_generate", "bench_kernels", "bench_peft", "bench_comm",
-         "bench_pipeline", "bench_context")
+         "bench_dp", "bench_pipeline", "bench_context")
 
 
 def machine_section(device: str) -> list[str]:

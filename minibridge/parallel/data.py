@@ -21,22 +21,40 @@ from .fsdp import is_fsdp, local
 BUCKET_BYTES = 25 * 2**20
 
 
-def _bucketed_all_reduce(grads: list[torch.Tensor], group, scale: float = 1.0):
-    bucket, size = [], 0
-    for grad in grads + [None]:
-        if grad is not None:
-            bucket.append(grad)
-            size += grad.numel() * grad.element_size()
-        if bucket and (grad is None or size >= BUCKET_BYTES):
-            flat = torch.cat([g.reshape(-1) for g in bucket])
-            all_reduce_(flat, group)
-            if scale != 1.0:
-                flat.mul_(scale)
-            offset = 0
-            for g in bucket:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
+def bucket_indices(sizes: list[int], bucket_bytes: int = BUCKET_BYTES) -> list[list[int]]:
+    """Consecutive runs of gradients (their indices, from their sizes in bytes), each closed once it
+    holds `bucket_bytes` or more: the one bucket composition that finalize_grads and the overlapped
+    reducer (parallel.overlap) share, so that their all-reduces sum the same flat buffers (gloo's sum
+    order depends on the position in the buffer once there are more than two ranks)."""
+    buckets, bucket, size = [], [], 0
+    for i, nbytes in enumerate(sizes):
+        bucket.append(i)
+        size += nbytes
+        if size >= bucket_bytes:
+            buckets.append(bucket)
             bucket, size = [], 0
+    return buckets + [bucket] if bucket else buckets
+
+
+def flatten(grads: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """One flat buffer of `grads` (into `out` when given: a buffer kept between steps)."""
+    return torch.cat([g.reshape(-1) for g in grads], out=out)
+
+
+def unflatten_into(flat: torch.Tensor, grads: list[torch.Tensor], scale: float = 1.0) -> None:
+    """Copy a reduced flat bucket back into its gradients, times `scale` (an average's 1/n)."""
+    if scale != 1.0:
+        flat.mul_(scale)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _bucketed_all_reduce(grads: list[torch.Tensor], group, scale: float = 1.0, bucket_bytes: int = BUCKET_BYTES):
+    for indices in bucket_indices([g.numel() * g.element_size() for g in grads], bucket_bytes):
+        bucket = [grads[i] for i in indices]
+        unflatten_into(all_reduce_(flatten(bucket), group), bucket, scale)
 
 
 def _kv_replica_sum(grad: torch.Tensor, spec, group):
@@ -55,23 +73,38 @@ def grad_of(param: torch.nn.Parameter) -> torch.Tensor | None:
     return getattr(param, "main_grad", None) if param.dtype != torch.float32 else local(param.grad)
 
 
-def finalize_grads(model: CausalLM, dims: ParallelDims, average_dp: bool = True) -> None:
+def finalize_grads(model: CausalLM, dims: ParallelDims, average_dp: bool = True, reducer=None,
+                   bucket_bytes: int = BUCKET_BYTES) -> None:
     """Complete the gradients after backward. `average_dp=False` sums over data-parallel ranks, for
-    losses already normalised by the global token count."""
+    losses already normalised by the global token count. `reducer` (parallel.overlap.GradReducer, built
+    with the same `average_dp` and `bucket_bytes`) has launched the cp/dp reduction of most gradients
+    during backward: it is waited for here, and only the gradients it does not cover are reduced."""
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     model = model.module if ddp else model
     specs = model.sharding.specs if model.sharding is not None else {}
     params = [(n, grad_of(p)) for n, p in model.named_parameters() if grad_of(p) is not None]
     if dims.tp > 1:
         partial = [g for n, g in params if n in specs and specs[n].grad_reduce]
-        _bucketed_all_reduce(partial, dims.tp_group)
+        _bucketed_all_reduce(partial, dims.tp_group, bucket_bytes=bucket_bytes)
         for n, g in params:
             if n in specs and specs[n].kind == "kv" and specs[n].replicas > 1:
                 _kv_replica_sum(g, specs[n], dims.tp_group)
+    if reducer is not None:
+        reducer.finish()
+        params = [(n, g) for n, g in params if n not in reducer.names]
+    grads = [g for _, g in params]
     if dims.config.cp > 1:  # every cp rank saw a part of each sequence
-        _bucketed_all_reduce([g for _, g in params], dims.cp_group, scale=1.0 / dims.config.cp if average_dp else 1.0)
+        _bucketed_all_reduce(grads, dims.cp_group, 1.0 / dims.config.cp if average_dp else 1.0, bucket_bytes)
     if dims.dp > 1 and not ddp and not is_fsdp(model):  # DDP has averaged them, FSDP2 reduce-scattered them
-        _bucketed_all_reduce([g for _, g in params], dims.dp_group, scale=1.0 / dims.dp if average_dp else 1.0)
+        _bucketed_all_reduce(grads, dims.dp_group, 1.0 / dims.dp if average_dp else 1.0, bucket_bytes)
+
+
+def late_reduced(model: CausalLM, dims: ParallelDims) -> set[str]:
+    """Parameters whose gradients finalize_grads first sums over tp (partial sums, replicated KV heads)
+    and only then over cp and dp: an overlapped reducer leaves them to it, so that order holds."""
+    if dims.tp == 1 or model.sharding is None:
+        return set()
+    return {n for n, s in model.sharding.specs.items() if s.grad_reduce or (s.kind == "kv" and s.replicas > 1)}
 
 
 def finalize_pipeline_grads(chunks: list, dims: ParallelDims) -> None:

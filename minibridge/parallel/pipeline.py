@@ -172,8 +172,10 @@ class PipelineExecutor:
             self._send(hidden.grad, stage - 1, self._tag(1, mb, stage - 1))
 
     def run(self, batches: list[MicroBatch], loss_divisor: float | torch.Tensor, timed: bool = False,
-            forward_only: bool = False) -> float:
-        """One global batch; `forward_only` (evaluation, under no_grad) runs every forward in order."""
+            forward_only: bool = False, before_last_backward=None) -> float:
+        """One global batch; `forward_only` (evaluation, under no_grad) runs every forward in order.
+        `before_last_backward(v)` is called before chunk v's last backward of the schedule (after it
+        the chunk's gradients are final: parallel.overlap.GradReducer.arm)."""
         import time
 
         self.batches, self.loss_divisor, self.forward_only = batches, loss_divisor, forward_only
@@ -184,7 +186,10 @@ class PipelineExecutor:
             actions = [("F", mb, v) for mb in range(len(batches)) for v in range(self.vp)]
         else:
             actions = schedule(len(batches), self.pp, self.vp, self.dims.pp_rank)
-        for kind, mb, v in actions:
+        last = {v: i for i, (kind, _, v) in enumerate(actions) if kind == "B"}
+        for i, (kind, mb, v) in enumerate(actions):
+            if before_last_backward is not None and last.get(v) == i:
+                before_last_backward(v)
             start = time.perf_counter()
             (self._forward if kind == "F" else self._backward)(mb, v)
             if timed:

@@ -5,6 +5,7 @@
       train            TrainingConfig: iterations, batch sizes, eval cadence, seed
       optimizer        OptimizerConfig: Adam hyper-parameters, clipping, ZeRO-1   (optimizer_config.py)
       scheduler        SchedulerConfig: lr warmup / decay, weight-decay schedule  (optimizer_config.py)
+      ddp              DistributedDataParallelConfig: overlapped gradient reduction, bucket size (optimizer_config.py)
       dataset          DatasetConfig: mock / indexed / jsonl / sft data, tokenizer, packing
       checkpoint       CheckpointConfig: save / load / pretrained weights / HF export
       logger           LoggerConfig: log cadence, tensorboard, wandb
@@ -30,7 +31,9 @@ import torch
 from ..errors import ConfigError, reject_unknown_keys
 from ..models.config import ModelConfig
 from ..peft.apply import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_TARGETS, MEGATRON_NAMES, SCHEMES
-from .optimizer_config import OptimizerConfig, SchedulerConfig, validate_optimizer  # sections re-exported here
+from .optimizer_config import (  # sections re-exported here
+    DistributedDataParallelConfig, OptimizerConfig, SchedulerConfig, validate_optimizer,
+)
 
 # Megatron Bridge's mixed-precision recipe names (megatron/bridge/training/mixed_precision.py) plus "fp32".
 # Low-precision ones map to the smallest CUDA compute capability that has the number format.
@@ -182,6 +185,7 @@ SECTIONS = {
     "model": ModelSettings, "train": TrainingConfig, "optimizer": OptimizerConfig, "scheduler": SchedulerConfig,
     "dataset": DatasetConfig, "checkpoint": CheckpointConfig, "logger": LoggerConfig, "peft": PeftConfig,
     "dist": DistributedInitConfig,
+    "ddp": DistributedDataParallelConfig,
 }
 
 
@@ -191,6 +195,7 @@ class ConfigContainer:
     train: TrainingConfig = field(default_factory=TrainingConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    ddp: DistributedDataParallelConfig = field(default_factory=DistributedDataParallelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -309,6 +314,9 @@ def _validate_optimizer(c: ConfigContainer) -> None:
     _positive("scheduler.lr_decay_iters", c.scheduler.lr_decay_iters, allow_none=True)
     where = "scheduler.lr_decay_iters" if c.scheduler.lr_decay_iters else "train.train_iters"
     validate_optimizer(c.optimizer, c.scheduler, c.lr_decay_iters, where)
+    _positive("ddp.bucket_size", c.ddp.bucket_size, allow_none=True)
+    if not isinstance(c.ddp.overlap_grad_reduce, bool):
+        raise ConfigError(f"ddp.overlap_grad_reduce={c.ddp.overlap_grad_reduce!r}: expected true or false")
 
 
 def _validate_data(d: DatasetConfig, ck: CheckpointConfig) -> None:

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from ..bridge import HFBridge
 from ..parallel import finalize_grads, initialize
 from ..parallel.data import finalize_pipeline_grads
 from ..parallel.fsdp import apply_fsdp, unshard
+from ..parallel.overlap import arm_chunk, grad_reducers
 from ..bridge.fingerprint import weights_fingerprint
 from ..peft import apply_peft, count_parameters, merge_peft
 from ..errors import ConfigError, RunLockedError
@@ -70,6 +72,9 @@ class Trainer:
             betas=(c.optimizer.adam_beta1, c.optimizer.adam_beta2), eps=c.optimizer.adam_eps,
             dims=self.dims, distributed=c.optimizer.use_distributed_optimizer,
         )
+        self.reducers = grad_reducers(self.chunks, self.dims, average=False, bucket_bytes=c.ddp.bucket_bytes(),
+                                      overlap=c.ddp.overlap_grad_reduce and not c.dist.use_torch_fsdp2)
+        # (after the optimizer: see parallel.overlap; FSDP2 overlaps its own reduce-scatters)
         s = c.scheduler
         self.schedule = LRSchedule(
             lr=c.optimizer.lr, min_lr=c.optimizer.min_lr, warmup_iters=s.lr_warmup_iters,
@@ -232,14 +237,18 @@ class Trainer:
         self.optimizer.set_lr(lr)
         self.optimizer.set_weight_decay(self.weight_decay(self.step))
         if f.pipeline is not None:
-            loss_sum += f.pipeline.run(f.micro_batches(micro_batches), tokens.clamp(min=1).to(self.dims.device))
+            loss_sum += f.pipeline.run(f.micro_batches(micro_batches), tokens.clamp(min=1).to(self.dims.device),
+                                       before_last_backward=partial(arm_chunk, self.reducers))
         else:
-            for batch in micro_batches:
+            for i, batch in enumerate(micro_batches):
+                if i == len(micro_batches) - 1:  # its gradients are final: ddp.overlap_grad_reduce may start
+                    arm_chunk(self.reducers, 0)
                 loss = f.forward(batch, "sum") / tokens.clamp(min=1).to(self.dims.device)
                 loss.backward()
                 loss_sum += loss.detach().double().cpu()
-        for chunk in self.chunks:
-            finalize_grads(chunk, self.dims, average_dp=False)
+        for v, chunk in enumerate(self.chunks):
+            finalize_grads(chunk, self.dims, average_dp=False, reducer=self.reducers[v],
+                           bucket_bytes=self.config.ddp.bucket_bytes())
         finalize_pipeline_grads(self.chunks, self.dims)
         loss = f.sequence_sum(loss_sum).item()
         check_finite(loss, self.step + 1, self._last_checkpoint())

@@ -37,6 +37,18 @@ class OptimizerConfig:
 
 
 @dataclass
+class DistributedDataParallelConfig:
+    # Megatron Core's names and defaults (megatron/core/distributed/distributed_data_parallel_config.py).
+    overlap_grad_reduce: bool = False  # all-reduce gradient buckets during backward (minibridge.parallel.overlap)
+    bucket_size: int | None = None  # parameters per bucket; None: 25 MB of fp32 gradients (torch DDP's size)
+
+    def bucket_bytes(self) -> int:
+        from ..parallel.data import BUCKET_BYTES
+
+        return BUCKET_BYTES if self.bucket_size is None else 4 * self.bucket_size  # fp32 gradients
+
+
+@dataclass
 class SchedulerConfig:
     lr_warmup_iters: int = 2000
     lr_decay_iters: int | None = None  # None: decay over train.train_iters (Megatron's default)
