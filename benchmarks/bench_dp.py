@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from minibridge import AutoBridge, ModelConfig  # noqa: E402
 from minibridge.parallel import ParallelConfig, finalize_grads, initialize  # noqa: E402
 from minibridge.parallel.overlap import GradReducer  # noqa: E402
+from minibridge.parallel.fsdp import apply_fsdp, local  # noqa: E402
 from minibridge.training.optimizer import MixedPrecisionAdamW  # noqa: E402
 from report import machine_line, spawn_ranks, write_report  # noqa: E402
 
@@ -56,26 +57,16 @@ def model_config(args) -> ModelConfig:
 
 
 def fsdp2_model(model: torch.nn.Module, dims) -> torch.nn.Module:
-    """The FSDP2 rows' model: torch's fully_shard on each block, then on the root (its embedding, norm
-    and tied output layer), over the dp ranks. The one place to swap in minibridge's own FSDP2 pass
-    (minibridge.parallel.fsdp, once it exists) so that these rows measure it."""
-    from torch.distributed.device_mesh import DeviceMesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = DeviceMesh.from_group(dims.dp_group, "cpu")
-    for block in model.layers.values():
-        fully_shard(block, mesh=mesh)
-    return fully_shard(model, mesh=mesh)
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    return t.to_local() if hasattr(t, "to_local") else t  # a DTensor's own shard
+    """The FSDP2 rows' model: minibridge's FSDP2 pass (the trainer's dist.use_torch_fsdp2), fully_shard on
+    each block, then on the root (its embedding, norm and tied output layer), over the dp ranks."""
+    apply_fsdp(model, dims)
+    return model
 
 
 def _nbytes(tensors) -> int:
     seen, total = set(), 0
     for t in tensors:
-        t = _local(t)
+        t = local(t)
         key = t.untyped_storage().data_ptr()
         if t.numel() and key not in seen:
             seen.add(key)
@@ -104,7 +95,7 @@ def measure_memory(args, dims, mode: str) -> dict:
     inner = optimizer.inner if mode != "FSDP2" else optimizer
     state = [v for s in inner.state.values() for v in s.values() if torch.is_tensor(v) and v.ndim > 0]
     out = {"params": _nbytes(params), "grads": grads, "state": _nbytes(state),
-           "count": sum(_local(p).numel() for p in params)}
+           "count": sum(local(p).numel() for p in params)}
     if mode == "plain DP" and dims.dp > 1:  # the overlapped reducer's flat bucket copies
         optimizer.zero_grad()
         reducer = GradReducer(model, dims)
