@@ -9,6 +9,13 @@ same random-weight HF checkpoint (written once by transformers) and each run is 
 generation of one token; decode tokens/s is batch x (N - 1) / (time(N tokens) - time(1 token)), timed
 the same way for both. The last column says whether both produced the same greedy token ids.
 
+Batch-1 decode is bound by memory bandwidth: every new token reads every weight once (the output
+layer's full vocabulary x hidden matrix included; of the embedding table only one row). The second
+table sets each side's batch-1 decode tokens/s against that bound, measured bandwidth / weight bytes
+per token, the bandwidth measured in the same run (the best of several sums over a 1 GiB fp32 tensor,
+a read-only stream like the weights', on the benchmark's thread count). KV-cache reads are left out
+of the bound (at these prompt lengths they are ~1% of the weights).
+
 dtype "auto" picks bf16 when this CPU multiplies bf16 at least as fast as fp32 (AMX / AVX512-BF16),
 else fp32 (on an AVX2-only CPU torch's bf16 matmul is ~100x slower than fp32).
 
@@ -28,8 +35,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from report import pick_dtype  # noqa: E402
+from report import machine_line, pick_dtype  # noqa: E402
 from report import run_child, write_report  # noqa: E402
+import torch  # noqa: E402
 
 CASES = {"llama": ("Llama-3.2-1B", 2, 256), "gemma": ("gemma-3-1b-it", 6, 640)}
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
@@ -75,6 +83,32 @@ class _Clock:
         pass
 
 
+def weight_bytes_per_token(model, embedding: torch.Tensor, tied: bool) -> int:
+    """Bytes of weights one batch-1 decode step reads: every parameter once (a tied table once, as the
+    output layer), of an untied embedding table only the row of the new token."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    total = sum(p.numel() * p.element_size() for p in unique)
+    if not tied:
+        total -= embedding.numel() * embedding.element_size() - embedding.shape[1] * embedding.element_size()
+    return total
+
+
+def measure_bandwidth(threads: int, gib: float = 1.0, repeats: int = 7) -> float:
+    """Read bandwidth in bytes/s: the best of `repeats` sums over a `gib` GiB fp32 tensor (far past the
+    caches), on `threads` torch threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    x.sum()  # first touch, page faults
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - start)
+    torch.set_num_threads(previous)
+    return x.numel() * 4 / best
+
+
 def child(side: str, folder: str, dtype_name: str, batch: int, length: int, new_tokens: int, threads: int) -> dict:
     import torch
 
@@ -87,6 +121,7 @@ def child(side: str, folder: str, dtype_name: str, batch: int, length: int, new_
 
         model = AutoBridge.from_hf_pretrained(folder).to_model(dtype=dtype, progress=False).eval()
         vocab = model.config.vocab_size
+        weights = weight_bytes_per_token(model, model.embed_tokens.weight, model.lm_head is None)
 
         def run(ids, mask, n):
             stats = GenerationStats()
@@ -97,6 +132,8 @@ def child(side: str, folder: str, dtype_name: str, batch: int, length: int, new_
 
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
         vocab = model.config.vocab_size
+        embedding = model.get_input_embeddings().weight
+        weights = weight_bytes_per_token(model, embedding, model.get_output_embeddings().weight is embedding)
 
         def run(ids, mask, n):
             clock = _Clock()
@@ -111,7 +148,7 @@ def child(side: str, folder: str, dtype_name: str, batch: int, length: int, new_
     run(ids[:, -16:], mask[:, -16:], 3)  # warm-up: allocator, lazy imports, generation config
     out, prefill, decode = run(ids, mask, new_tokens)
     return {"prefill_tps": batch * length / prefill, "decode_tps": batch * (new_tokens - 1) / decode,
-            "prefill_s": prefill, "decode_s": decode, "ids": out.tolist()}
+            "prefill_s": prefill, "decode_s": decode, "ids": out.tolist(), "weight_bytes": weights}
 
 
 def run_side(side, folder, dtype, batch, length, new_tokens, threads) -> dict | str:
@@ -143,14 +180,13 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch threads per side (default: torch's)")
     args = parser.parse_args()
     dtype = pick_dtype() if args.dtype == "auto" else args.dtype
-    import torch
-
     threads = args.threads or torch.get_num_threads()
-    lines = [f"# bench_generate (CPU, {dtype}, {threads} threads, greedy, {args.new_tokens} new tokens, best of "
-             f"{args.repeats} alternating runs)", "",
+    bandwidth = measure_bandwidth(threads)
+    lines = [f"# bench_generate ({machine_line()}; {dtype}, {threads} threads, greedy, {args.new_tokens} new "
+             f"tokens, best of {args.repeats} alternating runs; read bandwidth {bandwidth / 1e9:.1f} GB/s)", "",
              "| case | batch | prompt | side | prefill tokens/s | decode tokens/s | same ids |",
              "|---|---|---|---|---|---|---|"]
-    ratios = []
+    ratios, bounds = [], []
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
         for case in args.cases.split(","):
             folder = make_checkpoint(case, dtype, Path(tmp) / case)
@@ -172,9 +208,24 @@ def main():
                 if isinstance(mb, dict) and isinstance(hf, dict):
                     ratios.append(f"| {case} | {batch} | {mb['prefill_tps'] / hf['prefill_tps']:.2f}x | "
                                   f"{mb['decode_tps'] / hf['decode_tps']:.2f}x |")
+                    if batch == 1:
+                        bounds.append(_bound_row(case, mb, hf, bandwidth))
             shutil.rmtree(folder, ignore_errors=True)
     lines += ["", "| case | batch | prefill minibridge / HF | decode minibridge / HF |", "|---|---|---|---|", *ratios]
+    lines += ["", f"Batch-1 decode against the weight-read bound (read bandwidth {bandwidth / 1e9:.1f} GB/s, measured "
+              f"in this run):", "",
+              "| case | weights read per token | bound tokens/s | minibridge tokens/s | minibridge / bound | "
+              "transformers tokens/s | transformers / bound |", "|---|---|---|---|---|---|---|", *bounds]
     write_report("bench_generate", lines)
+
+
+def _bound_row(case: str, mb: dict, hf: dict, bandwidth: float) -> str:
+    """A row of the bound table: bound = bandwidth / weight bytes per token (each side counts its own;
+    both load the same checkpoint, so they agree)."""
+    bound = bandwidth / mb["weight_bytes"]
+    hf_bound = bandwidth / hf["weight_bytes"]
+    return (f"| {case} | {mb['weight_bytes'] / 1e6:,.0f} MB | {bound:.2f} | {mb['decode_tps']:.2f} | "
+            f"{mb['decode_tps'] / bound:.0%} | {hf['decode_tps']:.2f} | {hf['decode_tps'] / hf_bound:.0%} |")
 
 
 if __name__ == "__main__":
