@@ -159,6 +159,9 @@ def _main(argv: list[str] | None) -> int:
         chunks = bridge.to_model_chunks(dims, dtype, device, progress=rank0)
     for chunk in chunks:
         chunk.eval()
+    if rank0 and args.chat_template is None and getattr(tokenizer, "chat_template", None):
+        print("using the tokenizer's chat template (--no-chat-template: the prompts as plain text)", file=sys.stderr,
+              flush=True)
     stats = GenerationStats()
     printer = PrintStreamer([f"=== prompt: {prompt}\n" for prompt in args.prompt], live=args.stream) if rank0 else None
     generate(chunks, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, do_sample=do_sample,

@@ -2,7 +2,8 @@
 
 A row's text is always the decode of all its new tokens so far (`skip_special_tokens=True`), the
 same call that makes the final text, so the streamed pieces add up to the returned text exactly. A
-piece is only handed out once no later token can change it, as transformers' TextStreamer decides:
+piece is only handed out once no later token can change it. transformers' TextStreamer writes up to
+the last space, or everything at a newline; we hold back a little more:
 
 - a trailing incomplete character (a byte-level or byte-fallback token that ends mid UTF-8
   sequence decodes to U+FFFD) waits for its remaining bytes;
@@ -10,6 +11,9 @@ piece is only handed out once no later token can change it, as transformers' Tex
   so does the space before it (`clean_up_tokenization_spaces` removes " " before "." or "'s");
 - with stop strings, the last `len(longest stop) - 1` characters wait too: they could be the start
   of a stop string, which never reaches the output.
+
+That suffices for tokenizers whose decode of more tokens only extends the decode of fewer beyond the
+held-back tail: byte-level BPE (Llama 3) and SentencePiece-style byte fallback (Gemma 3) are such.
 
 Stop strings: a row stops once its decoded text contains one; its text is cut before the earliest
 occurrence (transformers' `stop_strings` keeps the stop string; we drop it, as an API server's `stop`
