@@ -56,6 +56,8 @@ LAYERS: dict[str, set[str]] = {
     # the data pipeline stands alone below the loop (hf_folder.check_contained: path safety)
     "minibridge.training.data": FOUNDATION | {"minibridge.bridge.hf_folder"},
     "minibridge.conversion": BRIDGE | CHECKPOINT,  # beside training, not above it
+    # the token loop, sampling, pipeline stages, streaming: runs built models, loads nothing
+    "minibridge.generation": PARALLEL,
     # recipes only build configs: never the training loop, parallel or kernels
     "minibridge.recipes": FOUNDATION | {"minibridge.models", "minibridge.bridge", "minibridge.training.config",
                                         "minibridge.training.overrides"},
@@ -64,11 +66,11 @@ LAYERS: dict[str, set[str]] = {
     "minibridge": CONVERSION,                  # the public API in minibridge/__init__.py
     "minibridge.train": PUBLIC,                # thin `python -m` entry points
     "minibridge.convert": PUBLIC,
-    "minibridge.generate": PUBLIC,
+    "minibridge.generate": PUBLIC | {"minibridge.generation"},
     "minibridge.eval": PUBLIC | EVALUATION,
     "minibridge.compare": PUBLIC | EVALUATION,
     # lm-evaluation-harness's `--model minibridge`: an entry point that also generates with minibridge.generate
-    "minibridge.harness": PUBLIC | {"minibridge.generate"},
+    "minibridge.harness": PUBLIC | {"minibridge.generate", "minibridge.generation"},
 }
 # units that must not touch torch.distributed (single-device code)
 NO_DISTRIBUTED = {"minibridge.models", "minibridge.kernels"}

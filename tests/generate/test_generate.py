@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from gen_workers import PROMPTS, SAMPLING, run_generate, tp_generate
+from gen_workers import PROMPTS, SAMPLING, parallel_generate, run_generate
 from hf_checkpoints import load_hf
 from spawn import run_distributed
 from transformers import AutoTokenizer
@@ -108,26 +108,35 @@ def test_top_k_and_top_p_filter_like_transformers():
     assert (freq - expected).abs().max() < 0.1
 
 
-def test_tensor_parallel_generates_the_same_tokens(tiny_lms, tmp_path):
+def test_tensor_and_pipeline_parallel_generate_the_same_tokens(tiny_lms, tmp_path):
     expected = {key: {"greedy": run_generate(folder)[1], "sampled": run_generate(folder, **SAMPLING)[1]}
                 for key, folder in tiny_lms.items()}
-    run_distributed(tp_generate, 2, dict(tiny_lms), expected, str(tmp_path))
+    run_distributed(parallel_generate, 2, dict(tiny_lms), expected, str(tmp_path))
     text = (tmp_path / "stdout.txt").read_text()
     assert "tokens/s" in text and PROMPTS[1] in text
+    texts = run_generate(tiny_lms["gemma"])[0]  # the streamed pp=2 command line prints them in order
+    streamed = (tmp_path / "pp_stdout.txt").read_text().split("prefill:")[0]
+    assert streamed == "".join(f"=== prompt: {p}\n{t}\n" for p, t in zip(PROMPTS, texts))
 
 
 def test_command_line(tiny_lms, tmp_path, capsys):
     folder = tiny_lms["gemma"]
     texts = run_generate(folder)[0]
     args = ["--hf_model_path", str(folder), "--max_new_tokens", "12"] + [a for p in PROMPTS for a in ("--prompt", p)]
+    assert main(args) == 0  # the tiny tokenizer has a chat template: on by default
+    chat = run_generate(folder, apply_chat_template=True)[0]
+    assert capsys.readouterr().out.split("prefill:")[0] == "".join(f"=== prompt: {p}\n{t}\n" for p, t in zip(PROMPTS, chat))
+    args.append("--no-chat-template")
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert all(t in out for t in texts) and "prefill:" in out and "decode:" in out and "tokens/s" in out
+    assert out.split("prefill:")[0] == "".join(f"=== prompt: {p}\n{t}\n" for p, t in zip(PROMPTS, texts))
+    assert "prefill:" in out and "decode:" in out and "tokens/s" in out
     assert main(args + ["--temperature", "0.8", "--top_k", "50", "--seed", "3"]) == 0
     sampled = capsys.readouterr().out
     assert main(args + ["--temperature", "0.8", "--top_k", "50", "--seed", "3"]) == 0
     assert capsys.readouterr().out.split("prefill:")[0] == sampled.split("prefill:")[0]
-    assert main(args + ["--apply_chat_template"]) == 0
+    assert main(args[:-1] + ["--apply_chat_template"]) == 0
+    assert capsys.readouterr().out.split("prefill:")[0].endswith(f"{chat[-1]}\n")
 
     from minibridge.convert import main as convert
 

@@ -1,5 +1,6 @@
 """Megatron Bridge's generation flags: its default prompt and max_new_tokens, --hf-revision (a hub id's
-revision reaches the download; a local folder refuses one), --pp (1 only: a named error otherwise)."""
+revision reaches the download; a local folder refuses one), --pp and --batch-size (a layout that does not fit
+the world or the model: a named error)."""
 
 import re
 
@@ -26,10 +27,16 @@ def test_megatron_bridge_defaults(tiny_lms, capsys):
     assert main(["--hf_model_path", str(tiny_lms["llama"]), "--prompt", "x", "--pp", "1"]) == 0
 
 
-def test_pipeline_parallel_generation_is_refused_by_name(tiny_lms, capsys):
-    assert main(["--hf_model_path", str(tiny_lms["llama"]), "--pp", "2"]) == 2
-    err = _err(capsys)
-    assert "--pp 2" in err and "--tp" in err
+@pytest.mark.parametrize("args, named", [
+    (["--pp", "2"], "--tp 1 --pp 2: needs a multiple of 2 processes (torchrun --nproc-per-node=2), got a world of 1"),
+    (["--pp", "0"], "--pp 0: expected an integer >= 1"), (["--batch-size", "0"], "--batch-size 0"),
+    (["--pp", "3"], "--pp 3: the model has only 2 layers"),
+])
+def test_bad_layouts_are_refused_by_name(tiny_lms, capsys, monkeypatch, args, named):
+    if "3" in args:
+        monkeypatch.setenv("WORLD_SIZE", "3")  # checked before any process group is made
+    assert main(["--hf_model_path", str(tiny_lms["llama"]), *args]) == 2
+    assert named in _err(capsys)
 
 
 def test_hf_revision(tiny_lms, capsys, monkeypatch):
