@@ -69,8 +69,8 @@ LAYERS: dict[str, set[str]] = {
     "minibridge.generate": PUBLIC | {"minibridge.generation"},
     "minibridge.eval": PUBLIC | EVALUATION,
     "minibridge.compare": PUBLIC | EVALUATION,
-    # lm-evaluation-harness's `--model minibridge`: an entry point that also generates with minibridge.generate
-    "minibridge.harness": PUBLIC | {"minibridge.generate", "minibridge.generation"},
+    # lm-evaluation-harness's `--model minibridge`: an entry point that also generates with minibridge.generation
+    "minibridge.harness": PUBLIC | {"minibridge.generation"},
 }
 # units that must not touch torch.distributed (single-device code)
 NO_DISTRIBUTED = {"minibridge.models", "minibridge.kernels"}

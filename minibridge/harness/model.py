@@ -15,7 +15,7 @@ It follows lm_eval's HFLM (lm_eval/models/huggingface.py) request for request, s
 - loglikelihood_rolling: `get_rolling_token_windows` + `make_disjoint_window` over the whole text
   (context 1, windows of `max_length`, the first one conditioned on the prefix token), summed per text.
 - generate_until: contexts grouped by generation settings, sorted longest first, left-truncated to
-  `max_length - max_gen_toks` and left-padded, then `minibridge.generate.generate_ids` (prefill + KV
+  `max_length - max_gen_toks` and left-padded, then `minibridge.generation.generate_ids` (prefill + KV
   cache); the new tokens are decoded without special tokens and cut at the `until` strings.
 """
 
@@ -248,7 +248,7 @@ class MinibridgeLM(TemplateLM):
         return [list(row[-max_tokens:]) or [self.prefix_token_id] for row in rows]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from ..generate import generate_ids, left_pad
+        from ..generation import generate_ids, left_pad
 
         collator = Collator([r.args for r in requests], sort_fn=lambda r: (-len(self.tok_encode(r[0])), r[0]),
                             group_by="gen_kwargs", group_fn=lambda r: r[1])
