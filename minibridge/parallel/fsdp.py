@@ -29,16 +29,24 @@ read whole (compute-dtype) parameters.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
-from torch.distributed.tensor import DTensor, Shard
 
 from ..errors import LayoutError
 from ..models import ModelChunks
 from .dims import ParallelDims
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+# torch.distributed.fsdp and .tensor (~50 MB resident with what they pull in) are imported when a model
+# is sharded, not by every process that builds one. Until they are imported no FSDP2 module or DTensor
+# can exist, which is what `is_fsdp` and `local` check first.
 
 
 @dataclass(frozen=True)
@@ -52,12 +60,16 @@ class FsdpSettings:
 
 def data_parallel_mesh(dims: ParallelDims) -> DeviceMesh:
     """A 1-D device mesh over this rank's dp group, in the group's rank order."""
+    from torch.distributed.device_mesh import DeviceMesh
+
     return DeviceMesh.from_group(dims.dp_group, dims.device.type, mesh_dim_names=("dp",))
 
 
 def apply_fsdp(model, dims: ParallelDims, param_dtype: torch.dtype | None = None,
                reshard_after_forward: bool = True) -> ModelChunks:
     """Shard every chunk of `model` (allocated fp32, loaded, adapters attached) over the dp ranks."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
     chunks = ModelChunks.of(model)
     low = sorted({str(p.dtype) for p in chunks[0].parameters() if p.dtype != torch.float32})
     if low:
@@ -79,21 +91,29 @@ def apply_fsdp(model, dims: ParallelDims, param_dtype: torch.dtype | None = None
 
 
 def fsdp_modules(model) -> list[FSDPModule]:
-    return [m for chunk in ModelChunks.of(model) for m in chunk.modules() if isinstance(m, FSDPModule)]
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is None:
+        return []
+    return [m for chunk in ModelChunks.of(model) for m in chunk.modules() if isinstance(m, fsdp.FSDPModule)]
 
 
 def is_fsdp(model) -> bool:
-    return isinstance(model, FSDPModule) or any(isinstance(c, FSDPModule) for c in ModelChunks.of(model))
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and (isinstance(model, fsdp.FSDPModule)
+                                 or any(isinstance(c, fsdp.FSDPModule) for c in ModelChunks.of(model)))
 
 
 def local(tensor: torch.Tensor | None) -> torch.Tensor | None:
     """This rank's shard of a DTensor (a view of its storage), or the tensor itself."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor.DTensor) else tensor
 
 
 def shard_rows(tensor: DTensor) -> tuple[torch.Tensor, int]:
     """(local shard, its first row in the DTensor's global tensor) under FSDP2's Shard(0): rank r holds
     rows [r * c, min((r + 1) * c, n)) with c = ceil(n / dp), as torch.chunk splits them."""
+    from torch.distributed.tensor import Shard
+
     if tuple(tensor.placements) != (Shard(0),):
         raise LayoutError(f"expected an FSDP2 parameter sharded on dim 0 over one mesh dimension, got placements "
                           f"{tensor.placements}")
