@@ -28,8 +28,8 @@ import torch
 
 from .cli import run_main
 from .errors import ConfigError
-from .generation import (GenerationStats, PrintStreamer, choose_tokens, encode_prompts, generate, generate_ids,
-                         left_pad, read_prompts, sampling_settings)
+from .generation import (GenerationStats, PrintStreamer, choose_tokens, encode_prompts, eos_of_folder, generate,
+                         generate_ids, left_pad, read_prompts, sampling_settings)
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "DEFAULT_PROMPT", "GenerationStats", "choose_tokens", "encode_prompts",
            "generate", "generate_ids", "left_pad", "main", "sampling_settings"]
@@ -101,30 +101,6 @@ def _layout(args, num_layers: int):
     return ParallelConfig(tp=tp, pp=args.pp, pipeline_layout=layout)
 
 
-def _eos_of_folder(folder, tokenizer):
-    """transformers' choice: generation_config.json, then config.json, then the tokenizer."""
-    import json
-    from pathlib import Path
-
-    for name in ("generation_config.json", "config.json"):
-        path = Path(folder) / name
-        if not path.is_file():
-            continue
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}: not valid JSON ({err})") from None
-        data = data if isinstance(data, dict) else {}
-        text = data.get("text_config") if isinstance(data.get("text_config"), dict) else {}
-        eos = data.get("eos_token_id", text.get("eos_token_id"))
-        ids = eos if isinstance(eos, list) else [eos]
-        if eos is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
-            raise ConfigError(f"{path}: eos_token_id={eos!r}: expected a token id or a list of token ids")
-        if eos is not None:
-            return eos
-    return tokenizer.eos_token_id
-
-
 def _main(argv: list[str] | None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     from .bridge import HFBridge
@@ -166,7 +142,7 @@ def _main(argv: list[str] | None) -> int:
     printer = PrintStreamer([f"=== prompt: {prompt}\n" for prompt in args.prompt], live=args.stream) if rank0 else None
     generate(chunks, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, do_sample=do_sample,
              temperature=temperature, top_k=top_k, top_p=top_p, seed=args.seed,
-             eos_token_id=_eos_of_folder(folder, tokenizer), apply_chat_template=args.chat_template, stats=stats,
+             eos_token_id=eos_of_folder(folder, tokenizer), apply_chat_template=args.chat_template, stats=stats,
              stop_strings=args.stop, streamer=printer, batch_size=args.batch_size)
     if rank0:
         print(stats.summary(), flush=True)

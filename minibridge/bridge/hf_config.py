@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..errors import ConfigError, UnsupportedModelError
 from ..models.config import ACTIVATIONS, FULL, SLIDING, ModelConfig, RopeConfig
 from . import families  # noqa: F401  (registers every family's HF description)
@@ -174,3 +176,20 @@ def config_to_hf(config: ModelConfig, dtype: str = "bfloat16") -> dict:
     if family.write is not None:
         out.update(family.write(config))
     return out
+
+
+# dtype names a user may give (transformers' torch_dtype spellings and their short forms); "auto": the
+# checkpoint's own dtype (None)
+DTYPE_NAMES = {"auto": None, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+               "half": torch.float16}
+
+
+def parse_dtype(name, label: str = "dtype=") -> torch.dtype | None:
+    """torch.dtype of a name in DTYPE_NAMES (None and "auto": keep the checkpoint's; a torch.dtype as it
+    is); anything else is a ConfigError starting with `label` and the name (`dtype='int8': ...`)."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if str(name) not in DTYPE_NAMES:
+        raise ConfigError(f"{label}{name!r}: expected one of {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[str(name)]

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..bridge import HFBridge
+from ..bridge.hf_config import parse_dtype as dtype_from_name
 from ..bridge.hf_folder import resolve_model_path
 from ..conversion import load_megatron_model, resolve_checkpoint
 from ..conversion.checkpoints import trained_tokenizer
@@ -22,18 +23,9 @@ from ..checkpoint import read_run_info
 from ..errors import ConfigError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
 def parse_dtype(name: str | None) -> torch.dtype | None:
-    """--dtype bf16 | fp16 | fp32 (also spelled bfloat16, float16, float32); None keeps the checkpoint's."""
-    if name is None:
-        return None
-    long = {str(d).removeprefix("torch."): d for d in DTYPES.values()}
-    dtype = DTYPES.get(name, long.get(name))
-    if dtype is None:
-        raise ConfigError(f"--dtype {name!r}: expected one of {sorted(DTYPES) + sorted(long)}")
-    return dtype
+    """--dtype bf16 | fp16 | fp32 (also bfloat16, float16, float32, auto); None keeps the checkpoint's."""
+    return dtype_from_name(name, "--dtype ")
 
 
 def model_bridge(hf_model: str | None, megatron_path: str | None, hf_revision: str | None = None) -> HFBridge:

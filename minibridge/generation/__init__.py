@@ -9,11 +9,11 @@ loop.py (prefill + decode steps on ids) <- streaming.py (row texts: stop strings
 text.py (prompts -> texts: chat template, batches).
 """
 
-from .loop import GenerationStats, generate_ids
+from .loop import GenerationStats, eos_of_folder, generate_ids
 from .sampling import check_context, choose_tokens, sampling_settings
 from .streaming import PrintStreamer, RowTexts, settled_length
 from .text import encode_prompts, generate, left_pad, read_prompts, wants_chat_template
 
 __all__ = ["GenerationStats", "PrintStreamer", "RowTexts", "check_context", "choose_tokens", "encode_prompts",
-           "generate", "generate_ids", "left_pad", "read_prompts", "sampling_settings", "settled_length",
+           "eos_of_folder", "generate", "generate_ids", "left_pad", "read_prompts", "sampling_settings", "settled_length",
            "wants_chat_template"]

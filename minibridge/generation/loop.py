@@ -11,8 +11,10 @@ chooses and broadcasts (generation/pipeline.py), so ranks never diverge.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -47,6 +49,28 @@ class GenerationStats:
 def eos_ids(eos_token_id) -> list[int]:
     """`eos_token_id` (None, an id, or a list of ids) as a list."""
     return [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+
+
+def eos_of_folder(folder, tokenizer):
+    """The EOS id(s) transformers' generate() stops at for a model folder: generation_config.json, then
+    config.json (or its text_config), then the tokenizer's (None when it has none)."""
+    for name in ("generation_config.json", "config.json"):
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: not valid JSON ({err})") from None
+        data = data if isinstance(data, dict) else {}
+        text = data.get("text_config") if isinstance(data.get("text_config"), dict) else {}
+        eos = data.get("eos_token_id", text.get("eos_token_id"))
+        ids = eos if isinstance(eos, list) else [eos]
+        if eos is not None and not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            raise ConfigError(f"{path}: eos_token_id={eos!r}: expected a token id or a list of token ids")
+        if eos is not None:
+            return eos
+    return tokenizer.eos_token_id
 
 
 def _sync_tokens(chunks: ModelChunks, tokens: torch.Tensor) -> torch.Tensor:

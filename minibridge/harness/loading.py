@@ -20,12 +20,9 @@ from pathlib import Path
 
 import torch
 
+from ..bridge.hf_config import parse_dtype
 from ..errors import ConfigError
-
-DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-          "half": torch.float16}
-
+from ..generation import eos_of_folder
 
 @dataclass
 class Loaded:
@@ -33,15 +30,6 @@ class Loaded:
     tokenizer: object               # a transformers tokenizer
     eos_token_id: int | list[int]   # what HF's generate() would stop at (generation_config.json first)
     source: str                     # for lm_eval's results: the folder or checkpoint the weights came from
-
-
-def parse_dtype(dtype) -> torch.dtype | None:
-    """torch.dtype from lm_eval's spelling (`dtype=bfloat16`, `auto`: the checkpoint's own)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if str(dtype) not in DTYPES:
-        raise ConfigError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
-    return DTYPES[str(dtype)]
 
 
 def load_tokenizer(source, add_bos_token: bool | None = None):
@@ -61,20 +49,9 @@ def load_tokenizer(source, add_bos_token: bool | None = None):
 
 
 def generation_eos(folder: Path | None, tokenizer) -> int | list[int]:
-    """The EOS ids HF's generate() stops at for this folder: generation_config.json, else config.json (as
-    transformers derives a generation config from the model config), else the tokenizer's."""
-    eos = None
-    if folder is not None:
-        from transformers import AutoConfig, GenerationConfig
-
-        try:
-            eos = GenerationConfig.from_pretrained(str(folder)).eos_token_id
-        except OSError:  # no generation_config.json
-            try:
-                eos = GenerationConfig.from_model_config(AutoConfig.from_pretrained(str(folder))).eos_token_id
-            except (OSError, ValueError):
-                eos = None
-    eos = tokenizer.eos_token_id if eos is None else eos
+    """The EOS ids HF's generate() stops at for this folder (minibridge.generation.eos_of_folder:
+    generation_config.json, config.json, the tokenizer); generation needs one."""
+    eos = eos_of_folder(folder, tokenizer) if folder is not None else tokenizer.eos_token_id
     if eos is None:
         raise ConfigError(f"{folder or 'the tokenizer'}: no eos_token_id in generation_config.json, config.json or "
                           f"the tokenizer; generation needs one")
