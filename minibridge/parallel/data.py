@@ -57,6 +57,11 @@ def _bucketed_all_reduce(grads: list[torch.Tensor], group, scale: float = 1.0, b
         unflatten_into(all_reduce_(flatten(bucket), group), bucket, scale)
 
 
+def _replicated_kv(spec) -> bool:
+    """A KV head that several tp ranks hold (more ranks than KV heads): its gradient is summed over them."""
+    return spec.kind == "kv" and spec.replicas > 1
+
+
 def _kv_replica_sum(grad: torch.Tensor, spec, group):
     """Sum a replicated KV head's gradient over the ranks that share it, with one tp all-reduce:
     each rank writes its gradient into its head's slot of a zeroed (heads, ...) buffer."""
@@ -82,12 +87,12 @@ def finalize_grads(model: CausalLM, dims: ParallelDims, average_dp: bool = True,
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
     model = model.module if ddp else model
     specs = model.sharding.specs if model.sharding is not None else {}
-    params = [(n, grad_of(p)) for n, p in model.named_parameters() if grad_of(p) is not None]
+    params = [(n, g) for n, p in model.named_parameters() if (g := grad_of(p)) is not None]
     if dims.tp > 1:
         partial = [g for n, g in params if n in specs and specs[n].grad_reduce]
         _bucketed_all_reduce(partial, dims.tp_group, bucket_bytes=bucket_bytes)
         for n, g in params:
-            if n in specs and specs[n].kind == "kv" and specs[n].replicas > 1:
+            if n in specs and _replicated_kv(specs[n]):
                 _kv_replica_sum(g, specs[n], dims.tp_group)
     if reducer is not None:
         reducer.finish()
@@ -104,7 +109,7 @@ def late_reduced(model: CausalLM, dims: ParallelDims) -> set[str]:
     and only then over cp and dp: an overlapped reducer leaves them to it, so that order holds."""
     if dims.tp == 1 or model.sharding is None:
         return set()
-    return {n for n, s in model.sharding.specs.items() if s.grad_reduce or (s.kind == "kv" and s.replicas > 1)}
+    return {n for n, s in model.sharding.specs.items() if s.grad_reduce or _replicated_kv(s)}
 
 
 def finalize_pipeline_grads(chunks: list, dims: ParallelDims) -> None:
