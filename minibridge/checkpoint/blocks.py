@@ -7,24 +7,28 @@ load reads whatever overlaps each rank's block under the *current* layout: that 
 Under FSDP2 a rank's block is its dp shard of its TP block (`block_of`), so every layout stores the
 same global tensors under the same names and reads every other layout's checkpoints.
 
-Keys: `model.<name>` for parameters, `optim.state.<name>.<exp_avg|exp_avg_sq|step|master>` for the
-optimizer (torch's `state.<fqn>.*` layout, so `dcp_to_torch_save` hands torch tools a familiar
-dict), `rng.rank<N>`. torch's `param_groups` are not stored: DCP would pickle them (a bytes entry the
-safe reader refuses), and a run rebuilds them from its configuration anyway (lr and weight decay
-are set at every step by the schedules).
+Keys: `model.<name>` for parameters, and the optimizer in torch's layout (what
+`torch.distributed.checkpoint.state_dict.get_optimizer_state_dict` returns, under `optim.`):
+`optim.state.<name>.<exp_avg|exp_avg_sq|step|master>` and `optim.param_groups` (the groups' settings
+with parameter names, which DCP pickles as `optim.param_groups.<i>.<key>`), so `dcp_to_torch_save`
+hands torch tools the dicts they know; `rng.rank<N>`. A load checks the stored groups against the
+run's but keeps the run's settings: its configuration and schedules set them (lr and weight decay
+at every step), as a resumed Megatron run's schedulers do.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.distributed.tensor import DTensor
-from torch.distributed.checkpoint import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorProperties
 from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
 
+from ..errors import CheckpointMismatchError
 from ..models import ModelChunks
 from ..parallel.fsdp import shard_rows
 from ..parallel.sharding import ShardSpec
+from .reader import PARAM_GROUP_ENTRY, SafeBytesPlanner
 
 
 class ShardedBlock:
@@ -75,10 +79,10 @@ class BlockSavePlanner(DefaultSavePlanner):
         return block.data() if isinstance(block, ShardedBlock) else super().lookup_object(index)
 
 
-class BlockLoadPlanner(DefaultLoadPlanner):
-    """DCP's default load planner, minus its state-dict pre-pass: that pass (`_init_state_dict`)
-    replaces objects it does not know, ShardedBlocks included, with None (torch 2.13). Our state is
-    flat and already allocated, so the pass has nothing to do anyway."""
+class BlockLoadPlanner(SafeBytesPlanner):
+    """DCP's default load planner (param_groups entries unpickled safely), minus its state-dict
+    pre-pass: that pass (`_init_state_dict`) replaces objects it does not know, ShardedBlocks included,
+    with None (torch 2.13). Our state is flat and already allocated, so the pass has nothing to do."""
 
     def __init__(self):
         super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
@@ -121,6 +125,9 @@ def optimizer_key(name: str, key: str) -> str:
     return f"optim.state.{name}.{key}"
 
 
+PARAM_GROUPS = "optim.param_groups"
+
+
 def torch_layout(state: dict) -> dict:
     """The flat state nested as torch's state dicts are ({"model": {fqn: ...}, "optim": {"state": {fqn:
     {"exp_avg": ...}}}}). DCP flattens it back to the same keys when it saves and records the nesting,
@@ -130,6 +137,8 @@ def torch_layout(state: dict) -> dict:
         if key.startswith("optim.state."):
             name, entry = key[len("optim.state."):].rsplit(".", 1)
             out.setdefault("optim", {}).setdefault("state", {}).setdefault(name, {})[entry] = value
+        elif key == PARAM_GROUPS:
+            out.setdefault("optim", {})["param_groups"] = value
         elif key.startswith("model."):
             out.setdefault("model", {})[key[len("model."):]] = value
         else:
@@ -157,6 +166,30 @@ def training_state(model, optimizer=None, rank: int | None = None, trainable_onl
         for name, entries in optimizer.named_state().items():
             for key, value in entries.items():
                 state[optimizer_key(name, key)] = value if key == "step" else block_of(value.data, specs.get(name))
+        state[PARAM_GROUPS] = optimizer.named_param_groups()
     if rank is not None:
         state[f"rng.rank{rank}"] = torch.get_rng_state()
     return state
+
+
+def stored_param_groups(stored: dict) -> dict:
+    """Placeholders for the stored `optim.param_groups.<i>.<key>` entries, which a load fills."""
+    return {key: None for key in stored if PARAM_GROUP_ENTRY.fullmatch(key)}
+
+
+def check_param_groups(folder, loaded: dict, groups: list[dict]) -> None:
+    """The stored groups (`loaded`: the filled placeholders) hold every parameter this rank trains, with
+    the weight-decay multiplier it has now: else the checkpoint is of another model or setup."""
+    stored: dict[int, dict] = {}
+    for key, value in loaded.items():
+        index, entry = key[len(PARAM_GROUPS) + 1:].split(".", 1)
+        stored.setdefault(int(index), {})[entry] = value
+    mult = {name: g.get("wd_mult") for g in stored.values() for name in g.get("params") or []}
+    for group in groups:
+        for name in group["params"]:
+            if name not in mult:
+                raise CheckpointMismatchError(f"{folder}: the optimizer's param_groups do not hold {name!r}, which "
+                                              f"this run trains (a checkpoint of another model, or of adapters?)")
+            if mult[name] is not None and mult[name] != group["wd_mult"]:
+                raise CheckpointMismatchError(f"{folder}: {name!r} is in a param group with wd_mult {mult[name]} "
+                                              f"in the checkpoint but {group['wd_mult']} in this run")

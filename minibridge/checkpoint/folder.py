@@ -30,7 +30,8 @@ from ..errors import (CheckpointError, CheckpointMismatchError, CorruptCheckpoin
                       MissingTensorError)
 from ..files import publish_folder, temporary_sibling, write_atomic
 from ..parallel.dims import barrier, from_rank0, global_rank
-from .blocks import BlockLoadPlanner, BlockSavePlanner, ShardedBlock, legacy_key, torch_layout, training_state
+from .blocks import (PARAM_GROUPS, BlockLoadPlanner, BlockSavePlanner, ShardedBlock, check_param_groups, legacy_key,
+                     stored_param_groups, torch_layout, training_state)
 from .reader import SafeFileSystemReader
 
 LATEST = "latest_checkpointed_iteration.txt"
@@ -170,6 +171,7 @@ def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool
     stored = metadata.state_dict_metadata
     check_storage(folder, metadata)
     state = training_state(model, optimizer, rank=global_rank() if restore_rng else None, trainable_only=trainable_only)
+    groups = state.pop(PARAM_GROUPS, None)
     state = {legacy_key(k) if k not in stored and legacy_key(k) in stored else k: v for k, v in state.items()}
     missing = [k for k in state if k not in stored and not k.startswith("rng.")]
     if missing:
@@ -177,6 +179,8 @@ def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool
                                  f"(a checkpoint of another model, or of adapters only?)")
     state = {k: v for k, v in state.items() if k in stored}
     check_shapes(folder, state, stored)
+    loaded_groups = stored_param_groups(stored) if groups is not None else {}  # none in older checkpoints
+    state.update(loaded_groups)
     try:  # in place: parameters, masters, Adam moments and steps
         dcp.load(state, storage_reader=SafeFileSystemReader(str(folder)), planner=BlockLoadPlanner())
     except (Exception, CheckpointException) as err:
@@ -185,6 +189,8 @@ def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool
             raise cause from None
         raise CorruptCheckpointError(f"{folder}: reading the checkpoint failed ({type(cause).__name__}: {cause})") \
             from None
+    if loaded_groups:
+        check_param_groups(folder, {k: state[k] for k in loaded_groups}, groups)
     rng = state.get(f"rng.rank{global_rank()}")
     if rng is not None:
         torch.set_rng_state(rng)

@@ -8,9 +8,11 @@ DCP loads `.metadata` with a bare `pickle.load`, so a crafted checkpoint runs co
   Nothing is imported or resolved by a dotted name: protocol 4 resolves ('<allowed module>',
   'os.system') to os.system. BUILD may only fill the metadata dataclasses: on a class or function
   it would set attributes process-wide (e.g. poison torch.serialization._get_layout.cache).
-- A `BytesStorageMetadata` entry is refused: DCP reads it with `torch.load(weights_only=False)`
-  (DefaultLoadPlanner.load_bytes) from whatever file its storage entry names. minibridge saves
-  tensors only. Tensor entries are read with `torch.load(weights_only=True)` (torch 2.4 to 2.13).
+- A `BytesStorageMetadata` entry (a pickled object) is refused, except the optimizer's
+  `param_groups` entries (`optim.param_groups.<i>.<key>`: numbers, flags, tuples and parameter
+  names), and those only through `SafeBytesPlanner`, which unpickles them with
+  `torch.load(weights_only=True)` instead of DefaultLoadPlanner.load_bytes' `weights_only=False`.
+  Tensor entries are read with `torch.load(weights_only=True)` (torch 2.4 to 2.13).
 - Each storage entry must name a data file DCP writes (`__<rank>_<n>.distcp`) inside the folder,
   at an offset and length that are non-negative ints, so no file outside the folder is read.
 """
@@ -22,7 +24,7 @@ import pickle
 import re
 
 import torch
-from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import (
     _MEM_FORMAT_ENCODING, BytesStorageMetadata, ChunkStorageMetadata, Metadata, MetadataIndex, StorageMeta,
@@ -43,6 +45,10 @@ _GLOBALS = {(obj.__module__, obj.__qualname__): obj for obj in (*_DATACLASSES, _
 _GLOBALS.update({(module, cls.__name__): cls for module in ("pathlib", "pathlib._local")
                  for cls in (pathlib.Path, pathlib.PosixPath)})
 _DATA_FILE = re.compile(r"__\d+_\d+\.distcp")
+# The only pickled entries a minibridge checkpoint holds: DCP's flattening of torch's optimizer
+# `param_groups` list (optim.param_groups.0.lr, optim.param_groups.0.params, ...)
+PARAM_GROUP_ENTRY = re.compile(r"optim\.param_groups\.\d+\.[A-Za-z_][A-Za-z0-9_]*")
+_PLAIN = (str, int, float, bool, type(None))
 
 
 class _MetadataUnpickler(pickle._Unpickler):  # the Python implementation: only there can BUILD be checked
@@ -81,9 +87,12 @@ def _check(metadata, path) -> None:
         raise CorruptCheckpointError(f"{path}: expected DCP checkpoint metadata, found {type(metadata).__name__}")
     for key, entry in metadata.state_dict_metadata.items():
         if isinstance(entry, BytesStorageMetadata):
+            if isinstance(key, str) and PARAM_GROUP_ENTRY.fullmatch(key) and MetadataIndex(key) in metadata.storage_data:
+                continue  # read only by SafeBytesPlanner (weights_only=True)
             raise UnsafeCheckpointError(
                 f"{path}: entry {key!r} is a pickled object (BytesStorageMetadata), which DCP would load with "
-                "torch.load(weights_only=False); minibridge checkpoints hold tensors only")
+                "torch.load(weights_only=False); minibridge checkpoints hold tensors, and the optimizer's "
+                "param_groups (optim.param_groups.<i>.<key>) only")
         if not (isinstance(key, str) and isinstance(entry, TensorStorageMetadata)
                 and isinstance(entry.properties, TensorProperties) and isinstance(entry.properties.dtype, torch.dtype)
                 and isinstance(entry.size, torch.Size) and isinstance(entry.chunks, list)
@@ -100,6 +109,30 @@ def _check(metadata, path) -> None:
         if not all(type(n) is int and n >= 0 for n in (info.offset, info.length)):
             raise CorruptCheckpointError(f"{path}: {index.fqn!r} has offset {info.offset!r} and length "
                                          f"{info.length!r}; expected non-negative ints")
+
+
+def _plain(value) -> bool:
+    """A param_groups value as torch's optimizers hold them: numbers, flags, strings, lists and tuples."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+class SafeBytesPlanner(DefaultLoadPlanner):
+    """Loads the allowed pickled entries with torch's restricted unpickler (`weights_only=True`: no
+    globals beyond torch's tensor types) and accepts only plain values from it."""
+
+    def load_bytes(self, read_item, value) -> None:
+        fqn = read_item.dest_index.fqn
+        try:
+            loaded = torch.load(value, weights_only=True)
+        except Exception as err:  # weights_only refuses any global it does not know (a crafted payload)
+            raise UnsafeCheckpointError(f"{fqn}: not a plain param_groups value ({type(err).__name__}: "
+                                        f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        if not _plain(loaded):
+            raise UnsafeCheckpointError(f"{fqn}: holds a {type(loaded).__name__}; param_groups entries are "
+                                        "numbers, flags, strings and lists of them")
+        self.state_dict[fqn] = loaded
 
 
 class SafeFileSystemReader(FileSystemReader):
@@ -122,9 +155,13 @@ class SafeFileSystemReader(FileSystemReader):
         return metadata
 
     def read_data(self, plan, planner):
-        # bytes entries are refused above; this keeps DCP's torch.load(weights_only=False) unreachable regardless
+        # other bytes entries are refused above; this keeps DCP's torch.load(weights_only=False) unreachable
+        # regardless: a pickled entry is read only by SafeBytesPlanner, and only a param_groups entry
         for item in plan.items:
-            if item.type == LoadItemType.BYTE_IO:
-                raise UnsafeCheckpointError(f"{self.path}: {item.storage_index.fqn!r} would be unpickled with "
-                                            "torch.load(weights_only=False); minibridge checkpoints hold tensors only")
+            fqn = item.storage_index.fqn
+            if item.type == LoadItemType.BYTE_IO and not (isinstance(planner, SafeBytesPlanner)
+                                                          and PARAM_GROUP_ENTRY.fullmatch(fqn)):
+                raise UnsafeCheckpointError(f"{self.path}: {fqn!r} would be unpickled with "
+                                            "torch.load(weights_only=False); minibridge reads pickled entries "
+                                            "only of the optimizer's param_groups, with weights_only=True")
         return super().read_data(plan, planner)

@@ -44,6 +44,14 @@ def fastest_adamw(params) -> dict:
         return {"foreach": True}
 
 
+def _model_order(name: str) -> tuple[int, int]:
+    """Embedding, layers by index, then the rest (final norm, output layer): a model's order of names."""
+    parts = name.split(".")
+    if parts[0] == "layers" and parts[1].isdigit():
+        return 1, int(parts[1])
+    return (0, 0) if parts[0] == "embed_tokens" else (2, 0)
+
+
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
     """Megatron's rule: biases and norm weights (every 1-D parameter) take no weight decay."""
     return param.ndim < 2
@@ -84,6 +92,7 @@ class MixedPrecisionAdamW:
         groups = [{"params": decay, "weight_decay": weight_decay, "wd_mult": 1.0},
                   {"params": no_decay, "weight_decay": 0.0, "wd_mult": 0.0}]
         groups = [g for g in groups if g["params"]] or [{"params": []}]
+        self.weight_decay = weight_decay
         self.inner = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **fastest_adamw(self.masters.values()))
         for master in self.masters.values():  # eager state, so a checkpoint load has tensors to fill
             self.inner.state[master] = {
@@ -120,6 +129,7 @@ class MixedPrecisionAdamW:
     def set_weight_decay(self, weight_decay: float) -> None:
         """The scheduler's weight decay for this step, in the groups that take it (Megatron's
         OptimizerParamScheduler.step: weight_decay = wd * wd_mult; biases and norms keep 0)."""
+        self.weight_decay = weight_decay
         for group in self.inner.param_groups:
             group["weight_decay"] = weight_decay * group.get("wd_mult", 0.0)
 
@@ -181,7 +191,25 @@ class MixedPrecisionAdamW:
         for name, p in self.params.items():
             dist.broadcast(p.data, src=ranks[self.owner[name]], group=self.dims.dp_group)
 
-    # -- named state, for checkpoints (this rank's owned parameters only)
+    # -- named state, for checkpoints
+    def named_param_groups(self) -> list[dict]:
+        """torch's `param_groups` with parameter names for ids, as get_optimizer_state_dict writes them,
+        for the whole model: every trainable parameter of every pipeline stage, whichever dp rank owns
+        its state under ZeRO-1 (so every rank stores the same list). Collective over pp."""
+        decays = [(n, not no_weight_decay(n, p)) for n, p in self.params.items()]
+        if self.dims is not None and self.dims.config.pp > 1:
+            stages: list = [None] * self.dims.config.pp
+            dist.all_gather_object(stages, decays, group=self.dims.pp_group)
+            decays = sorted(dict(pair for stage in stages for pair in stage).items(), key=lambda nd: _model_order(nd[0]))
+        settings = {k: v for k, v in self.inner.param_groups[0].items() if k not in ("params", "weight_decay", "wd_mult")}
+        groups = []
+        for mult in (1.0, 0.0):
+            params = [n for n, decay in decays if decay == bool(mult)]
+            if params:
+                groups.append({**settings, "weight_decay": self.weight_decay * mult, "wd_mult": mult, "params": params})
+        return groups
+
+    # (this rank's owned parameters only)
     def named_state(self) -> dict[str, dict[str, torch.Tensor]]:
         out = {}
         for name, master in self.masters.items():

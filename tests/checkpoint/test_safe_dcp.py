@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, MetadataIndex
 from torch.serialization import _get_layout
 
@@ -138,16 +138,16 @@ class _Touch:
         return os.system, (f"touch {shlex.quote(str(self.path))}",)
 
 
-def _bytes_entry(folder, marker):
-    """Turn model.embed_tokens.weight into a BytesStorageMetadata entry whose pickle creates `marker` when loaded."""
+def _bytes_entry(folder, marker, key="model.embed_tokens.weight"):
+    """Turn entry `key` into a BytesStorageMetadata entry whose pickle creates `marker` when loaded."""
     torch.save(_Touch(marker), folder / "__0_9.distcp")
 
     def edit(metadata):
-        metadata.state_dict_metadata["model.embed_tokens.weight"] = BytesStorageMetadata()
-        for index in [i for i in metadata.storage_data if i.fqn == "model.embed_tokens.weight"]:
+        metadata.state_dict_metadata[key] = BytesStorageMetadata()
+        for index in [i for i in metadata.storage_data if i.fqn == key]:
             info = metadata.storage_data.pop(index)
         info.relative_path, info.offset, info.length = "__0_9.distcp", 0, (folder / "__0_9.distcp").stat().st_size
-        metadata.storage_data[MetadataIndex("model.embed_tokens.weight")] = info
+        metadata.storage_data[MetadataIndex(key)] = info
 
     _rewrite(folder, edit)
 
@@ -155,12 +155,36 @@ def _bytes_entry(folder, marker):
 def test_bytes_entries_are_refused(folder, tmp_path):
     marker = tmp_path / "pwned"
     _bytes_entry(folder, marker)
-    # DCP's own reader unpickles the entry with torch.load(weights_only=False): the payload runs
+    # DCP's own reader and planner unpickle the entry with torch.load(weights_only=False): the payload runs
     dcp.load({"model.embed_tokens.weight": torch.empty(16, 8)}, storage_reader=FileSystemReader(str(folder)),
-             planner=BlockLoadPlanner())
+             planner=DefaultLoadPlanner())
     assert marker.exists()
     marker.unlink()
     _refused(folder, UnsafeCheckpointError, match="'model.embed_tokens.weight' is a pickled object")
+    assert not marker.exists()
+
+
+def test_param_groups_entries_are_unpickled_with_weights_only(folder, tmp_path):
+    """The one kind of pickled entry a checkpoint holds (the optimizer's param_groups) is read with torch's
+    restricted unpickler: a payload in its place is refused on resume, and never runs."""
+    marker = tmp_path / "pwned"
+    key = "optim.param_groups.0.lr"
+    assert key in SafeFileSystemReader(str(folder)).read_metadata().state_dict_metadata
+    _bytes_entry(folder, marker, key)
+    dcp.load({key: None}, storage_reader=FileSystemReader(str(folder)), planner=DefaultLoadPlanner())
+    assert marker.exists()  # DCP's own planner runs it
+    marker.unlink()
+    model = _model()
+    with pytest.raises(UnsafeCheckpointError, match=f"{key}: not a plain param_groups value"):
+        load_checkpoint(folder, model, MixedPrecisionAdamW(model, lr=1e-3))
+    assert not marker.exists()
+    # a reader handed another planner does not read it at all
+    metadata = SafeFileSystemReader(str(folder)).read_metadata()
+    planner, reader = DefaultLoadPlanner(), SafeFileSystemReader(str(folder))
+    planner.set_up_planner({key: None}, metadata)
+    reader.set_up_storage_reader(metadata, True)
+    with pytest.raises(UnsafeCheckpointError, match="weights_only=False"):
+        reader.read_data(planner.create_local_plan(), planner)
     assert not marker.exists()
 
 
