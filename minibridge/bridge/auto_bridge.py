@@ -95,7 +95,9 @@ class HFBridge:
         slice by slice: under pipeline parallelism its stage, or its list of chunks (ModelChunks) with
         virtual stages. `dtype` defaults to the checkpoint's, as transformers 5.x `from_pretrained`
         does; `device` to the layout's device (CUDA under NCCL), else the CPU. `options` go to
-        `minibridge.parallel.parallelize` (recompute, loss_chunk_bytes, compile).
+        `minibridge.parallel.parallelize.build_model` (recompute, loss_chunk_bytes, compile; fsdp: FSDP2 on
+        the meta model, the weights then read into each rank's dp shards; adapters: LoRA/DoRA modules
+        attached on meta, whose values `minibridge.peft.init_adapters` sets after this returns).
         """
         return self.to_model_chunks(parallel, dtype, device, progress, seed, **options).public()
 

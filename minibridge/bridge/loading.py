@@ -3,7 +3,9 @@
 The chunks come from `minibridge.parallel.parallelize.build_model` (built on meta, parallelized,
 allocated once); each tensor is read from disk straight into its parameter, only this rank's block
 of it (or through one temporary tensor when it must be cast), so peak memory is about one copy of
-this rank's weights. `init_fresh_weights` is the other way to fill them: pretraining from scratch.
+this rank's weights. Under FSDP2 a parameter is this rank's dp shard of the TP block, and only its rows
+are read. `init_fresh_weights` is the other way to fill them: pretraining from scratch. LoRA/DoRA
+adapters already attached (`build_model(adapters=...)`) are left to `minibridge.peft.init_adapters`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from tqdm.auto import tqdm
 from ..errors import CheckpointMismatchError, MissingTensorError
 from ..models import CausalLM, ModelChunks
 from ..models.common import RMSNorm
+from ..parallel.fsdp import local_rows
 from ..parallel.sharding import take_block
+from ..peft import adapter_parameters
 from .hf_folder import HFFolder
 from .mappings import IGNORED_HF, WeightMapping
 from .safetensors_io import READ_THREADS
@@ -55,8 +59,8 @@ def load_hf_weights(chunks: ModelChunks, folder: HFFolder, mapping: WeightMappin
 
 
 def _chunk_jobs(model: CausalLM, folder: HFFolder, mapping: WeightMapping, passthrough: list[str]) -> list:
-    """(tensor info, destination, shard spec) of every parameter of one chunk, every name checked."""
-    params = dict(model.named_parameters())
+    """(tensor info, destination, shard spec, rows) of every parameter of one chunk, every name checked."""
+    params = _base_parameters(model)
     sharding = model.sharding
     specs = sharding.specs if sharding is not None else {}
     loaded: set[str] = set()
@@ -86,7 +90,8 @@ def _chunk_jobs(model: CausalLM, folder: HFFolder, mapping: WeightMapping, passt
         if expected != info.shape:
             raise CheckpointMismatchError(f"{info.path}: tensor {info.name!r} has shape {list(info.shape)}, "
                                           f"expected {list(expected)}")
-        jobs.append((info, param.data, specs.get(local)))
+        out, rows = local_rows(param)
+        jobs.append((info, out, specs.get(local), rows))
         loaded.add(local)
     missing = [name for name in params if name not in loaded]
     if missing:
@@ -95,15 +100,21 @@ def _chunk_jobs(model: CausalLM, folder: HFFolder, mapping: WeightMapping, passt
     return jobs
 
 
+def _base_parameters(model: CausalLM) -> dict[str, torch.nn.Parameter]:
+    """name -> parameter of the model without its LoRA/DoRA adapters."""
+    adapters = adapter_parameters(model)
+    return {n: p for n, p in model.named_parameters() if n not in adapters}
+
+
 @torch.no_grad()
 def init_fresh_weights(chunks: ModelChunks, seed: int) -> None:
     """Initialise for pretraining, identically under every parallel layout: each parameter's full
-    tensor comes from a generator seeded by (seed, name), and a rank keeps its block of it (one full
-    tensor in memory at a time, as Megatron's use_cpu_initialization)."""
+    tensor comes from a generator seeded by (seed, name), and a rank keeps its block of it (its dp rows
+    under FSDP2; one full tensor in memory at a time, as Megatron's use_cpu_initialization)."""
     specs = chunks.specs
     config = chunks.config
     for chunk in chunks:
-        for name, param in chunk.named_parameters():
+        for name, param in _base_parameters(chunk).items():
             spec = specs.get(name)
             shape = spec.full_shape if spec is not None else tuple(param.shape)
             if param.ndim < 2:  # norms (Llama: 1, Gemma: 0 since it scales by 1 + w) and biases
@@ -115,4 +126,5 @@ def init_fresh_weights(chunks: ModelChunks, seed: int) -> None:
                 full = torch.randn(shape, generator=generator) * config.init_std
                 if name == "embed_tokens.weight" and config.pad_token_id is not None:
                     full[config.pad_token_id] = 0
-            param.copy_(take_block(full, spec))
+            out, rows = local_rows(param)
+            out.copy_(take_block(full, spec, rows))

@@ -3,7 +3,12 @@
 `apply_fsdp` runs `torch.distributed.fsdp.fully_shard` on every transformer block and then on each
 pipeline chunk (the root: embedding, final norm, output layer), over a device mesh made from the
 layout's own dp group (`DeviceMesh.from_group(dims.dp_group)`, so the ranks keep ParallelDims' order).
-It composes with the other passes because they leave ordinary tensors behind:
+`parallelize.build_model(..., fsdp=FsdpSettings(...))` runs it on the META chunks, after TP, CP,
+recomputation, compile and any LoRA/DoRA adapter modules (fully_shard fixes the parameters it manages
+when it wraps); `to_empty` then allocates only this rank's dp shard of each parameter, and the loaders
+fill those shards in place (`local_rows`: the shard and its rows of the TP-local block), so no rank
+ever holds its whole TP-local model. It composes with the other passes because they leave ordinary
+tensors behind:
 
     TP      our tensor-parallel layers hold plain local blocks and do their collectives in autograd
             Functions, so FSDP2 shards the TP-local block of each parameter over the dp ranks (dim 0).
@@ -51,11 +56,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class FsdpSettings:
-    """Set as `chunk.sharding.fsdp` by `apply_fsdp`: the dp mesh and the compute dtype."""
+    """What `build_model(fsdp=...)` asks for; set as `chunk.sharding.fsdp` by `apply_fsdp`, with the
+    dp mesh it made."""
 
-    mesh: DeviceMesh
-    param_dtype: torch.dtype | None  # None: compute in the parameters' own fp32
-    reshard_after_forward: bool
+    param_dtype: torch.dtype | None = None  # None: compute in the parameters' own fp32
+    reshard_after_forward: bool = True
+    mesh: DeviceMesh | None = None
 
 
 def data_parallel_mesh(dims: ParallelDims) -> DeviceMesh:
@@ -67,7 +73,8 @@ def data_parallel_mesh(dims: ParallelDims) -> DeviceMesh:
 
 def apply_fsdp(model, dims: ParallelDims, param_dtype: torch.dtype | None = None,
                reshard_after_forward: bool = True) -> ModelChunks:
-    """Shard every chunk of `model` (allocated fp32, loaded, adapters attached) over the dp ranks."""
+    """Shard every chunk of `model` (fp32, adapters attached; on meta as `build_model` calls it, or
+    allocated) over the dp ranks."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     chunks = ModelChunks.of(model)
@@ -86,7 +93,7 @@ def apply_fsdp(model, dims: ParallelDims, param_dtype: torch.dtype | None = None
         for module in fsdp_modules(chunk):
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)
-        chunk.sharding.fsdp = FsdpSettings(mesh, param_dtype, reshard_after_forward)
+        chunk.sharding.fsdp = FsdpSettings(param_dtype, reshard_after_forward, mesh)
     return chunks
 
 
@@ -107,6 +114,16 @@ def local(tensor: torch.Tensor | None) -> torch.Tensor | None:
     """This rank's shard of a DTensor (a view of its storage), or the tensor itself."""
     dtensor = sys.modules.get("torch.distributed.tensor")
     return tensor.to_local() if dtensor is not None and isinstance(tensor, dtensor.DTensor) else tensor
+
+
+def local_rows(param: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
+    """Where this rank's values of `param` live, for filling in place: a plain parameter's own data and
+    None (every row), or an FSDP2 parameter's local shard and its rows [first, last) of the TP-local block."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    if dtensor is None or not isinstance(param, dtensor.DTensor):
+        return param.data, None
+    shard, first = shard_rows(param.data)  # .data: no autograd on the in-place fill
+    return shard, (first, first + shard.shape[0])
 
 
 def shard_rows(tensor: DTensor) -> tuple[torch.Tensor, int]:

@@ -12,25 +12,33 @@ allocates only its own blocks (torchtitan's `parallelize_llama` orders its passe
                                          with another chunk budget; the TP head never gathers logits
     5. torch.compile                     per block, as torchtitan does (one graph per layer type, reused
                                          by every layer; names and parameters unchanged), when asked
-    6. FSDP2 over dp                     fsdp.apply_fsdp (dist.use_torch_fsdp2): fully_shard per block,
-                                         then per chunk, as torchtitan's apply_fsdp. It runs on the
-                                         allocated, loaded model with its adapters (fully_shard fixes
-                                         the parameters it manages when it wraps), so the trainer calls
-                                         it after loading rather than this function on meta.
+    6. FSDP2 over dp                     fsdp.apply_fsdp (`fsdp=FsdpSettings(...)`, the trainer's
+                                         dist.use_torch_fsdp2): fully_shard per block, then per chunk,
+                                         as torchtitan's apply_fsdp, on the meta chunks (`build_model`
+                                         runs it over all of this rank's chunks). fully_shard fixes the
+                                         parameters it manages when it wraps, so LoRA/DoRA adapter
+                                         modules are attached just before it (`adapters`, on meta too;
+                                         their values are set after loading: peft.init_adapters).
 
-`build_model` runs build -> parallelize -> cast -> allocate for every chunk this rank holds and
-returns them as `ModelChunks`. The bridge, the checkpoint importer, the trainer and generation all
-make their models here.
+`build_model` runs build -> parallelize -> cast -> (adapters) -> (FSDP2) -> allocate for every chunk this
+rank holds and returns them as `ModelChunks`; allocation comes last, so under FSDP2 `to_empty` creates
+only this rank's dp shard of each parameter and the loaders fill the shards in place (peak memory: the
+shards plus the tensor being read, never the whole TP-local model). The bridge, the checkpoint importer,
+the trainer and generation all make their models here.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
+from ..errors import LayoutError
 from ..models import CausalLM, ModelChunks, ModelConfig, Stage, build_on_meta
 from ..models.output import ChunkedOutputHead, chunk_tokens
 from .context import apply_context_parallel
 from .dims import ParallelDims
+from .fsdp import FsdpSettings, apply_fsdp
 from .pipeline import chunk_stages, layout_stages
 from .plan import apply_tensor_parallel
 
@@ -46,7 +54,7 @@ def pipeline_stages(config: ModelConfig, dims: ParallelDims | None) -> list[Stag
 
 def parallelize(model: CausalLM, dims: ParallelDims | None, recompute: str = "none",
                 loss_chunk_bytes: int | None = None, compile: bool = False) -> CausalLM:
-    """Apply the passes above, in that order, to `model` (a meta chunk). `loss_chunk_bytes`: fp32
+    """Apply passes 1-5 above, in that order, to `model` (a meta chunk). `loss_chunk_bytes`: fp32
     logits held at once by the fused output layer + loss (None: the model's default budget)."""
     if dims is not None:
         apply_tensor_parallel(model, dims)
@@ -60,20 +68,28 @@ def parallelize(model: CausalLM, dims: ParallelDims | None, recompute: str = "no
     return model
 
 
-def allocate(model: CausalLM, dtype: torch.dtype, device: torch.device | str) -> CausalLM:
-    """Cast on meta (free), then allocate uninitialised storage once, on `device`."""
-    return model.to(dtype=dtype).to_empty(device=device)
-
-
 def build_model(config: ModelConfig, dims: ParallelDims | None = None, dtype: torch.dtype = torch.float32,
                 device: torch.device | str | None = None, recompute: str = "none",
-                loss_chunk_bytes: int | None = None, compile: bool = False, meta: bool = False) -> ModelChunks:
+                loss_chunk_bytes: int | None = None, compile: bool = False, meta: bool = False,
+                fsdp: FsdpSettings | None = None,
+                adapters: Callable[[ModelChunks], object] | None = None) -> ModelChunks:
     """This rank's chunks of the model of `config` under `dims`, parallelized and allocated (their
     values uninitialised: load or initialize them next). `meta=True` stops before allocation (shapes,
-    specs and dtypes only, as the checkpoint importer needs)."""
+    specs and dtypes only, as the checkpoint importer needs). `adapters(chunks)` attaches LoRA/DoRA
+    modules to the meta chunks (`functools.partial(minibridge.peft.attach_peft, ...)`); `fsdp` shards
+    them over the dp ranks with FSDP2 (pass 6; `dtype` must then be float32, the sharded masters)."""
     device = device or (dims.device if dims is not None else "cpu")
     chunks = ModelChunks()
     for stage in pipeline_stages(config, dims):
         model = parallelize(build_on_meta(config, stage), dims, recompute, loss_chunk_bytes, compile)
-        chunks.append(model.to(dtype=dtype) if meta else allocate(model, dtype, device))
+        chunks.append(model.to(dtype=dtype))
+    if adapters is not None:
+        adapters(chunks)
+    if fsdp is not None:
+        if dims is None:
+            raise LayoutError("FSDP2 shards over the dp ranks of a parallel layout: pass dims as well as fsdp")
+        apply_fsdp(chunks, dims, fsdp.param_dtype, fsdp.reshard_after_forward)
+    if not meta:
+        for chunk in chunks:  # uninitialised storage, once, on `device` (under FSDP2 the dp shards only)
+            chunk.to_empty(device=device)
     return chunks

@@ -70,14 +70,16 @@ class Sharding:
         return tuple(spec.full_shape) if spec is not None else tuple(param.shape)
 
 
-def take_block(full: torch.Tensor, spec: ShardSpec | None) -> torch.Tensor:
-    """This rank's block of a whole tensor (the inverse of `gather_full`); vocab padding is zeros."""
-    if spec is None or spec.dim is None or spec.size == 1:
-        return full
-    if spec.kind == "vocab" and spec.padded_rows > full.shape[0]:
-        full = torch.cat([full, full.new_zeros(spec.padded_rows - full.shape[0], *full.shape[1:])])
-    start, stop = spec.local_range()
-    return full.narrow(spec.dim, start, stop - start)
+def take_block(full: torch.Tensor, spec: ShardSpec | None, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """This rank's block of a whole tensor (the inverse of `gather_full`); vocab padding is zeros.
+    `rows` = (first, last): only those rows (dim 0) of the block, an FSDP2 dp shard of it."""
+    block = full
+    if spec is not None and spec.dim is not None and spec.size > 1:
+        if spec.kind == "vocab" and spec.padded_rows > full.shape[0]:
+            full = torch.cat([full, full.new_zeros(spec.padded_rows - full.shape[0], *full.shape[1:])])
+        start, stop = spec.local_range()
+        block = full.narrow(spec.dim, start, stop - start)
+    return block if rows is None else block.narrow(0, rows[0], rows[1] - rows[0])
 
 
 def assemble(blocks: list[torch.Tensor], spec: ShardSpec) -> torch.Tensor:

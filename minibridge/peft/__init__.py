@@ -8,12 +8,13 @@
 """
 
 from .apply import (
-    DEFAULT_ALPHA, DEFAULT_TARGETS, adapter_parameters, apply_peft, count_parameters, has_adapters, merge_peft,
-    remove_peft, select_modules,
+    DEFAULT_ALPHA, DEFAULT_TARGETS, adapter_parameters, adapters_hidden, apply_peft, attach_peft, count_parameters,
+    has_adapters, init_adapters, merge_peft, remove_peft, select_modules,
 )
 from .lora import LoraMixin, is_adapted
 
 __all__ = [
-    "DEFAULT_ALPHA", "DEFAULT_TARGETS", "LoraMixin", "adapter_parameters", "apply_peft",
-    "count_parameters", "has_adapters", "is_adapted", "merge_peft", "remove_peft", "select_modules",
+    "DEFAULT_ALPHA", "DEFAULT_TARGETS", "LoraMixin", "adapter_parameters", "adapters_hidden", "apply_peft",
+    "attach_peft", "count_parameters", "has_adapters", "init_adapters", "is_adapted", "merge_peft", "remove_peft",
+    "select_modules",
 ]

@@ -13,12 +13,15 @@ both feel at home:
 Patterns are checked against the whole model (every layer, whatever this pipeline stage holds), and
 one that matches nothing is an error. A factors come from a generator seeded by (seed, parameter
 name) and are cut to this rank's block, so TP/PP/DP runs start from the same adapters as one process.
+`apply_peft` is `attach_peft` (the modules, frozen base) then `init_adapters` (the values); the trainer
+runs the first on the meta model, before FSDP2 shards it, and the second once the weights are loaded.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
@@ -27,8 +30,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models import ModelChunks
+from ..parallel.fsdp import local_rows
 from ..parallel.sharding import ShardSpec, take_block
-from .lora import attach, detach_adapter, is_adapted
+from .lora import attach, detach_adapter, init_magnitude, is_adapted
 
 SCHEMES = ("lora", "dora")
 DEFAULT_RANK = 32  # Megatron Bridge: LoRA dim 32 alpha 32, DoRA dim 32 alpha 64
@@ -57,6 +61,8 @@ class AdapterState:
     modules: list[str]
     frozen: list[str] = field(default_factory=list)
     base_model_name_or_path: str | None = None  # an HF PEFT folder's, when loaded from one
+    init: str = "kaiming"  # how A is drawn (init_lora_a), from a generator seeded by (seed, name)
+    seed: int = 0
 
 
 def candidate_modules(config) -> list[str]:
@@ -147,10 +153,23 @@ def apply_peft(model, scheme: str = "lora", rank: int = DEFAULT_RANK, alpha: flo
     Targets may also be HF module names when `hf_name` spells them (`bridge.mapping.hf_module_name`).
     Under tensor parallelism every rank of the group calls this (DoRA's norms of row-parallel layers
     are all-reduced)."""
+    attach_peft(model, scheme, rank, alpha, dropout, targets, exclude, dropout_position=dropout_position, init=init,
+                use_rslora=use_rslora, seed=seed, hf_name=hf_name)
+    return init_adapters(model)
+
+
+def attach_peft(model, scheme: str = "lora", rank: int = DEFAULT_RANK, alpha: float | None = None, dropout: float = 0.0,
+                targets=None, exclude=None, *, dropout_position: str = "pre", init: str = "kaiming",
+                use_rslora: bool = False, seed: int = 0, hf_name=None):
+    """`apply_peft`'s first half: attach the adapter modules, their values uninitialised (on meta as
+    `build_model(adapters=...)` calls it, before FSDP2 fixes the parameter set), and freeze the rest.
+    `init_adapters` sets the values once the base weights are in. Returns `model`."""
     if scheme not in SCHEMES:
         raise ConfigError(f"peft scheme {scheme!r}: expected one of {', '.join(SCHEMES)}")
     if not isinstance(rank, int) or rank < 1:
         raise ConfigError(f"LoRA rank {rank!r}: expected a positive integer")
+    if init not in INITS:
+        raise ConfigError(f"lora A init {init!r}: expected one of {', '.join(INITS)}")
     alpha = DEFAULT_ALPHA[scheme] if alpha is None else alpha
     if dropout_position not in ("pre", "post") or (scheme == "dora" and dropout_position == "post"):
         raise ConfigError(f"dropout_position={dropout_position!r}: expected 'pre' or 'post' ('pre' only for DoRA)")
@@ -174,17 +193,61 @@ def apply_peft(model, scheme: str = "lora", rank: int = DEFAULT_RANK, alpha: flo
             base = (specs or {}).get(f"{name}.weight")
             out, inp = base.full_shape if base is not None else tuple(module.weight.shape)
             new = adapter_specs(base, rank)
-            a = init_lora_a((rank, inp), init, _seeded(seed, f"{name}.lora_A.weight"))
-            a = take_block(a, new.get("lora_A.weight"))
-            b = take_block(torch.zeros(out, rank), new.get("lora_B.weight"))
             like = dict(dtype=module.weight.dtype, device=module.weight.device)
+            a, b = (torch.empty(_local_shape(new.get(f"lora_{x}.weight"), shape), **like)
+                    for x, shape in (("A", (rank, inp)), ("B", (out, rank))))
             group = dims.tp_group if base is not None and base.kind == "row" and base.size > 1 else None
-            attach(module, a.to(**like).contiguous(), b.to(**like).contiguous(), scale, scheme == "dora", dropout,
-                   dropout_position == "post", norm_group=group)
+            attach(module, a, b, scale, scheme == "dora", dropout, dropout_position == "post", norm_group=group)
             if specs is not None:
                 specs.update({f"{name}.{p}": s for p, s in new.items() if hasattr(module, p.split(".")[0])})
-        chunk.adapters = AdapterState(scheme, rank, alpha, dropout, dropout_position, use_rslora, names, frozen)
+        chunk.adapters = AdapterState(scheme, rank, alpha, dropout, dropout_position, use_rslora, names, frozen,
+                                      init=init, seed=seed)
     return model
+
+
+def _local_shape(spec: ShardSpec | None, full: tuple[int, ...]) -> tuple[int, ...]:
+    return spec.local_shape() if spec is not None else full
+
+
+@torch.no_grad()
+def init_adapters(model):
+    """`apply_peft`'s second half, on the loaded base: A from a generator seeded by (seed, name), cut to
+    this rank's block (and to its dp rows under FSDP2), B = 0, DoRA's magnitude from the base weight's
+    rows. Every layout gets the values one process gets. Returns `model`."""
+    for chunk in ModelChunks.of(model):
+        state, specs = chunk.adapters, chunk.sharding.specs if chunk.sharding is not None else {}
+        for name, module in chunk.named_modules():
+            if not is_adapted(module):
+                continue
+            base = specs.get(f"{name}.weight")
+            inp = base.full_shape[1] if base is not None else module.weight.shape[1]
+            full = init_lora_a((state.rank, inp), state.init, _seeded(state.seed, f"{name}.lora_A.weight"))
+            a, rows = local_rows(module.lora_A.weight)
+            a.copy_(take_block(full, specs.get(f"{name}.lora_A.weight"), rows))
+            local_rows(module.lora_B.weight)[0].zero_()
+            if module.lora_dora:
+                init_magnitude(module, local_rows(module.weight)[0], local_rows(module.lora_magnitude_vector)[0])
+    return model
+
+
+@contextmanager
+def adapters_hidden(model):
+    """The base model alone for a while: every adapter's parameters are taken off its linear (what a
+    checkpoint of the base model is read into) and put back, the same objects in the same order."""
+    saved = [(m, dict(m._modules), dict(m._parameters)) for c in ModelChunks.of(model) for m in c.modules()
+             if is_adapted(m)]
+    for module, _, _ in saved:
+        for name in ("lora_A", "lora_B"):
+            module._modules.pop(name)
+        module._parameters.pop("lora_magnitude_vector", None)
+    try:
+        yield model
+    finally:
+        for module, modules, params in saved:
+            module._modules.clear()
+            module._modules.update(modules)
+            module._parameters.clear()
+            module._parameters.update(params)
 
 
 def has_adapters(model) -> bool:

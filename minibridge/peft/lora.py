@@ -79,11 +79,7 @@ class LoraMixin:
     def dora_weight_norm(self, dtype: torch.dtype) -> torch.Tensor:
         """||W + scale * B A|| per output row, detached, in `dtype` (peft's get_weight_norm)."""
         lora_weight = (self.lora_B.weight @ self.lora_A.weight).to(dtype)
-        weight = self.weight.to(dtype) + self.lora_scale * lora_weight
-        if self.lora_norm_group is None:
-            return torch.linalg.norm(weight, dim=1).to(dtype)
-        squares = weight.float().pow(2).sum(dim=1)
-        return all_reduce_(squares, self.lora_norm_group).sqrt().to(dtype)
+        return row_norms(self.weight.to(dtype) + self.lora_scale * lora_weight, dtype, self.lora_norm_group)
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
@@ -128,11 +124,20 @@ def is_adapted(module: nn.Module) -> bool:
     return isinstance(module, LoraMixin)
 
 
+def row_norms(weight: torch.Tensor, dtype: torch.dtype, group=None) -> torch.Tensor:
+    """||weight||_row in `dtype`; with `group` (a row-parallel weight's tp ranks, each holding some
+    columns) the squared norms are summed over the group first."""
+    if group is None:
+        return torch.linalg.norm(weight, dim=1).to(dtype)
+    squares = weight.float().pow(2).sum(dim=1)
+    return all_reduce_(squares, group).sqrt().to(dtype)
+
+
 def attach(module: nn.Linear, a: torch.Tensor, b: torch.Tensor, scale: float, dora: bool, dropout: float = 0.0,
            dropout_post: bool = False, norm_group=None) -> None:
     """Turn `module` into its adapter subclass with factors `a` (rank, in) and `b` (out, rank), local
-    blocks already. DoRA's magnitude starts at ||W + scale * B A||_row, computed the way forward does,
-    so a fresh adapter (B = 0) leaves the output bit for bit unchanged."""
+    blocks already (their values may be set later, as on meta). DoRA's magnitude is allocated beside
+    them, uninitialised: `init_magnitude` sets it once the base weight holds its values."""
     if is_adapted(module):
         raise ValueError(f"{module} already has an adapter")
     base = type(module)
@@ -143,7 +148,16 @@ def attach(module: nn.Linear, a: torch.Tensor, b: torch.Tensor, scale: float, do
     module.lora_scale, module.lora_dora, module.lora_dropout_post = float(scale), dora, dropout_post
     module.lora_norm_group = norm_group
     if dora:
-        module.lora_magnitude_vector = nn.Parameter(module.dora_weight_norm(module.weight.dtype))
+        module.lora_magnitude_vector = nn.Parameter(module.weight.new_empty(module.weight.shape[0]))
+
+
+@torch.no_grad()
+def init_magnitude(module: nn.Module, weight: torch.Tensor, out: torch.Tensor) -> None:
+    """DoRA's magnitude at initialisation into `out`: ||W + scale * B A||_row of the rows `weight` of the
+    base weight, computed the way forward does, so a fresh adapter (B = 0) leaves the output bit for bit
+    unchanged. With B = 0, W + scale * B A is W exactly, so only W's rows are needed (an FSDP2 rank holds
+    the same rows of the weight and of the magnitude: both are sharded on dim 0 alike)."""
+    out.copy_(row_norms(weight.to(module.weight.dtype), module.weight.dtype, module.lora_norm_group))
 
 
 def detach_adapter(module: nn.Module, merge: bool) -> None:

@@ -22,10 +22,10 @@ from .. import checkpoint as ckpt
 from ..bridge import HFBridge
 from ..parallel import finalize_grads, initialize
 from ..parallel.data import finalize_pipeline_grads
-from ..parallel.fsdp import apply_fsdp, unshard
+from ..parallel.fsdp import FsdpSettings, unshard
 from ..parallel.overlap import arm_chunk, grad_reducers
 from ..bridge.fingerprint import weights_fingerprint
-from ..peft import apply_peft, count_parameters, merge_peft
+from ..peft import adapters_hidden, attach_peft, count_parameters, init_adapters, merge_peft
 from ..errors import ConfigError, RunLockedError
 from .config import ConfigContainer
 from .data import DataIterator, build_datasets, load_tokenizer
@@ -138,27 +138,35 @@ class Trainer:
             bridge = HFBridge.from_hf_pretrained(source)
         else:
             bridge = HFBridge.from_config(c.model.config)
-        # build -> parallelize (TP, CP, recomputation, compile) -> load, for this rank's pipeline chunks
-        dtype = torch.float32 if c.dist.use_torch_fsdp2 else self.dtype  # FSDP2: fp32 shards, self.dtype compute
+        # build -> parallelize (TP, CP, recomputation, compile, adapters, FSDP2) on meta -> allocate -> load,
+        # for this rank's pipeline chunks; under FSDP2 only this rank's dp shards are ever allocated and loaded
+        fsdp = FsdpSettings(self.dtype if self.dtype != torch.float32 else None,
+                            c.dist.reshard_after_forward) if c.dist.use_torch_fsdp2 else None
+        dtype = torch.float32 if fsdp is not None else self.dtype  # FSDP2: fp32 shards, self.dtype compute
+        adapters = partial(self._attach_adapters, bridge) if c.peft is not None else None
         chunks = bridge.to_model_chunks(self.dims, dtype, seed=c.train.seed, progress=self.dims.rank == 0,
-                                        recompute=c.model.recompute_granularity, compile=c.model.compile)
+                                        recompute=c.model.recompute_granularity, compile=c.model.compile,
+                                        fsdp=fsdp, adapters=adapters)
         self.chunks = chunks
         if source and not (Path(source) / "config.json").exists():  # a minibridge checkpoint: weights only
-            ckpt.load_checkpoint(ckpt.resolve_checkpoint(source), chunks, restore_rng=False)
+            with adapters_hidden(chunks):  # the base model's weights; the adapters start fresh below
+                ckpt.load_checkpoint(ckpt.resolve_checkpoint(source), chunks, restore_rng=False)
         self.base_model = None  # PEFT: fingerprint of the frozen base the adapters belong to
         if c.peft is not None:
-            self._attach_adapters(bridge, bridge.source or source)  # a hub id resolves to its local folder
-        if c.dist.use_torch_fsdp2:  # the last parallelize pass, once the weights and adapters are in
-            apply_fsdp(chunks, self.dims, self.dtype if self.dtype != torch.float32 else None,
-                       c.dist.reshard_after_forward)
+            self._init_adapters(bridge.source or source)  # a hub id resolves to its local folder
         return bridge, chunks
 
-    def _attach_adapters(self, bridge, source):
-        """LoRA/DoRA on the frozen pretrained model (initialised identically under every layout)."""
+    def _attach_adapters(self, bridge, chunks):
+        """LoRA/DoRA modules on the meta chunks, before FSDP2 (build_model's `adapters` pass)."""
         p = self.config.peft
-        apply_peft(self.chunks, p.scheme, rank=p.dim, alpha=p.alpha, dropout=p.dropout, targets=p.target_modules,
-                   exclude=p.exclude_modules, dropout_position=p.dropout_position, init=p.lora_A_init_method,
-                   seed=self.config.train.seed, hf_name=bridge.mapping.hf_module_name)
+        attach_peft(chunks, p.scheme, rank=p.dim, alpha=p.alpha, dropout=p.dropout, targets=p.target_modules,
+                    exclude=p.exclude_modules, dropout_position=p.dropout_position, init=p.lora_A_init_method,
+                    seed=self.config.train.seed, hf_name=bridge.mapping.hf_module_name)
+
+    def _init_adapters(self, source):
+        """The adapters' values on the frozen pretrained model (identically under every layout)."""
+        p = self.config.peft
+        init_adapters(self.chunks)
         found = [weights_fingerprint(source) if self.dims.rank == 0 else None]
         dist.broadcast_object_list(found, src=0)
         self.base_model = found[0]
