@@ -44,7 +44,18 @@ def train(recipe: str, base: str | None, scheme: str | None, overrides: list[str
         assert params and all(isinstance(p, DTensor) and p.dtype == torch.float32 for p in params)
         inner = trainer.optimizer.inner
         assert all(isinstance(inner.state[p]["exp_avg"], DTensor) for g in inner.param_groups for p in g["params"])
-    return [[loss, norm] for loss, norm in zip(trainer.run().losses, norms, strict=True)]
+    compiled = "model.compile=true" in overrides
+    if compiled:  # compiled in place before fully_shard: the names stay ours
+        from torch._dynamo.utils import counters
+
+        assert all(b._compiled_call_impl is not None for c in trainer.chunks for b in c.layers.values())
+        names = [n for n, _ in trainer.chunks.named_parameters()]
+        assert names and not any("_orig_mod" in n for n in names), names
+        graphs = counters["stats"]["unique_graphs"]
+    losses = trainer.run().losses
+    if compiled:  # dynamo captured the blocks' graphs in this run (not skipped, run eager)
+        assert counters["stats"]["unique_graphs"] > graphs, {k: dict(v) for k, v in counters.items()}
+    return [[loss, norm] for loss, norm in zip(losses, norms, strict=True)]
 
 
 def same_as_torch_state_dict(trainer) -> None:

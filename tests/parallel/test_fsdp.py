@@ -1,7 +1,7 @@
 """FSDP2 over the dp ranks (dist.use_torch_fsdp2): losses equal to one process over AdamW steps with
 gradient accumulation and clipping, alone and with TP, PP and CP; LoRA under it; checkpoints that
 plain runs resume (and the reverse) and torch's dcp_to_torch_save reads; HF exports byte-identical
-to one process's."""
+to one process's. FSDP2 with compiled blocks and a TP-padded vocabulary: test_fsdp_compose.py."""
 
 import json
 from pathlib import Path
