@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from minibridge.kernels import apply_rope, rms_norm
 from minibridge.kernels.attention import attention as kernel_attention
+from minibridge.memory import release_freed_memory
 
 from .config import ModelConfig, RopeConfig
 
@@ -47,7 +48,9 @@ class _TableLookup(torch.autograd.Function):
     gradient for the lookup and autograd then adds the two: 302M elements each for Gemma 3 1B.
     Without a tied output layer the rows go straight into mixed precision's fp32 `main_grad` when the
     parameter has one (training.optimizer), else into a dense gradient as the stock backward does.
-    Rows of `padding_idx` get no gradient, as transformers' nn.Embedding(padding_idx=...)."""
+    Rows of `padding_idx` get no gradient, as transformers' nn.Embedding(padding_idx=...).
+    This backward is the model's last: on CPU it hands the heap pages the freed activations held back
+    to the OS (minibridge.memory.release_freed_memory), so the optimizer step that follows starts low."""
 
     @staticmethod
     def forward(ctx, ids, table, padding_idx):
@@ -58,6 +61,13 @@ class _TableLookup(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_hidden, grad_table):
+        grads = _TableLookup.gradients(ctx, grad_hidden, grad_table)
+        if ctx.table.device.type == "cpu":
+            release_freed_memory()
+        return grads
+
+    @staticmethod
+    def gradients(ctx, grad_hidden, grad_table):
         (ids,) = ctx.saved_tensors
         if grad_hidden is None:  # the embeddings did not reach the loss: only the output layer's gradient
             return None, grad_table, None
