@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
@@ -31,6 +31,9 @@ from .loading import init_fresh_weights, load_hf_weights
 from .mappings import WeightMapping
 from .safetensors_io import DTYPE_NAMES, parse_size, read_tensor
 from ..parallel.gather import full_parameters, parameter_inventory
+
+if TYPE_CHECKING:
+    from .provider import ModelProvider
 
 HF_DEFAULT_MAX_SHARD_SIZE = "50GB"  # transformers 5.x save_pretrained's default
 

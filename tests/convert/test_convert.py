@@ -37,7 +37,7 @@ def test_import_export_roundtrip_is_exact(hf_checkpoint, tmp_path, capsys, name)
     assert main(["export", "--hf-model", str(src), "--megatron-path", mb, "--hf-path", out, "--no-progress"]) == 0
     _identical(src, out)  # bf16 stays bf16; a multimodal source keeps its vision tower
     assert main(["roundtrip", "--hf-model", str(src), "--work-dir", str(tmp_path), "--no-progress"]) == 0
-    assert f"identical, 0 differ" in capsys.readouterr().out
+    assert "identical, 0 differ" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".", "minibridge-"))] == []  # nothing left over
 
 

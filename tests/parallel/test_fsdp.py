@@ -18,7 +18,6 @@ from minibridge.conversion.exporter import export_checkpoint
 from minibridge.errors import ConfigError
 from minibridge.recipes import build_config
 from minibridge.training.config import ConfigContainer
-from minibridge.recipes.gemma import DEBUG_ARCH as GEMMA_DEBUG
 from minibridge.recipes.llama import DEBUG_ARCH as LLAMA_DEBUG
 
 LLAMA, GEMMA = "llama3_debug_pretrain_config", "gemma3_debug_pretrain_config"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from spawn import assert_grads_match, check_each
+from spawn import check_each
 
 from minibridge import AutoBridge
 from minibridge.parallel import ParallelConfig, finalize_grads, initialize

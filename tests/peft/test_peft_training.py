@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from hf_checkpoints import load_hf
-from loop_workers import run
 from peft_helpers import batch
 from spawn import run_distributed
 

@@ -23,7 +23,7 @@ def small_corpus(tmp_path) -> str:
 
 
 def overrides(prefix, save, iters):
-    return [f"dataset.kind=indexed", f"dataset.data_paths=[{prefix}]", "dataset.split=100,0,0",
+    return ["dataset.kind=indexed", f"dataset.data_paths=[{prefix}]", "dataset.split=100,0,0",
             f"model.seq_length={SEQ}", f"train.global_batch_size={GBS}", "train.micro_batch_size=2",
             f"train.train_iters={iters}", "train.eval_interval=null", "model.vocab_size=256",
             "logger.tensorboard_dir=null", f"checkpoint.save={save}", "checkpoint.save_interval=100"]

@@ -23,7 +23,7 @@ def test_debug_recipes_learn_real_text(tmp_path, pydoc_data):
     for recipe in ("llama3_debug_pretrain_config", "gemma3_debug_pretrain_config"):
         losses = run(recipe, [
             "train.train_iters=30", "train.global_batch_size=8", "train.micro_batch_size=4", "model.seq_length=128",
-            f"dataset.kind=jsonl", f"dataset.data_paths=[{pydoc_data['jsonl']}]", f"dataset.tokenizer={pydoc_data['tokenizer']}",
+            "dataset.kind=jsonl", f"dataset.data_paths=[{pydoc_data['jsonl']}]", f"dataset.tokenizer={pydoc_data['tokenizer']}",
             f"model.vocab_size={pydoc_data['vocab_size']}", "logger.tensorboard_dir=null", "train.eval_interval=null",
             "optimizer.lr=3e-3", "scheduler.lr_warmup_iters=3", f"checkpoint.save={tmp_path / recipe}",
         ])
