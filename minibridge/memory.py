@@ -23,8 +23,9 @@ fragments glibc never returns), and the optimizer step that follows allocates it
 `release_freed_memory()` (malloc_trim) hands those pages back; the model calls it at the end of its
 backward on CPU (minibridge.models.common). Measured on the research step of Llama-3.2-1B with 4 layers
 at 2048 tokens, bf16 and torch.optim.AdamW, whose step holds the peak: 5.43 -> 4.81 GB of peak RSS
-(transformers: 7.48; benchmarks/bench_train_step.py --modes research --cases llama-2048). The pages
-are faulted in again by the next forward: ~0.6 GB, within the run-to-run noise of that step. It does nothing after
+(transformers: 7.48; benchmarks/bench_train_step.py --modes research --cases llama-2048 --dtype bf16).
+The next forward faults those pages (~0.6 GB) back in; that run's step stayed level with transformers'
+(54.3 s vs 54.8 s). It does nothing after
 `keep_freed_memory()`, whose point is to keep them.
 """
 
