@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .common import Embedding, RMSNorm, rope_tables
-from .output import ChunkedOutputHead, chunk_tokens, shift_labels
+from .output import ChunkedOutputHead, shift_labels
 from .config import FULL, SLIDING, ModelConfig
 from .kv_cache import KVCache
 
@@ -58,7 +58,7 @@ class CausalLM(nn.Module):
         # The loss is the fused, chunked output layer + cross entropy: (tokens x vocab) logits never
         # exist at once (4.3 GB of fp32 for Gemma's 262k vocabulary at 4096 tokens). Logits-only calls
         # are the plain product.
-        self.head = ChunkedOutputHead(chunk_tokens(vocab))
+        self.head = ChunkedOutputHead()
         self.recompute = "none"
         # Set by passes, read through minibridge.models.ModelChunks (see models/chunks.py):
         self.sharding = None  # minibridge.parallel.sharding.Sharding under a parallel layout

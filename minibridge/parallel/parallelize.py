@@ -35,7 +35,7 @@ import torch
 
 from ..errors import LayoutError
 from ..models import CausalLM, ModelChunks, ModelConfig, Stage, build_on_meta
-from ..models.output import ChunkedOutputHead, chunk_tokens
+from ..models.output import ChunkedOutputHead
 from .context import apply_context_parallel
 from .dims import ParallelDims
 from .fsdp import FsdpSettings, apply_fsdp
@@ -54,14 +54,15 @@ def pipeline_stages(config: ModelConfig, dims: ParallelDims | None) -> list[Stag
 
 def parallelize(model: CausalLM, dims: ParallelDims | None, recompute: str = "none",
                 loss_chunk_bytes: int | None = None, compile: bool = False) -> CausalLM:
-    """Apply passes 1-5 above, in that order, to `model` (a meta chunk). `loss_chunk_bytes`: fp32
-    logits held at once by the fused output layer + loss (None: the model's default budget)."""
+    """Apply passes 1-5 above, in that order, to `model` (a meta chunk). `loss_chunk_bytes`: logits
+    (in the output layer's dtype) held at once by the fused output layer + loss (None: the default,
+    models.output.LOSS_CHUNK_BYTES)."""
     if dims is not None:
         apply_tensor_parallel(model, dims)
         apply_context_parallel(model, dims)
     model.set_recompute(recompute)
     if loss_chunk_bytes and model.is_last and (dims is None or dims.tp == 1):
-        model.head = ChunkedOutputHead(chunk_tokens(model.config.vocab_size, loss_chunk_bytes))
+        model.head = ChunkedOutputHead(loss_chunk_bytes)
     if compile:
         for block in model.layers.values():
             block.compile()  # nn.Module.compile: compiled in place, compiled on first call

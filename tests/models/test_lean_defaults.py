@@ -9,7 +9,7 @@ from torch import nn
 
 from minibridge import AutoBridge
 from minibridge.models import common
-from minibridge.models.output import ChunkedOutputHead, OutputHead, chunk_tokens
+from minibridge.models.output import LOSS_CHUNK_BYTES, ChunkedOutputHead, OutputHead
 from minibridge.training.optimizer import MixedPrecisionAdamW
 
 
@@ -42,7 +42,7 @@ def _batch(vocab):
 @pytest.mark.parametrize("name", ["gemma-3-1b-it", "Llama-3.2-1B", "Meta-Llama-3-8B"])  # tied, tied, untied
 def test_fused_loss_and_in_place_embedding_gradient_are_the_defaults(hf_checkpoint, name, monkeypatch):
     model = _model(hf_checkpoint, name)
-    assert isinstance(model.head, ChunkedOutputHead) and model.head.chunk_tokens == chunk_tokens(model.config.vocab_size)
+    assert isinstance(model.head, ChunkedOutputHead) and model.head.chunk_bytes == LOSS_CHUNK_BYTES
     ids, labels = _batch(model.config.vocab_size)
     loss, grads = _grads(model, ids, labels)
     with torch.no_grad():  # evaluation takes the same chunks without computing gradients
@@ -55,7 +55,7 @@ def test_fused_loss_and_in_place_embedding_gradient_are_the_defaults(hf_checkpoi
     for n in ref_grads:
         torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-5, atol=1e-6, msg=lambda m: f"{n}: {m}")
     if model.config.tie_word_embeddings:  # the embedding rows were added into the output layer's gradient
-        model.head, model.embed_tokens.__class__ = ChunkedOutputHead(7), common.Embedding
+        model.head, model.embed_tokens.__class__ = ChunkedOutputHead(chunk_tokens=7), common.Embedding
         backward, seen = common._TableLookup.backward, []
 
         def spy(ctx, grad_hidden, grad_table):

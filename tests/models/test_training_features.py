@@ -42,14 +42,15 @@ def test_recomputation_gives_the_same_loss_and_gradients(model, granularity):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("chunk", [7, 1000])  # a chunk that does not divide the 48 tokens, and one chunk
-def test_chunked_head_matches_plain_head(hf_checkpoint, dtype, chunk):
+# a chunk that does not divide the 48 tokens; one chunk; chunks of 3 softmax parts (20 tokens -> 18)
+@pytest.mark.parametrize("chunk,part", [(7, None), (1000, None), (20, 6)])
+def test_chunked_head_matches_plain_head(hf_checkpoint, dtype, chunk, part):
     model = AutoBridge.from_hf_pretrained(hf_checkpoint("gemma-3-1b-it")).to_model(dtype=dtype, progress=False)
     ids = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(2))
     labels = ids.clone()
     labels[0, 3:9] = -100
     losses, grads = [], []
-    for head in (OutputHead(), ChunkedOutputHead(chunk_tokens=chunk)):
+    for head in (OutputHead(), ChunkedOutputHead(chunk_tokens=chunk, part_tokens=part)):
         model.head = head
         model.zero_grad()
         loss = model(ids, labels=labels)
@@ -61,3 +62,11 @@ def test_chunked_head_matches_plain_head(hf_checkpoint, dtype, chunk):
     torch.testing.assert_close(losses[1], losses[0], **tol)
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], **tol, msg=lambda m: f"{name}: {m}")
+
+
+def test_chunks_are_whole_softmax_parts_and_sized_by_the_output_dtype():
+    weight = torch.empty(1000, 8, dtype=torch.bfloat16)
+    assert ChunkedOutputHead(2 * 1000 * 50).token_counts(weight) == (50, 50)  # 50 tokens of bf16 logits
+    assert ChunkedOutputHead(2 * 1000 * 50).token_counts(weight.float()) == (25, 25)  # fp32: half as many
+    assert ChunkedOutputHead(chunk_tokens=20, part_tokens=6).token_counts(weight) == (18, 6)
+    assert ChunkedOutputHead(chunk_tokens=4, part_tokens=6).token_counts(weight) == (4, 4)
