@@ -11,8 +11,8 @@ The attention cases are Gemma 3 1B's heads (4 query heads, 1 KV head, head_dim 2
 window W=512 at T = 2048, 4096, 8192: on CPU transformers pays O(T^2) for such a layer, the blockwise
 path O(T x W). CPU runs default to fp32 (an AVX2-only CPU multiplies bf16 ~100x slower than fp32).
 
-    python benchmarks/bench_kernels.py [--device cuda] [--dtype bf16] [--repeats 3] [--no-compile]
-Writes results/bench_kernels-<device>.md and .csv.
+    python benchmarks/bench_kernels.py [--device cuda] [--dtype bf16] [--repeats 3] [--no-compile] [--report NAME]
+Writes results/<NAME, default bench_kernels>-<device>.md and .csv.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from report import device_tag, write_report  # noqa: E402
+from report import device_tag, machine_line, write_report  # noqa: E402
 
 from minibridge.kernels import HAS_FLASH_ATTN, HAS_TRITON  # noqa: E402
 from minibridge.kernels import apply_rope, apply_rope_ref, attention, attention_ref, rms_norm, rms_norm_ref  # noqa: E402
@@ -165,15 +165,13 @@ def bench_attention(args, rows: list):
         _measure(rows, "attention", f"local W={WINDOW}, T={tokens}", impls, (q, k, v), args, flops=flops)
 
 
-ROUNDS = 2  # every implementation timed in turn, twice; the faster round counts
-
 
 def _measure(rows, op, case, impls, inputs, args, bytes_moved=None, flops=None):
-    """Implementations timed round-robin, keeping each one's faster round: whichever runs first no longer
+    """Implementations timed round-robin, keeping each one's fastest round: whichever runs first no longer
     pays alone for the process's first large allocations and thread start-up (a first-timed Llama RMSNorm
     forward once read 0.18x of transformers, 1.0x when timed second)."""
     results = {}
-    for _ in range(ROUNDS):
+    for _ in range(args.rounds):
         for name, fn in impls.items():
             times = time_modes(fn, inputs, args.repeats, args.device)
             results[name] = {m: min(t, results.get(name, times)[m]) for m, t in times.items()}
@@ -195,8 +193,11 @@ def main():
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default=None)
     parser.add_argument("--seqs", type=int, nargs="+", default=[2048, 4096, 8192])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="every implementation timed in turn this many times; each one's fastest round counts")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--ops", nargs="+", default=["rms_norm", "rope", "attention"])
+    parser.add_argument("--report", default="bench_kernels", help="name of the report in benchmarks/results/")
     args = parser.parse_args()
     on_gpu = args.device.startswith("cuda")
     args.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if on_gpu else "fp32")]
@@ -206,16 +207,18 @@ def main():
         {"rms_norm": bench_rms_norm, "rope": bench_rope, "attention": bench_attention}[op](args, rows)
 
     dtype = str(args.dtype).removeprefix("torch.")
-    lines = [f"# Kernel microbenchmarks ({device_tag(args.device)}, {dtype}, median of {args.repeats})", "",
-             "`python benchmarks/bench_kernels.py`; speed-up = transformers' time / this time, same run.", "",
+    machine = device_tag(args.device) if on_gpu else machine_line()
+    command = " ".join(["python", "benchmarks/bench_kernels.py", *sys.argv[1:]])
+    lines = [f"# Kernel microbenchmarks ({machine}; {dtype}, median of {args.repeats}, best of {args.rounds} rounds)", "",
+             f"`{command}`; speed-up = transformers' time / this time, same run.", "",
              "| op | case | implementation | mode | ms | rate | speed-up vs transformers |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {op} | {case} | {name} | {mode} | {ms:.2f} | {rate} | {sp:.2f}x |"
               for op, case, name, mode, ms, rate, sp in rows]
-    write_report("bench_kernels", lines, args.device)
+    write_report(args.report, lines, args.device)
     csv = ["op,case,implementation,mode,ms,rate,speedup_vs_transformers"]
     csv += [f'{op},"{case}",{name},{mode},{ms:.4f},{rate},{sp:.4f}' for op, case, name, mode, ms, rate, sp in rows]
-    write_report("bench_kernels", csv, args.device, suffix="csv")
+    write_report(args.report, csv, args.device, suffix="csv")
 
 
 if __name__ == "__main__":

@@ -137,9 +137,13 @@ def apply_rope_ref(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     q's dtype, as transformers' rotary embedding hands them over.
     """
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # over the head dim; (T, D) tables broadcast too
+    tables = {}  # the tables cast once per dtype (q and k share one): two casts per call instead of four
 
     def rotate(x):
-        return x * cos.to(x.dtype) + _rotate_half(x) * sin.to(x.dtype)
+        if x.dtype not in tables:
+            tables[x.dtype] = cos.to(x.dtype), sin.to(x.dtype)
+        cos_x, sin_x = tables[x.dtype]
+        return x * cos_x + _rotate_half(x) * sin_x
 
     return rotate(q), rotate(k)
 

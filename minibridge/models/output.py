@@ -15,11 +15,13 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 FEW_ROWS = 16  # OutputHead.logits: up to this many rows take the weight-streaming product on CPU
 # The fused output layer + loss holds one chunk of logits in the output layer's dtype at a time, and
-# runs the three products of the output layer (logits, d hidden, d weight) once per chunk. Each product
+# runs the three products of the output layer (logits, d hidden, d weight) once per chunk; each one
 # streams the whole (vocab x hidden) weight, and the weight gradient is read and written once more per
-# chunk: with Llama's 525 MB bf16 table, 8 chunks of 256 tokens took ~1.6x the time of one of 2048 on a
-# 2-core AMX CPU (memory-bound, not flop-bound). So chunks are large, and the softmax, which needs fp32,
-# runs over parts of a chunk in a smaller fp32 buffer.
+# chunk. So chunks are large, and the softmax, which needs fp32, runs over parts of a chunk in a smaller
+# fp32 buffer. benchmarks/bench_loss.py measures the trade on Llama's 128k x 2048 layer at 2048 tokens:
+# on an AVX-512 BF16 CPU (bf16 matmul ~380 GFLOP/s) the default's products ran at ~320 GFLOP/s, 1.37-1.45x
+# as fast as transformers' full-logits loss over three runs; 128-512 MB chunks were level within the
+# noise, and 8 chunks of 261 tokens took 1.08-1.15x the time of one.
 LOSS_CHUNK_BYTES = 512 * 2**20  # logits, in the output layer's dtype, of one chunk
 SOFTMAX_PART_BYTES = 128 * 2**20  # fp32 logits of one part of a chunk (the softmax's buffer)
 
@@ -59,7 +61,7 @@ def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
     """log_softmax over the last dim, written over `logits`: transformers' cross entropy computes this
     very kernel (log_softmax, then nll_loss). Writing in place is safe: the kernel finishes a row's
     max and sum of exponentials before it writes the row. One fused pass instead of logsumexp's four
-    (max, shifted copy, exp, sum) and a subtraction: on CPU 2.5x less time for a 256 x 128k chunk."""
+    (max, shifted copy, exp, sum) and a subtraction."""
     return torch._log_softmax(logits, -1, False, out=logits)
 
 
