@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from report import best_training_step, pick_dtype, run_child, write_report  # noqa: E402
+from report import best_training_step, machine_line, pick_dtype, run_child, write_report  # noqa: E402
 
 SIDES = ("minibridge-full", "minibridge-lora", "hf+peft-lora")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -61,7 +61,7 @@ def child(side: str, dtype_name: str, layers: int, seq: int, steps: int) -> dict
 
         base = _rss_gb()
         config = config_from_hf(hf)
-        model = AutoBridge.from_config(config).to_model(dtype=dtype, progress=False, loss_chunk_bytes=256 * 2**20)
+        model = AutoBridge.from_config(config).to_model(dtype=dtype, progress=False)
         if side == "minibridge-lora":
             apply_peft(model, "lora", rank=RANK, alpha=ALPHA, targets=TARGETS)
         trainable, total = count_parameters(model)
@@ -105,7 +105,7 @@ def main():
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()
     args.dtype = pick_dtype() if args.dtype == "auto" else args.dtype
-    lines = [f"# bench_peft (CPU, {args.dtype}, Llama-3.2-1B shape with {args.layers} layers, batch 1, seq {args.seq}, "
+    lines = [f"# bench_peft ({machine_line()}; {args.dtype}, Llama-3.2-1B shape with {args.layers} layers, batch 1, seq {args.seq}, "
              f"best of {args.steps} step(s) after a warm-up; LoRA rank {RANK} alpha {ALPHA} on q k v o gate up down)", "",
              "| side | trainable params | step (s) | tokens/s | peak RSS (GB) | step vs minibridge full | memory vs minibridge full |",
              "|---|---|---|---|---|---|---|"]
