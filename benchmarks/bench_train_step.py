@@ -44,7 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from report import best_training_step, machine_line, pick_dtype, run_child, write_report  # noqa: E402
+from report import best_training_step, machine_line, pick_dtype, run_child, timed_step, write_report  # noqa: E402
 
 CASES = {"llama-2048": ("Llama-3.2-1B", 4, 2048), "gemma-4096": ("gemma-3-1b-it", 6, 4096),
          "gemma-8192": ("gemma-3-1b-it", 6, 8192)}
@@ -153,7 +153,7 @@ def interleaved_child(mode: str, case: str, dtype_name: str, steps: int, seq_div
     times = {side: [] for side in sides}
     for _ in range(steps + 1):
         for side, (step_fn, optimizer, ids) in sides.items():
-            times[side].append(best_training_step(step_fn, optimizer, ids, 0)[0])
+            times[side].append(timed_step(step_fn, optimizer, ids)[0])
     return {side: min(t[1:]) for side, t in times.items()}  # the first round warms up
 
 

@@ -74,18 +74,22 @@ def spawn_ranks(worker, world: int, *args, expect: int = 1, timeout: float = 180
     return results
 
 
+def timed_step(step_fn, optimizer, ids) -> tuple[float, float]:
+    """(seconds, loss) of one forward + backward + optimizer step."""
+    start = time.perf_counter()
+    loss = step_fn(ids)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    seconds = time.perf_counter() - start
+    return seconds, float(loss.detach())
+
+
 def best_training_step(step_fn, optimizer, ids, steps: int) -> tuple[float, float]:
     """(best seconds, last loss) over `steps` forward + backward + optimizer steps after one warm-up
     step (allocator, optimizer state); the best, since other processes only ever slow a step down."""
-    times = []
-    for _ in range(steps + 1):  # the first step warms up (allocator, optimizer state)
-        start = time.perf_counter()
-        loss = step_fn(ids)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        times.append(time.perf_counter() - start)
-    return min(times[1:]) if len(times) > 1 else times[0], float(loss)
+    runs = [timed_step(step_fn, optimizer, ids) for _ in range(steps + 1)]  # the first one warms up
+    return min(t for t, _ in runs[1:]) if len(runs) > 1 else runs[0][0], runs[-1][1]
 
 
 @functools.lru_cache(maxsize=None)

@@ -137,15 +137,13 @@ def apply_rope_ref(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     q's dtype, as transformers' rotary embedding hands them over.
     """
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # over the head dim; (T, D) tables broadcast too
-    tables = {}  # the tables cast once per dtype (q and k share one): two casts per call instead of four
+    q_tables = cos.to(q.dtype), sin.to(q.dtype)
+    k_tables = q_tables if k.dtype == q.dtype else (cos.to(k.dtype), sin.to(k.dtype))  # one cast for both
 
-    def rotate(x):
-        if x.dtype not in tables:
-            tables[x.dtype] = cos.to(x.dtype), sin.to(x.dtype)
-        cos_x, sin_x = tables[x.dtype]
-        return x * cos_x + _rotate_half(x) * sin_x
+    def rotate(x, cos, sin):
+        return x * cos + _rotate_half(x) * sin
 
-    return rotate(q), rotate(k)
+    return rotate(q, *q_tables), rotate(k, *k_tables)
 
 
 # ---------------------------------------------------------------------------------------- public op

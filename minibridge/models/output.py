@@ -62,7 +62,7 @@ def _log_softmax_(logits: torch.Tensor) -> torch.Tensor:
     very kernel (log_softmax, then nll_loss). Writing in place is safe: the kernel finishes a row's
     max and sum of exponentials before it writes the row. One fused pass instead of logsumexp's four
     (max, shifted copy, exp, sum) and a subtraction."""
-    return torch._log_softmax(logits, -1, False, out=logits)
+    return torch.log_softmax(logits, -1, out=logits)
 
 
 def _cross_entropy_part_(low, targets, scratch, need_grad: bool, all_valid: bool) -> torch.Tensor:
