@@ -34,10 +34,24 @@ def run(cmd: list[str], timeout: int) -> tuple[int, str, float]:
     return code, out, time.perf_counter() - start
 
 
+def versions() -> str:
+    """The versions this check ran with: a lent GPU machine brings its own, not constraints.txt's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = [f"python {sys.version.split()[0]}"]
+    for name in ("torch", "triton", "transformers", "flash-attn"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} absent")
+    return ", ".join(found)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="bench_kernels at 2048 and 4096 only, 2 repeats")
     args = parser.parse_args()
+    print(f"gpu_check: {versions()} (installs nothing: the interpreter's own packages)", flush=True)
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; run it where one is lent (`make test` covers the CPU paths)",
               file=sys.stderr)
@@ -51,7 +65,7 @@ def main() -> int:
     table = RESULTS / f"bench_kernels-{device_tag('cuda')}.md"
     summary = [line for line in tests[1].splitlines() if " passed" in line or " failed" in line or "error" in line]
     lines = [f"# gpu-check on {gpu}", "",
-             f"- torch {torch.__version__}, CUDA {torch.version.cuda}, capability {torch.cuda.get_device_capability()}",
+             f"- {versions()}, CUDA {torch.version.cuda}, capability {torch.cuda.get_device_capability()}",
              f"- `pytest -m gpu`: exit {tests[0]} in {tests[2]:.0f} s: {summary[-1] if summary else 'no summary'}",
              f"- `{' '.join(bench_cmd[1:])}`: exit {bench[0]} in {bench[2]:.0f} s", "", "## gpu-marked tests", "",
              "```", *tests[1].splitlines()[-40:], "```", "", "## Kernel benchmarks", ""]

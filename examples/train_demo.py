@@ -5,7 +5,9 @@
    preprocessed into Megatron's indexed .bin/.idx format;
 2. `torchrun --nproc-per-node=2 -m minibridge.train --recipe llama3_debug_pretrain_config ...` trains
    with tensor parallelism (and sequence parallelism) for a couple of minutes;
-3. the run leaves a sharded checkpoint, metrics.jsonl, a loss-curve PNG and a Hugging Face export.
+3. the run leaves a sharded checkpoint, metrics.jsonl, a loss-curve PNG and a Hugging Face export
+   (weights, config and the tokenizer it trained with);
+4. the model talks: `python -m minibridge.generate` on that export, the command printed for you to rerun.
 
     python examples/train_demo.py [--out demo_run] [--iters 120]
 """
@@ -13,6 +15,7 @@
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -64,6 +67,11 @@ def main():
     print(f"checkpoint:  {run} (latest: iter_{int((run / 'latest_checkpointed_iteration.txt').read_text()):07d})")
     print(f"HF export:   {run / 'hf'}  (transformers.AutoModelForCausalLM.from_pretrained reads it)")
     print(f"metrics:     {run / 'metrics.jsonl'}, loss curve: {run / 'loss_curve.png'}")
+
+    generate = [sys.executable, "-m", "minibridge.generate", "--hf_model_path", str(run / "hf"),
+                "--prompt", "The module", "--max_new_tokens", "24"]
+    print("\nthe trained model, from its HF export:\n$ " + " ".join(shlex.quote(a) for a in generate), flush=True)
+    subprocess.run(generate, check=True, env=env)
 
 
 if __name__ == "__main__":

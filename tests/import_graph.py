@@ -18,6 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTED = "torch.distributed"
 
 
+def package_sources() -> dict[str, Path]:
+    """setup.py's SOURCES (import name -> source folder), read without running setup.py."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    (value,) = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["SOURCES"]]
+    return {name: ROOT / folder for name, folder in ast.literal_eval(value).items()}
+
+
 # ---- the graph ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Edge:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from import_graph import DISTRIBUTED, ROOT, all_edges, cycle_report, find_modules, project_module, resolve_from
+from import_graph import (
+    DISTRIBUTED, ROOT, all_edges, cycle_report, find_modules, package_sources, project_module, resolve_from,
+)
 
 DOC = ROOT / "docs" / "architecture.md"
-# dotted package -> the source folder it installs from (setup.py's package_dir mapping)
-SOURCES = {"minibridge": ROOT / "minibridge", "minibridge.kernels": ROOT / "kernels",
-           "minibridge.recipes": ROOT / "recipes"}
+SOURCES = package_sources()  # dotted package -> the source folder it installs from (setup.py)
 MAX_LINES = 400
 
 # ---- the layering (edit here; keep docs/architecture.md in step) -------------------------------

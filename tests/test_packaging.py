@@ -1,7 +1,8 @@
 """The wheel is what users install (`pip install .`, not -e): it must hold every module of the source tree.
 
-The wheel is built from a copy of the tree (no stale build/ folder, nothing written here). kernels/ and
-recipes/ must land as minibridge/kernels/ and minibridge/recipes/, nothing but `minibridge` at the top.
+The wheel is built from a copy of the tree (no stale build/ folder, nothing written here).
+kernels/minibridge_kernels/ and recipes/ must land as minibridge/kernels/ and minibridge/recipes/,
+nothing but `minibridge` at the top.
 Then every module is imported, and every command line runs `--help`, from the unpacked wheel with the
 source tree kept off sys.path (`-S`: no .pth files, so no editable finder), or, when `make wheel-check`
 sets MINIBRIDGE_WHEEL_PYTHON, from a fresh virtual environment that installed the wheel.
@@ -21,10 +22,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from import_graph import ROOT, package_sources
 
-ROOT = Path(__file__).resolve().parents[1]
-# source folder -> installed folder
-SOURCES = {"minibridge": "minibridge", "kernels": "minibridge/kernels", "recipes": "minibridge/recipes"}
+# source folder (relative to the checkout) -> installed folder, from setup.py's mapping
+SOURCES = {folder.relative_to(ROOT).as_posix(): name.replace(".", "/") for name, folder in package_sources().items()}
 SCRIPTS = {
     "minibridge-train": "minibridge.train:main",
     "minibridge-convert": "minibridge.convert:main",

@@ -26,7 +26,7 @@ from ..parallel.parallelize import build_model
 from .exporting import atomic_folder, copy_side_files, write_config, write_weights
 from .family import ARCHITECTURES, Architecture
 from .hf_config import architecture_of, config_from_hf, config_to_hf, read_config_json
-from .hf_folder import HFFolder, inside, resolve_model_path
+from .hf_folder import TOKENIZER_FILES, HFFolder, inside, resolve_model_path, tokenizer_files
 from .loading import init_fresh_weights, load_hf_weights
 from .mappings import WeightMapping
 from .safetensors_io import DTYPE_NAMES, parse_size, read_tensor
@@ -171,11 +171,14 @@ class HFBridge:
         dtype: torch.dtype | None = None,
         overwrite: bool = False,
         progress: bool = True,
+        tokenizer: str | os.PathLike | None = None,
     ) -> Path:
         """Write an HF folder that `transformers.AutoModelForCausalLM.from_pretrained` reads.
 
         config.json and the tokenizer / generation files are copied from the source folder when there
-        is one; a multimodal source keeps its vision weights, passed through byte for byte. `model` may
+        is one; `tokenizer` (a folder) supplies the tokenizer files instead, as a run trained from
+        scratch, or with another tokenizer, needs. A multimodal source keeps its vision weights, passed
+        through byte for byte. `model` may
         be sharded or this rank's pipeline chunks: under torchrun every rank calls this, rank 0 writes.
         A model with LoRA/DoRA adapters is refused: merge them first (`minibridge.peft.merge_peft`).
         """
@@ -195,8 +198,9 @@ class HFBridge:
         dims = chunks.dims
         if dims is not None and dims.world_size > 1:
             own = [e for e in entries if e[0] not in passthrough]
-            return self._save_sharded(out_dir, entries, own, tensor_of, dims, max_shard_size, overwrite, progress)
-        return self.write_hf_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress)
+            return self._save_sharded(out_dir, entries, own, tensor_of, dims, max_shard_size, overwrite, progress,
+                                      tokenizer)
+        return self.write_hf_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress, tokenizer)
 
     # ----------------------------------------------------------------- adapters (minibridge.peft)
 
@@ -216,7 +220,7 @@ class HFBridge:
 
         return load_hf_adapter(self, model, folder)
 
-    def _save_sharded(self, out_dir, entries, own, tensor_of, dims, max_shard_size, overwrite, progress):
+    def _save_sharded(self, out_dir, entries, own, tensor_of, dims, max_shard_size, overwrite, progress, tokenizer):
         """Every rank joins the gathers in the same order; global rank 0 writes the folder."""
         import torch.distributed as dist
 
@@ -226,7 +230,7 @@ class HFBridge:
         if refusal[0] is not None:
             raise FileExistsError(refusal[0])
         if dims.rank == 0:
-            self.write_hf_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress)
+            self.write_hf_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress, tokenizer)
         else:
             for hf_name, _, _ in own:
                 tensor_of(hf_name)
@@ -235,16 +239,21 @@ class HFBridge:
 
     def write_hf_folder(self, out_dir, entries: list[tuple[str, torch.dtype, tuple[int, ...]]], tensor_of,
                         max_shard_size: int | str = HF_DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False,
-                        progress: bool = True) -> Path:
+                        progress: bool = True, tokenizer: str | os.PathLike | None = None) -> Path:
         """The HF folder writer: `entries` (HF name, dtype, shape) in file order, each tensor fetched
         just in time from `tensor_of(name)`; the source's config and side files (or a config of our
-        own), all under a temporary name renamed when complete."""
+        own), the tokenizer files of `tokenizer` in place of the source's, all under a temporary name
+        renamed when complete."""
+        side = self.folder.side_files() if self.source is not None else []
+        if tokenizer is not None:
+            side = [path for path in side if path.name not in TOKENIZER_FILES] + tokenizer_files(tokenizer)
         with atomic_folder(out_dir, overwrite=overwrite) as tmp:
             write_weights(tmp, entries, tensor_of, parse_size(max_shard_size), progress=progress)
             if self.source is not None:
-                copy_side_files(tmp, self.folder.side_files() + [inside(self.source, "config.json")])
+                copy_side_files(tmp, side + [inside(self.source, "config.json")])
             else:
                 write_config(tmp, config_to_hf(self.config, DTYPE_NAMES_TORCH[entries[0][1]]))
+                copy_side_files(tmp, side)
         return Path(out_dir)
 
 

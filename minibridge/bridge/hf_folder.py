@@ -25,6 +25,15 @@ SIDE_FILES = (
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
     "preprocessor_config.json", "processor_config.json",
 )
+# The side files that make up a tokenizer (and its chat template): a run trained with another tokenizer
+# replaces these, never mixing its files with the source's (a stale tokenizer.model would win over them).
+TOKENIZER_FILES = tuple(name for name in SIDE_FILES if name.startswith(("tokenizer", "special_tokens", "added_tokens",
+                                                                         "chat_template")))
+
+
+def tokenizer_files(folder: str | Path) -> list[Path]:
+    """The tokenizer files of `folder` (each checked to stay inside it); empty when it holds none."""
+    return [path for path in (inside(folder, name) for name in TOKENIZER_FILES) if path.is_file()]
 
 
 def resolve_model_path(path: str | os.PathLike, revision: str | None = None) -> Path:

@@ -27,12 +27,10 @@ import torch.distributed.checkpoint as dcp
 
 from ..bridge import HFBridge
 from ..bridge.auto_bridge import HF_DEFAULT_MAX_SHARD_SIZE
-from ..bridge.exporting import copy_side_files
-from ..bridge.hf_folder import SIDE_FILES, HFFolder, inside
+from ..bridge.hf_folder import TOKENIZER_FILES, HFFolder, tokenizer_files
 from ..bridge.safetensors_io import read_tensor
 from ..checkpoint import BlockLoadPlanner, SafeFileSystemReader, read_checkpoint
 from ..errors import CheckpointMismatchError, ConfigError
-from ..files import atomic_folder
 from ..models import ModelConfig, whole_model_shapes
 from ..parallel.dims import barrier, from_rank0, global_rank
 from .checkpoints import check_same_model, load_megatron_model, stored_model_config, trained_tokenizer
@@ -96,8 +94,8 @@ def export_with_bridge(bridge: HFBridge, megatron_path, hf_path, adapter_only: b
     if adapter_only:
         raise ConfigError(f"{folder} is a full-model checkpoint: it holds no LoRA/DoRA adapters for --adapter-only "
                          "(that exports the adapters of a PEFT fine-tuning checkpoint)")
-    side = _tokenizer_files(tokenizer if tokenizer is not None else
-                            None if bridge.source is not None else trained_tokenizer(info), folder)
+    side = _tokenizer_folder(tokenizer if tokenizer is not None else
+                             None if bridge.source is not None else trained_tokenizer(info), folder)
     if bridge.source is None and side is None and global_rank() == 0:
         print(f"warning: {folder} was trained without a tokenizer (mock data), so the export has none; "
               f"pass --tokenizer DIR to include one", file=sys.stderr, flush=True)
@@ -109,19 +107,18 @@ def export_with_bridge(bridge: HFBridge, megatron_path, hf_path, adapter_only: b
     return target
 
 
-def _tokenizer_files(source, checkpoint: Path) -> list[Path] | None:
-    """The tokenizer files of the folder `source` (None: none to add)."""
+def _tokenizer_folder(source, checkpoint: Path) -> Path | None:
+    """`source`, checked to hold tokenizer files (None: none to add)."""
     if source is None:
         return None
-    found = [path for path in (inside(source, name) for name in SIDE_FILES) if path.is_file()]
-    if not found:
-        raise ConfigError(f"{source}: no tokenizer files ({', '.join(SIDE_FILES[1:4])}, ...) to export with "
+    if not tokenizer_files(source):
+        raise ConfigError(f"{source}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...) to export with "
                           f"{checkpoint}; pass --tokenizer DIR (the tokenizer the run was trained with)")
-    return found
+    return Path(source)
 
 
 def _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwrite, progress, missing=(),
-                   strict=True, side_files=None) -> None:
+                   strict=True, tokenizer=None) -> None:
     reader = _CachedReader(str(folder))
     local_of, entries = {}, []
     for name, shape in whole_model_shapes(bridge.config).items():
@@ -159,12 +156,7 @@ def _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwr
             dcp.load({f"model.{name}": tensor}, storage_reader=reader, planner=BlockLoadPlanner(), no_dist=True)
         return tensor.to(out_dtype[hf_name])
 
-    if side_files is None:
-        bridge.write_hf_folder(target, entries, tensor_of, max_shard_size, overwrite, progress)
-        return
-    with atomic_folder(target, overwrite=overwrite) as tmp:  # the weights and config, then the tokenizer
-        bridge.write_hf_folder(tmp, entries, tensor_of, max_shard_size, overwrite=True, progress=progress)
-        copy_side_files(tmp, side_files)
+    bridge.write_hf_folder(target, entries, tensor_of, max_shard_size, overwrite, progress, tokenizer)
 
 
 def _export_peft(bridge, folder, hf_path, adapter_only, dims, dtype, max_shard_size, overwrite, progress) -> Path:

@@ -186,8 +186,9 @@ class Trainer:
     def _build_data(self):
         c = self.config
         d = c.dataset
-        tokenizer_path = d.tokenizer or (c.checkpoint.pretrained_checkpoint if d.kind != "mock" else None)
-        tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else None
+        # the folder every HF export of the run carries as its tokenizer (None: mock tokens, none to carry)
+        self.tokenizer_path = d.tokenizer or (c.checkpoint.pretrained_checkpoint if d.kind != "mock" else None)
+        tokenizer = load_tokenizer(self.tokenizer_path) if self.tokenizer_path else None
         num_train, num_valid = c.train.num_samples()
         return build_datasets(
             d.kind, seq_length=c.model.seq_length, tokenizer=tokenizer, data_paths=d.data_paths or None,
@@ -350,7 +351,8 @@ class Trainer:
             adapter = Path(f"{target}_adapter")
             self.bridge.save_hf_adapter(self.chunks, adapter, overwrite=True)
             merge_peft(self.chunks)  # the run is over: fold the adapters in for the full export
-        out = self.bridge.save_hf_pretrained(self.chunks, target, overwrite=True, progress=self.dims.rank == 0)
+        out = self.bridge.save_hf_pretrained(self.chunks, target, overwrite=True, progress=self.dims.rank == 0,
+                                             tokenizer=self.tokenizer_path)
         if self.dims.rank == 0:
             where = f" (adapters merged; the adapters alone in HF PEFT format in {adapter})" if adapter else ""
             print(f"exported the final model in Hugging Face format to {out}{where}", flush=True)
