@@ -71,10 +71,10 @@ def _worker(rank, world, port, pp, vp, m, unit, queue):
     chunks = [SleepStage(s == 0, s == pp * vp - 1, unit / vp) for s in stages]
     batches = [MicroBatch(torch.zeros(1, 8, dtype=torch.long)) for _ in range(m)]
     executor = PipelineExecutor(chunks, dims)
-    executor.run(batches, 1.0)  # warm-up
+    executor.run(batches)  # warm-up
     torch.distributed.barrier()
     start = time.perf_counter()
-    executor.run(batches, 1.0, timed=True)
+    executor.run(batches, timed=True)
     wall = time.perf_counter() - start
     busy = sum(end - begin for _, begin, end in executor.timeline) - executor.wait_time
     queue.put((rank, (wall - busy) / busy))

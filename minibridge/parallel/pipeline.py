@@ -15,6 +15,7 @@ messages match whatever order they are posted in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -107,8 +108,9 @@ class MicroBatch:
 class PipelineExecutor:
     """Runs one global batch through this rank's chunks with the schedule of its layout.
 
-    `run` returns the sum over micro-batches of the last stage's losses (each already divided by
-    `loss_divisor`), made available on every pipeline rank.
+    `run` returns the sum over micro-batches of the last stage's token-summed losses, made available on
+    every pipeline rank; each micro-batch backpropagates `normalize(batch, summed_loss)` (the training
+    loop's normalisation: per token of the global batch, or per micro-batch as Megatron's default).
     """
 
     def __init__(self, chunks: list, dims):
@@ -153,8 +155,9 @@ class PipelineExecutor:
             hidden.requires_grad_()
         out = chunk.hidden_states(batch.input_ids, batch.position_ids, batch.document_ids, hidden)
         if chunk.is_last:
-            out = chunk.loss(out, batch.targets, "sum") / self.loss_divisor
-            self.loss_sum += out.detach().double().cpu()
+            summed = chunk.loss(out, batch.targets, "sum")
+            self.loss_sum += summed.detach().double().cpu()
+            out = summed if self.normalize is None else self.normalize(batch, summed)
         else:
             self._send(out.detach(), stage + 1, self._tag(0, mb, stage + 1))
         if not self.forward_only:
@@ -171,14 +174,14 @@ class PipelineExecutor:
         if not chunk.is_first:
             self._send(hidden.grad, stage - 1, self._tag(1, mb, stage - 1))
 
-    def run(self, batches: list[MicroBatch], loss_divisor: float | torch.Tensor, timed: bool = False,
-            forward_only: bool = False, before_last_backward=None) -> float:
+    def run(self, batches: list[MicroBatch], normalize: Callable[[MicroBatch, torch.Tensor], torch.Tensor] | None
+            = None, timed: bool = False, forward_only: bool = False, before_last_backward=None) -> float:
         """One global batch; `forward_only` (evaluation, under no_grad) runs every forward in order.
         `before_last_backward(v)` is called before chunk v's last backward of the schedule (after it
         the chunk's gradients are final: parallel.overlap.GradReducer.arm)."""
         import time
 
-        self.batches, self.loss_divisor, self.forward_only = batches, loss_divisor, forward_only
+        self.batches, self.normalize, self.forward_only = batches, normalize, forward_only
         self.dtype = next(self.chunks[0].parameters()).dtype
         self.saved, self.pending, self.timeline, self.wait_time = {}, [], [], 0.0
         self.loss_sum = torch.zeros((), dtype=torch.float64)

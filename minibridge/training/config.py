@@ -72,6 +72,12 @@ class ModelSettings:
     compile: bool = False  # torch.compile each block (minibridge.parallel.parallelize)
     # Megatron's deterministic_mode: torch.use_deterministic_algorithms + a fixed cuBLAS workspace (training.loop).
     deterministic_mode: bool = False
+    # How a global batch's loss is normalised for the gradient (Megatron-Core's name and default, which every
+    # Llama 3 / Gemma 3 recipe of Megatron Bridge keeps). False: each micro-batch's loss is the mean over its
+    # own loss tokens, divided by the number of micro-batches, and data-parallel ranks average. True: every
+    # loss token of the global batch weighs the same (sum over it / its token count). The two agree when
+    # every micro-batch holds as many loss tokens (pretraining); on SFT data they do not. training.loop.
+    calculate_per_token_loss: bool = False
 
     def __post_init__(self):
         if self.recompute_granularity is None:  # Megatron spells "no recomputation" None
@@ -279,6 +285,11 @@ def _validate(c: ConfigContainer) -> None:
             raise ConfigError(f"dist.{key}={getattr(c.dist, key)!r}: expected true or false")
     _validate_optimizer(c)
     _validate_data(d, ck)
+    if m.context_parallel_size > 1 and d.kind == "sft" and not m.calculate_per_token_loss:
+        raise ConfigError(f"fine-tuning (dataset.kind=sft) with model.context_parallel_size={m.context_parallel_size} "
+                          f"needs model.calculate_per_token_loss=true (Megatron Bridge refuses it too): answers fall "
+                          f"unevenly over the cp ranks, so a mean over each rank's own tokens weighs them unevenly, "
+                          f"and a rank whose share holds no answer token has none to average")
     if d.packing and m.context_parallel_size > 1:
         raise ConfigError(f"dataset.packing=true with model.context_parallel_size={m.context_parallel_size} is not "
                           f"supported yet; set one of them off")

@@ -3,7 +3,8 @@
 Shared by the training step, `Trainer.validate` and `python -m minibridge.eval`, so evaluation sees
 exactly the micro-batches, targets and layout (TP/SP/PP/CP/DP) training does. Losses are always
 token sums: a mean over a set of batches is (sum of every token's NLL) / (number of loss tokens),
-whatever the micro-batch split, so any layout reproduces a single process.
+whatever the micro-batch split, so any layout reproduces a single process. What a training micro-batch
+backpropagates is `loss_normalizer`'s: Megatron-Core's two rules (model.calculate_per_token_loss).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ..models.output import shift_labels
+from ..models.output import IGNORE_INDEX, shift_labels
 from ..parallel.collectives import all_reduce_
 from ..parallel.context import split_batch_for_context_parallel
 from ..parallel.pipeline import MicroBatch, PipelineExecutor
@@ -72,9 +73,32 @@ class ModelForward:
 
     def forward(self, batch, reduction: str) -> torch.Tensor:
         """Loss of one batch through the whole model on this rank (pp == 1)."""
-        b = self.micro_batch(batch)
+        return self.loss(self.micro_batch(batch), reduction)
+
+    def loss(self, b: MicroBatch, reduction: str) -> torch.Tensor:
         model = self.chunks[0]
         return model.loss(model.hidden_states(b.input_ids, b.position_ids, b.document_ids), b.targets, reduction)
+
+    def loss_normalizer(self, per_token: bool, tokens: torch.Tensor, micro_batches: int
+                        ) -> Callable[[MicroBatch, torch.Tensor], torch.Tensor]:
+        """What a micro-batch backpropagates, from its summed NLL, as Megatron-Core's forward_step_calc_loss
+        and gradient reduction have it. Every reduction here sums over dp and cp, so Megatron's average over
+        them becomes a division by their size. `tokens`: the global batch's loss tokens; `micro_batches`:
+        this rank's count of them.
+          per_token=True   sum / tokens                    (calculate_per_token_loss=True)
+          per_token=False  sum / n / M / (dp x cp)         (the default; n: the micro-batch's loss tokens on
+                                                            this rank, at least 1; Megatron divides in this order)
+        """
+        if per_token:
+            total = tokens.clamp(min=1).to(self.dims.device)
+            return lambda batch, summed: summed / total
+        ranks = self.dims.dp * self.dims.config.cp
+
+        def mean_of_micro_batch(batch: MicroBatch, summed: torch.Tensor) -> torch.Tensor:
+            own = (batch.targets != IGNORE_INDEX).sum().clamp(min=1)
+            return summed / own / micro_batches / ranks
+
+        return mean_of_micro_batch
 
     def global_sum(self, value: torch.Tensor) -> torch.Tensor:
         """Sum over the data-parallel ranks (each holds other sequences)."""
@@ -100,7 +124,7 @@ class ModelForward:
             tokens += sum(b.num_loss_tokens() for b in batches)
             samples += sum(b.input_ids.shape[0] for b in batches)
             if self.pipeline is not None:
-                total += self.pipeline.run(self.micro_batches(batches), 1.0, forward_only=True)
+                total += self.pipeline.run(self.micro_batches(batches), forward_only=True)
             else:
                 for batch in batches:
                     total += self.forward(batch, "sum").double().cpu()

@@ -34,7 +34,7 @@ from .flops import mfu, model_flops_per_token, peak_flops
 from .progress import NonFiniteLossError, TrainingLogger, check_finite, memory_gb
 from .optimizer import MixedPrecisionAdamW
 from .resume import changed_sample_request, check_same_adapters, check_same_run
-from .scheduler import LRSchedule, WeightDecaySchedule
+from .scheduler import schedules_of
 
 
 @dataclass
@@ -75,14 +75,7 @@ class Trainer:
         self.reducers = grad_reducers(self.chunks, self.dims, average=False, bucket_bytes=c.ddp.bucket_bytes(),
                                       overlap=c.ddp.overlap_grad_reduce and not c.dist.use_torch_fsdp2)
         # (after the optimizer: see parallel.overlap; FSDP2 overlaps its own reduce-scatters)
-        s = c.scheduler
-        self.schedule = LRSchedule(
-            lr=c.optimizer.lr, min_lr=c.optimizer.min_lr, warmup_iters=s.lr_warmup_iters,
-            decay_iters=s.lr_decay_iters or c.train.train_iters, style=s.lr_decay_style,
-            wsd_decay_iters=s.lr_wsd_decay_iters or 0, wsd_decay_style=s.lr_wsd_decay_style,
-        )
-        self.weight_decay = WeightDecaySchedule(*s.weight_decay_range(c.optimizer), incr_iters=c.train.train_iters,
-                                                style=s.weight_decay_incr_style)
+        self.schedule, self.weight_decay = schedules_of(c)
         self.train_data, self.valid_data = self._build_data()
         d = c.dataset
         self._data_source = (f"dataset {', '.join(d.data_paths)}" if d.data_paths else f"{d.kind} data") + (
@@ -241,25 +234,28 @@ class Trainer:
         micro_batches = self.iterator.next_global_batch()
         f = self.forward
         tokens = f.global_sum(torch.tensor(float(sum(b.num_loss_tokens() for b in micro_batches))))
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        lr = self.schedule(self.step)
+        loss_sum = torch.zeros((), dtype=torch.float64)  # token-summed NLL of this rank's share
+        updates = self.step - self.skipped_steps  # a skipped step does not advance the schedules (Megatron)
+        lr = self.schedule(updates)
         self.optimizer.set_lr(lr)
-        self.optimizer.set_weight_decay(self.weight_decay(self.step))
+        self.optimizer.set_weight_decay(self.weight_decay(updates))
+        normalize = f.loss_normalizer(self.config.model.calculate_per_token_loss, tokens, len(micro_batches))
         if f.pipeline is not None:
-            loss_sum += f.pipeline.run(f.micro_batches(micro_batches), tokens.clamp(min=1).to(self.dims.device),
+            loss_sum += f.pipeline.run(f.micro_batches(micro_batches), normalize,
                                        before_last_backward=partial(arm_chunk, self.reducers))
         else:
             for i, batch in enumerate(micro_batches):
                 if i == len(micro_batches) - 1:  # its gradients are final: ddp.overlap_grad_reduce may start
                     arm_chunk(self.reducers, 0)
-                loss = f.forward(batch, "sum") / tokens.clamp(min=1).to(self.dims.device)
-                loss.backward()
-                loss_sum += loss.detach().double().cpu()
+                micro = f.micro_batch(batch)
+                summed = f.loss(micro, "sum")
+                normalize(micro, summed).backward()
+                loss_sum += summed.detach().double().cpu()
         for v, chunk in enumerate(self.chunks):
             finalize_grads(chunk, self.dims, average_dp=False, reducer=self.reducers[v],
                            bucket_bytes=self.config.ddp.bucket_bytes())
         finalize_pipeline_grads(self.chunks, self.dims)
-        loss = f.sequence_sum(loss_sum).item()
+        loss = (f.sequence_sum(loss_sum) / tokens.clamp(min=1)).item()  # logged: per token, in both modes
         check_finite(loss, self.step + 1, self._last_checkpoint())
         grad_norm = self.optimizer.step(self.config.optimizer.clip_grad or None)  # no update when not finite
         self.optimizer.zero_grad()

@@ -51,6 +51,8 @@ class DistributedDataParallelConfig:
 @dataclass
 class SchedulerConfig:
     lr_warmup_iters: int = 2000
+    lr_warmup_fraction: float | None = None  # warmup as a fraction of the decay (Megatron's; lr_warmup_iters=0)
+    lr_warmup_init: float = 0.0  # the learning rate warmup starts from (the first iteration's)
     lr_decay_iters: int | None = None  # None: decay over train.train_iters (Megatron's default)
     lr_decay_style: Literal["cosine", "linear", "constant", "WSD"] = "cosine"
     lr_wsd_decay_iters: int | None = None  # WSD only: length of the final decay phase
@@ -80,6 +82,15 @@ def validate_optimizer(o: OptimizerConfig, s: SchedulerConfig, decay_iters: int,
     _validate_weight_decay(o, s)
     if s.lr_warmup_iters < 0:
         raise ConfigError(f"scheduler.lr_warmup_iters={s.lr_warmup_iters}: expected >= 0")
+    if not 0 <= s.lr_warmup_init <= o.lr:
+        raise ConfigError(f"scheduler.lr_warmup_init={s.lr_warmup_init}: expected 0 <= lr_warmup_init <= "
+                          f"optimizer.lr={o.lr} (warmup rises from it to lr)")
+    if s.lr_warmup_fraction is not None:
+        if s.lr_warmup_iters != 0:
+            raise ConfigError(f"scheduler.lr_warmup_fraction={s.lr_warmup_fraction} with scheduler.lr_warmup_iters="
+                              f"{s.lr_warmup_iters}: use one of them (set lr_warmup_iters=0), as Megatron Bridge asks")
+        if not 0 <= s.lr_warmup_fraction < 1:
+            raise ConfigError(f"scheduler.lr_warmup_fraction={s.lr_warmup_fraction}: expected 0 <= fraction < 1")
     if s.lr_warmup_iters >= decay_iters and s.lr_decay_style != "constant":
         raise ConfigError(f"scheduler.lr_warmup_iters={s.lr_warmup_iters} must be smaller than {decay_source}="
                           f"{decay_iters} (Megatron's scheduler asserts the same); lower the warmup or raise "

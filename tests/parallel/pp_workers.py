@@ -30,7 +30,7 @@ def check_pipeline(folder, pp, vp=1, tp=1, microbatches=4):
     local = ids[rows]
     per = len(local) // microbatches
     batches = [MicroBatch(local[i * per:(i + 1) * per], targets=shift_labels(local[i * per:(i + 1) * per])) for i in range(microbatches)]
-    loss = PipelineExecutor(chunks, dims).run(batches, loss_divisor=tokens)
+    loss = PipelineExecutor(chunks, dims).run(batches, lambda batch, summed: summed / tokens) / tokens.item()
     if dims.dp > 1:
         t = torch.tensor(loss)
         dist.all_reduce(t, group=dims.dp_group)

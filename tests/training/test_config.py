@@ -188,6 +188,8 @@ def test_peft_overrides(cfg):
     (["peft=lora"], "needs checkpoint.pretrained_checkpoint"),
     (["peft=lora", "checkpoint.pretrained_checkpoint=/x", "peft.target_modules=[q_projj]"], "linear_qkv"),
     (["checkpoint.save=none", "checkpoint.export_hf_on_finish=true"], "checkpoint.save is not set"),
+    (["dataset.kind=sft", "dataset.data_paths=[a.jsonl]", "dataset.tokenizer=/t", "model.context_parallel_size=2"],
+     "needs model.calculate_per_token_loss=true"),
 ])
 def test_validate_cross_checks(cfg, items, message):
     apply_overrides(cfg, items)

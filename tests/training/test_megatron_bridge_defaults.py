@@ -1,5 +1,6 @@
 """Every recipe against Megatron Bridge 0.6.2, field by field: layouts, batch sizes, sequence lengths and
-packing, lr schedule, Adam, the weight-decay schedule, LoRA/DoRA, intervals and seeds.
+packing, lr schedule, Adam, the weight-decay schedule, LoRA/DoRA, intervals and seeds, and the loss
+normalisation (calculate_per_token_loss).
 
 The expected values are tests/data/megatron_bridge_recipes/megatron_bridge_0.6.2.json, made once by running
 the recipe functions of the released wheel (extract.py beside it says how); megatron-bridge is not needed here.
@@ -29,7 +30,8 @@ def recipe_fields(cfg) -> dict:
         context_parallel_size=m.context_parallel_size, sequence_parallel=m.sequence_parallel,
         account_for_embedding_in_pipeline_split=m.account_for_embedding_in_pipeline_split,
         account_for_loss_in_pipeline_split=m.account_for_loss_in_pipeline_split,
-        deterministic_mode=m.deterministic_mode, seq_length=m.seq_length, dataset_seq_length=d.seq_length,
+        deterministic_mode=m.deterministic_mode, calculate_per_token_loss=m.calculate_per_token_loss,
+        seq_length=m.seq_length, dataset_seq_length=d.seq_length,
         train_iters=t.train_iters, global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
         eval_interval=t.eval_interval, eval_iters=t.eval_iters, seed=t.seed, log_interval=cfg.logger.log_interval,
         save_interval=ck.save_interval, lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,

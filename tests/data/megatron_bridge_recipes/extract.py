@@ -68,7 +68,8 @@ class Recorder:
 
 PARALLEL_DEFAULTS = dict(tensor_model_parallel_size=1, pipeline_model_parallel_size=1, context_parallel_size=1,
                          virtual_pipeline_model_parallel_size=None, sequence_parallel=False,
-                         account_for_embedding_in_pipeline_split=False, account_for_loss_in_pipeline_split=False)
+                         account_for_embedding_in_pipeline_split=False, account_for_loss_in_pipeline_split=False,
+                         calculate_per_token_loss=False)  # megatron/core/transformer/transformer_config.py
 
 
 def recorder_class(module: str, name: str) -> type:
@@ -154,6 +155,7 @@ def fields(cfg, kind: str) -> dict:
         account_for_embedding_in_pipeline_split=m.account_for_embedding_in_pipeline_split,
         account_for_loss_in_pipeline_split=m.account_for_loss_in_pipeline_split,
         deterministic_mode=getattr(m, "deterministic_mode", False),
+        calculate_per_token_loss=m.calculate_per_token_loss,
         seq_length=m.seq_length, dataset_seq_length=d.seq_length,
         train_iters=t.train_iters, global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
         eval_interval=cfg.validation.eval_interval, eval_iters=cfg.validation.eval_iters,
