@@ -46,16 +46,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _input_ids(args, bridge):
     import torch
-    from transformers import AutoTokenizer
 
-    from .bridge.hf_folder import check_contained
+    from .bridge.hf_folder import load_hf_tokenizer
     from .errors import ConfigError
 
-    folder = args.tokenizer or bridge.source
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(check_contained(folder)), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{folder}: no usable tokenizer ({err}); pass --tokenizer DIR") from None
+    tokenizer = load_hf_tokenizer(args.tokenizer or bridge.source, "pass --tokenizer DIR")
     ids = list(tokenizer(args.prompt)["input_ids"])
     if not ids:
         raise ConfigError(f"--prompt {args.prompt!r} encodes to no tokens")

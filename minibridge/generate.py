@@ -104,7 +104,7 @@ def _layout(args, num_layers: int):
 def _main(argv: list[str] | None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     from .bridge import HFBridge
-    from .bridge.hf_folder import check_contained, resolve_model_path
+    from .bridge.hf_folder import load_hf_tokenizer, resolve_model_path
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
     wants_sampling = bool(args.temperature) or args.top_k is not None or args.top_p is not None
@@ -113,13 +113,8 @@ def _main(argv: list[str] | None) -> int:
     folder = resolve_model_path(args.hf_model_path, args.hf_revision)
     bridge = HFBridge.from_hf_pretrained(folder)
     layout = _layout(args, bridge.config.num_layers)
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(check_contained(bridge.source)), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{args.hf_model_path}: no usable tokenizer ({err}); an export of a model trained on "
-                          f"mock data gets one from `minibridge.convert export --tokenizer DIR`") from None
+    tokenizer = load_hf_tokenizer(bridge.source, "an export of a model trained on mock data gets one from "
+                                                 "`minibridge.convert export --tokenizer DIR`")
     dims = None
     if layout is not None:
         from .parallel import initialize

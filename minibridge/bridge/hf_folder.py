@@ -160,3 +160,17 @@ class HFFolder:
 
     def total_bytes(self) -> int:
         return sum(info.nbytes for info in self.tensors.values())
+
+
+def load_hf_tokenizer(folder: str | Path, hint: str = "", error: type[Exception] = ConfigError, **options):
+    """transformers' AutoTokenizer of the folder (or hub id) `folder`, never with remote code, after checking
+    that no file of it leads outside. Any failure is one `error` naming the folder: a missing file, or a
+    tokenizer.json of another structure (transformers raises KeyError there, tokenizers its own Exception)."""
+    from transformers import AutoTokenizer
+
+    check_contained(folder)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **options)
+    except Exception as err:  # noqa: BLE001 - a file the user handed us: every failure becomes one line
+        raise error(f"{folder}: no usable tokenizer ({type(err).__name__}: {err})" + (f"; {hint}" if hint else "")
+                    ) from None

@@ -37,15 +37,10 @@ def load_tokenizer(source, add_bos_token: bool | None = None):
     hub id; `add_bos_token` is handed to AutoTokenizer as lm_eval's HFLM does (it rebuilds the BOS rule)."""
     if hasattr(source, "encode") and hasattr(source, "decode"):
         return source
-    from transformers import AutoTokenizer
-
-    from ..bridge.hf_folder import check_contained
+    from ..bridge.hf_folder import load_hf_tokenizer
 
     options = {} if add_bos_token is None else {"add_bos_token": add_bos_token}
-    try:
-        return AutoTokenizer.from_pretrained(str(check_contained(source)), trust_remote_code=False, **options)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"tokenizer {str(source)!r}: no usable tokenizer there ({err}); pass tokenizer=DIR") from None
+    return load_hf_tokenizer(source, "pass tokenizer=DIR", **options)
 
 
 def generation_eos(folder: Path | None, tokenizer) -> int | list[int]:

@@ -248,3 +248,14 @@ def from_rank0(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's `value` (one all-reduce on the default group): a decision any rank may
+    take alone (a signal it received, a clock it read) reaches every rank in the same step."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    device = _STATE.device if _STATE is not None else torch.device("cpu")
+    box = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return int(box.item())

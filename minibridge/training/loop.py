@@ -21,6 +21,7 @@ import torch.distributed as dist
 from .. import checkpoint as ckpt
 from ..bridge import HFBridge
 from ..parallel import finalize_grads, initialize
+from ..parallel.dims import from_rank0
 from ..parallel.data import finalize_pipeline_grads
 from ..parallel.fsdp import FsdpSettings, unshard
 from ..parallel.overlap import arm_chunk, grad_reducers
@@ -28,13 +29,14 @@ from ..bridge.fingerprint import weights_fingerprint
 from ..peft import adapters_hidden, attach_peft, count_parameters, init_adapters, merge_peft
 from ..errors import ConfigError, RunLockedError
 from .config import ConfigContainer
-from .data import DataIterator, build_datasets, load_tokenizer
+from .data import DataError, DataIterator, build_datasets, load_tokenizer
 from .forward import ModelForward
 from .flops import mfu, model_flops_per_token, peak_flops
 from .progress import NonFiniteLossError, TrainingLogger, check_finite, memory_gb
 from .optimizer import MixedPrecisionAdamW
-from .resume import changed_sample_request, check_same_adapters, check_same_run
+from .resume import changed_sample_request, check_same_adapters, check_same_run, explicit_load
 from .scheduler import schedules_of
+from .stopping import StopWatch
 
 
 @dataclass
@@ -44,6 +46,7 @@ class TrainResult:
     last_checkpoint: Path | None = None
     hf_export: Path | None = None
     hf_adapter_export: Path | None = None  # PEFT runs: the adapters in HF PEFT format
+    stopped_by: str | None = None  # a planned or preempted stop before train_iters (training.stopping)
 
 
 class Trainer:
@@ -54,6 +57,7 @@ class Trainer:
         self.save_dir = Path(config.checkpoint.save) if config.checkpoint.save else None
         self.lock = self._lock_save_dir()  # before anything is read from or written to the folder
         try:
+            self.load_from = self._explicit_load()  # a wrong checkpoint.load stops here, before any work
             self._set_up()
         except BaseException:
             self.close()
@@ -195,15 +199,22 @@ class Trainer:
         return DataIterator(dataset, global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
                             dp_rank=self.dims.dp_rank, dp_size=self.dims.dp, seed=t.seed)
 
+    def _explicit_load(self) -> Path | None:
+        """checkpoint.load given apart from checkpoint.save, checked (resume.explicit_load) by rank 0."""
+        found = from_rank0(_checked(explicit_load, self.config.checkpoint) if self.dims.rank == 0 else None)
+        if isinstance(found, ConfigError):
+            raise found
+        return found
+
     def _resume(self):
         """Continue from checkpoint.load, or from checkpoint.save when it already holds a run.
 
         Rank 0 looks at the filesystem and tells the others, so every rank takes the same branch."""
         c = self.config.checkpoint
-        found = [None]
-        if self.dims.rank == 0:
-            if self.save_dir is not None and self.save_dir.is_dir():
-                ckpt.clean_stale(self.save_dir)  # ours: we hold its lock
+        found = [None if self.load_from is None else str(self.load_from)]
+        if self.dims.rank == 0 and self.save_dir is not None and self.save_dir.is_dir():
+            ckpt.clean_stale(self.save_dir)  # ours: we hold its lock
+        if self.dims.rank == 0 and found[0] is None:
             for where in (c.load, c.save):
                 if where and Path(where).is_dir():
                     iteration = ckpt.latest_iteration(where)
@@ -234,6 +245,12 @@ class Trainer:
         micro_batches = self.iterator.next_global_batch()
         f = self.forward
         tokens = f.global_sum(torch.tensor(float(sum(b.num_loss_tokens() for b in micro_batches))))
+        if tokens.item() == 0:  # a step of zeros would train nothing, log loss 0 and look fine
+            raise DataError(
+                f"step {self.step + 1}: the global batch of {self.config.train.global_batch_size} samples from "
+                f"{self._data_source} holds no loss token: every answer was cut off (it starts after model.seq_length"
+                f"={self.config.model.seq_length} tokens) or masked. Raise model.seq_length, shorten the prompts, "
+                f"or drop such rows from the data")
         loss_sum = torch.zeros((), dtype=torch.float64)  # token-summed NLL of this rank's share
         updates = self.step - self.skipped_steps  # a skipped step does not advance the schedules (Megatron)
         lr = self.schedule(updates)
@@ -311,6 +328,7 @@ class Trainer:
     # ------------------------------------------------------------------ run
     def run(self) -> TrainResult:
         c, result = self.config, TrainResult()
+        stops = StopWatch(c.train)
         try:
             while self.step < c.train.train_iters:
                 metrics = self.train_step()
@@ -323,13 +341,29 @@ class Trainer:
                         self.logger.log_validation(self.step, val)
                 if self.save_dir and c.checkpoint.save_interval and self.step % c.checkpoint.save_interval == 0:
                     result.last_checkpoint = self.save()
+                result.stopped_by = stops.reason(self.step)
+                if result.stopped_by is not None and self.step < c.train.train_iters:
+                    break
+                result.stopped_by = None
             if self.save_dir and self.step > 0 and self.saved_step != self.step:  # the final state
                 result.last_checkpoint = self.save()
-            result.hf_export, result.hf_adapter_export = self._export_hf()
+            if result.stopped_by is not None:
+                self._say_stopped(result)
+            else:
+                result.hf_export, result.hf_adapter_export = self._export_hf()
         finally:
+            stops.close()
             self.logger.finish()
             self.close()
         return result
+
+    def _say_stopped(self, result: TrainResult) -> None:
+        if self.dims.rank != 0:
+            return
+        where = (f"saved the checkpoint of step {self.step} to {result.last_checkpoint}; rerun the same command "
+                 f"to resume there" if self.save_dir else "checkpoint.save is not set, so nothing was saved")
+        print(f"stopped after step {self.step} of {self.config.train.train_iters} ({result.stopped_by}): {where}",
+              flush=True)
 
     def _export_hf(self) -> tuple[Path | None, Path | None]:
         """The final model as an HF folder; a PEFT run also writes its adapters in HF PEFT format to
@@ -363,3 +397,11 @@ def finetune(config: ConfigContainer) -> TrainResult:
     if not config.checkpoint.pretrained_checkpoint:
         raise ConfigError("finetune needs checkpoint.pretrained_checkpoint (an HF folder or a minibridge checkpoint)")
     return Trainer(config).run()
+
+
+def _checked(check, *args):
+    """`check(*args)`, or the ConfigError it raised (as a value, to hand to every rank)."""
+    try:
+        return check(*args)
+    except ConfigError as err:
+        return err

@@ -15,6 +15,7 @@ minibridge.training.scheduler.WeightDecaySchedule). Left None, both are the opti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,6 +72,14 @@ class SchedulerConfig:
 
 def validate_optimizer(o: OptimizerConfig, s: SchedulerConfig, decay_iters: int, decay_source: str) -> None:
     """Checks of the two sections; `decay_iters` is the lr decay length, named `decay_source` in errors."""
+    for section, obj, keys in (("optimizer", o, ("lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps",
+                                                 "clip_grad")),
+                               ("scheduler", s, ("lr_warmup_init", "start_weight_decay", "end_weight_decay"))):
+        for key in keys:
+            value = getattr(obj, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value)):
+                raise ConfigError(f"{section}.{key}={value!r}: expected a finite number")
     if not (o.lr > 0 and 0 <= o.min_lr <= o.lr):
         raise ConfigError(f"optimizer.lr={o.lr}, optimizer.min_lr={o.min_lr}: expected 0 <= min_lr <= lr and lr > 0")
     for key in ("adam_beta1", "adam_beta2"):

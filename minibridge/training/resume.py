@@ -12,7 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import CheckpointMismatchError
+from ..checkpoint.folder import resolve_checkpoint
+from ..errors import CheckpointMismatchError, ConfigError
 from .config import ConfigContainer
 
 # The settings of run.json's config that fix the model and the data stream.
@@ -111,3 +112,24 @@ def check_same_adapters(folder: str | Path, stored: dict | None, ours: dict | No
         if stored[key] != ours[key]:
             raise CheckpointMismatchError(f"{folder} holds adapters with peft {key}={stored[key]!r}, but this run "
                                           f"asks for {ours[key]!r}; keep the peft settings of the run you resume")
+
+
+def explicit_load(checkpoint) -> Path | None:
+    """The iteration folder that checkpoint.load names when the user gave it apart from checkpoint.save
+    (None otherwise: a run resumes from checkpoint.save when that holds a run, and starts fresh in an
+    empty one). Such a folder must be a minibridge checkpoint: a missing folder (a typo) or another kind
+    of folder stops the run before any work, instead of training from scratch as if nothing was asked.
+    Megatron-LM warns and starts fresh here; refusing is on purpose."""
+    load, save = checkpoint.load, checkpoint.save
+    if not load or (save and os.path.abspath(load) == os.path.abspath(save)):
+        return None
+    folder = Path(load)
+    if folder.is_dir() and (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        raise ConfigError(f"checkpoint.load={load} is a Hugging Face model folder, not a minibridge checkpoint: "
+                          f"start from its weights with --pretrained-checkpoint {load} "
+                          f"(checkpoint.pretrained_checkpoint)")
+    try:
+        return resolve_checkpoint(folder)
+    except FileNotFoundError as err:
+        raise ConfigError(f"checkpoint.load={load}: {err}; leave checkpoint.load unset to start a fresh run "
+                          f"(or to resume from checkpoint.save)") from None

@@ -188,6 +188,9 @@ def test_peft_overrides(cfg):
     (["peft=lora"], "needs checkpoint.pretrained_checkpoint"),
     (["peft=lora", "checkpoint.pretrained_checkpoint=/x", "peft.target_modules=[q_projj]"], "linear_qkv"),
     (["checkpoint.save=none", "checkpoint.export_hf_on_finish=true"], "checkpoint.save is not set"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf: expected a finite number"),
+    (["scheduler.lr_warmup_init=nan"], "scheduler.lr_warmup_init=nan: expected a finite number"),
+    (["model.num_layers=0"], "model.num_layers=0: expected a positive integer"),
     (["dataset.kind=sft", "dataset.data_paths=[a.jsonl]", "dataset.tokenizer=/t", "model.context_parallel_size=2"],
      "needs model.calculate_per_token_loss=true"),
 ])
@@ -205,10 +208,23 @@ def test_valid_layouts_of_the_debug_model(cfg):
     cfg.validate()  # no world size needed: that is checked at launch
 
 
-def test_low_precision_needs_a_gpu(cfg, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    apply_overrides(cfg, ["mixed_precision=bf16_with_fp8_delayed_scaling_mixed"])
-    with pytest.raises(ConfigError, match="needs a CUDA GPU .* on CPU use mixed_precision=bf16_mixed or fp32"):
+@pytest.mark.parametrize("capable", [False, True], ids=["cpu", "fake_b200"])
+def test_low_precision_is_refused_even_where_a_gpu_could_run_it(cfg, monkeypatch, capable):
+    """FP8 / MXFP8 / NVFP4 would train in plain bf16 under their name: refused on every machine (the GPU is
+    faked with compute capability 10.0, which has every format)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: capable)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (10, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA B200")
+    for name in ("bf16_with_fp8_delayed_scaling_mixed", "bf16_with_mxfp8_mixed", "bf16_with_nvfp4_mixed"):
+        apply_overrides(cfg, [f"mixed_precision={name}"])
+        with pytest.raises(ConfigError, match="does not implement FP8/FP4 training") as err:
+            cfg.validate()
+        assert ("this GPU (NVIDIA B200) could run" in str(err.value)) == capable
+
+
+def test_fp16_is_refused_for_want_of_loss_scaling(cfg):
+    apply_overrides(cfg, ["mixed_precision=fp16_mixed"])
+    with pytest.raises(ConfigError, match="needs dynamic loss scaling"):
         cfg.validate()
 
 

@@ -92,13 +92,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
     trainer = Trainer(build_config("llama3_debug_pretrain_config", overrides=BASE + [
         "train.train_iters=10", f"checkpoint.save={tmp_path}", "checkpoint.save_interval=2"]))
-    forward = trainer.forward.forward
+    loss_of = trainer.forward.loss
 
-    def diverging(batch, reduction):  # the loss blows up at step 3, as after a bad batch
-        loss = forward(batch, reduction)
+    def diverging(micro_batch, reduction):  # the loss blows up at step 3, as after a bad batch
+        loss = loss_of(micro_batch, reduction)
         return loss * float("nan") if trainer.step >= 2 else loss
 
-    trainer.forward.forward = diverging
+    trainer.forward.loss = diverging
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3.*iter_0000002"):
         trainer.run()
     assert (tmp_path / "latest_checkpointed_iteration.txt").read_text() == "2"

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from ...bridge.hf_folder import check_contained
+from ...bridge.hf_folder import load_hf_tokenizer
 from .errors import DataError
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
@@ -74,10 +74,5 @@ def load_tokenizer(tokenizer):
     """An HF tokenizer object as is, or a folder/hub id loaded with AutoTokenizer (no remote code)."""
     if tokenizer is None or hasattr(tokenizer, "apply_chat_template"):
         return tokenizer
-    from transformers import AutoTokenizer
-
-    check_contained(tokenizer)  # a local folder: no file of it links outside
-    try:
-        return AutoTokenizer.from_pretrained(str(tokenizer), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot load a tokenizer from {str(tokenizer)!r}: {err}") from None
+    return load_hf_tokenizer(tokenizer, "expected an HF tokenizer folder (tokenizer.json, tokenizer_config.json)",
+                             error=DataError)

@@ -1,0 +1,64 @@
+"""Nothing silent (issue 29, rows 2, 4 and 10): a checkpoint.load that is not a checkpoint, a run whose batches
+hold no loss token, and a tokenizer.json of the wrong structure each stop with one line before any step."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from minibridge.errors import ConfigError, DataError
+from minibridge.recipes import build_config
+from minibridge.training.loop import Trainer
+
+BASE = ["train.global_batch_size=4", "train.micro_batch_size=2", "model.seq_length=32", "train.eval_interval=null",
+        "logger.tensorboard_dir=null", "scheduler.lr_warmup_iters=1", "model.vocab_size=256", "train.train_iters=3"]
+
+
+def trainer(overrides: list[str]) -> Trainer:
+    return Trainer(build_config("llama3_debug_pretrain_config", overrides=BASE + overrides))
+
+
+def test_a_checkpoint_load_that_is_not_a_checkpoint_stops_before_any_work(tmp_path, hf_checkpoint):
+    save = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"checkpoint.load=.*/TYPO: .*no such folder.*leave checkpoint.load unset"):
+        trainer([f"checkpoint.save={save}", f"checkpoint.load={tmp_path / 'TYPO'}"])
+    hf = hf_checkpoint("Llama-3.2-1B")
+    with pytest.raises(ConfigError, match=f"is a Hugging Face model folder.*--pretrained-checkpoint {hf}"):
+        trainer([f"checkpoint.save={save}", f"checkpoint.load={hf}"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="not a minibridge checkpoint"):
+        trainer([f"checkpoint.save={save}", f"checkpoint.load={tmp_path / 'empty'}"])
+    assert not (save / "metrics.jsonl").exists()
+    # a first run into an empty checkpoint.save (load = save, as recipes set it) starts fresh, then resumes
+    first = trainer([f"checkpoint.save={save}", f"checkpoint.load={save}"]).run()
+    assert len(first.losses) == 3
+    # an explicit checkpoint.load of that run, another save folder: resumed from it (here: nothing left to do)
+    other = trainer([f"checkpoint.save={tmp_path / 'other'}", f"checkpoint.load={save}"])
+    assert other.step == 3
+    other.close()
+
+
+def test_a_run_whose_answers_are_all_cut_off_stops_at_the_first_step(tmp_path, pydoc_data):
+    rows = [{"prompt": "word " * 60, "completion": "answer"} for _ in range(8)]  # answers start past 32 tokens
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.warns(UserWarning, match="truncated"):
+        run = trainer(["dataset.kind=sft", f"dataset.data_paths=[{data}]", f"dataset.tokenizer={pydoc_data['tokenizer']}",
+                       f"model.vocab_size={pydoc_data['vocab_size']}", "dataset.packing=false",
+                       f"checkpoint.save={tmp_path / 'run'}"])
+    with pytest.raises(DataError, match=r"step 1: the global batch of 4 samples .* holds no loss token.*"
+                                        r"model.seq_length=32.*Raise"):
+        run.run()
+    assert not (tmp_path / "run" / "latest_checkpointed_iteration.txt").exists()
+
+
+def test_a_tokenizer_json_of_the_wrong_structure_is_one_line(tmp_path, pydoc_data):
+    from minibridge.training.data import load_tokenizer
+
+    folder = tmp_path / "tokenizer"
+    shutil.copytree(pydoc_data["tokenizer"], folder)
+    (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE"}}))
+    with pytest.raises(DataError, match=f"{folder}: no usable tokenizer .*expected an HF tokenizer folder"):
+        load_tokenizer(str(folder))
