@@ -75,11 +75,16 @@ def naming_failures(path: Path):
 
 def write_atomic(path: str | Path, text: str) -> None:
     """Write a small text file under a temporary name, fsync it, rename it into place."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """`write_atomic` for bytes. On any failure (a full disk names `path`) the temporary file is removed."""
     path = Path(path)
     tmp = temporary_sibling(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with naming_failures(path), open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -17,6 +17,7 @@ truncated file is named instead of failing deep inside DCP.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -85,12 +86,15 @@ def save_checkpoint(save: str | Path, iteration: int, model, optimizer, run_info
         dcp.save(torch_layout(training_state(model, optimizer, rank=global_rank(), trainable_only=trainable_only)),
                  checkpoint_id=str(tmp), planner=BlockSavePlanner())
     except (Exception, CheckpointException) as err:
+        cause, full = _cause(err), disk_full(tmp)  # (before the partial folder is removed and frees space)
         if global_rank() == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        cause = _cause(err)
         if isinstance(cause, OSError):
             raise type(cause)(cause.errno, f"{cause.strerror} (saving checkpoint {final.name})",
                               cause.filename or str(tmp)) from None
+        if full:  # torch's zip writer reports a failed write as "unexpected pos ...", not as ENOSPC
+            raise OSError(errno.ENOSPC, f"No space left on device (saving checkpoint {final.name}; torch reported: "
+                                        f"{cause})", str(tmp)) from None
         raise CheckpointError(f"{final}: saving the checkpoint failed: {cause}") from None
     _fault_point("kill_during_save", iteration)
     barrier()
@@ -106,6 +110,16 @@ def save_checkpoint(save: str | Path, iteration: int, model, optimizer, run_info
                 shutil.rmtree(old)
     barrier()
     return final
+
+
+def disk_full(path: Path, reserve: int = 1 << 20) -> bool:
+    """Whether the filesystem of `path` (or of its nearest existing parent) has less than `reserve` bytes free."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free < reserve
+    except OSError:
+        return False
 
 
 def _fault_point(point: str, iteration: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -351,9 +352,13 @@ class Trainer:
                 self._say_stopped(result)
             else:
                 result.hf_export, result.hf_adapter_export = self._export_hf()
+        except BaseException:
+            _quietly(self.logger.finish)  # a second failure there (the same full disk) must not hide this one
+            raise
+        else:
+            self.logger.finish()
         finally:
             stops.close()
-            self.logger.finish()
             self.close()
         return result
 
@@ -405,3 +410,11 @@ def _checked(check, *args):
         return check(*args)
     except ConfigError as err:
         return err
+
+
+def _quietly(action) -> None:
+    """`action()`, its failure printed as a warning instead of raised (while another error propagates)."""
+    try:
+        action()
+    except Exception as err:  # noqa: BLE001
+        print(f"warning: also failed while closing the run's logs: {err}", file=sys.stderr, flush=True)

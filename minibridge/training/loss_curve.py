@@ -14,7 +14,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from ..files import write_atomic
+from ..files import temporary_sibling, write_atomic, write_bytes_atomic
 
 _log = logging.getLogger("minibridge.training")
 METRICS_NAME = "metrics.jsonl"
@@ -99,7 +99,12 @@ def _plot_matplotlib(train, val, png_path: Path) -> None:
     ax.grid(alpha=0.3)
     if train or val:
         ax.legend()
-    fig.savefig(png_path)
+    tmp = temporary_sibling(png_path)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, png_path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- dependency-free PNG fallback
@@ -116,9 +121,7 @@ def write_png(path: str | Path, width: int, height: int, rgb: bytes | bytearray)
     raw = b"".join(b"\x00" + bytes(rgb[y * stride : (y + 1) * stride]) for y in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # bit depth 8, colour type 2 (RGB)
     data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)  # never leave a half-written PNG behind
+    write_bytes_atomic(path, data)  # never leave a half-written PNG (nor its temporary file) behind
 
 
 # 3x5 pixel glyphs: five octal digits, one per row, bit 4 = left column, 1 = right column.

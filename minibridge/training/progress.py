@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TrainingDivergedError
+from ..files import naming_failures
 from .loss_curve import METRICS_NAME, plot_loss_curve, read_loss_history, supersede_after
 
 __all__ = ["NonFiniteLossError", "TrainingLogger", "check_finite", "format_progress", "memory_gb", "perplexity",
@@ -214,8 +215,9 @@ class TrainingLogger:
 
     def _write(self, record: dict) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(record, default=str) + "\n")
-            self._file.flush()
+            with naming_failures(self.log_dir / METRICS_NAME):  # a full disk: ENOSPC names no file
+                self._file.write(json.dumps(record, default=str) + "\n")
+                self._file.flush()
 
     def _observe_step_time(self, step: int, step_time) -> None:
         now = time.perf_counter()
@@ -271,7 +273,8 @@ class TrainingLogger:
             return None
         self._finished = True
         if self._file is not None:
-            self._file.close()
+            with naming_failures(self.log_dir / METRICS_NAME):
+                self._file.close()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:

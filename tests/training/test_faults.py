@@ -62,3 +62,33 @@ def test_a_tokenizer_json_of_the_wrong_structure_is_one_line(tmp_path, pydoc_dat
     (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE"}}))
     with pytest.raises(DataError, match=f"{folder}: no usable tokenizer .*expected an HF tokenizer folder"):
         load_tokenizer(str(folder))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs: room for the run's logs, not for a checkpoint of the debug model (~10 MB)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"a full disk is simulated with a tmpfs mount, which needs root here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary_file(small_disk):
+    import subprocess
+    import sys
+
+    save = small_disk / "run"
+    cmd = [sys.executable, "-m", "minibridge.train", "--recipe", "llama3_debug_pretrain_config", *BASE,
+           f"checkpoint.save={save}", "checkpoint.save_interval=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "No space left on device" in last and "saving checkpoint iter_0000002" in last and str(save) in last, last
+    leftovers = [p.name for p in save.rglob("*") if ".tmp" in p.name]
+    assert leftovers == [] and not (save / "latest_checkpointed_iteration.txt").exists(), leftovers
+    assert (save / "metrics.jsonl").is_file()  # the logs of the steps that ran are kept
