@@ -5,13 +5,14 @@ from and `minibridge.convert` reads and writes, reshardable across layouts.
                 resolve, atomic publish, stale temporaries
     blocks.py   what DCP sees: blocks of full tensors (ShardedBlock, LazyBlock) and their planners
     reader.py   SafeFileSystemReader: DCP metadata without unpickling anything but DCP's classes
+    integrity.py  checksums.json: a crc32 per stored item, written at save, verified as items are read
     lock.py     RunLock: one training run per save folder
 """
 
 from .blocks import BlockLoadPlanner, BlockSavePlanner, LazyBlock, ShardedBlock, block_of, training_state
 from .folder import (
-    LATEST, RUN_FILE, check_shapes, check_storage, clean_stale, iteration_dir, latest_iteration, load_checkpoint,
-    read_checkpoint, read_run_info, resolve_checkpoint, save_checkpoint,
+    LATEST, RUN_FILE, check_shapes, check_storage, clean_stale, iteration_dir, last_intact_checkpoint,
+    latest_iteration, load_checkpoint, read_checkpoint, read_run_info, resolve_checkpoint, save_checkpoint,
 )
 from .lock import LOCK_NAME, RunLock
 from .reader import SafeFileSystemReader
@@ -19,6 +20,6 @@ from .reader import SafeFileSystemReader
 __all__ = [
     "BlockLoadPlanner", "BlockSavePlanner", "LATEST", "LOCK_NAME", "LazyBlock", "RUN_FILE", "RunLock",
     "SafeFileSystemReader", "ShardedBlock", "block_of", "check_shapes", "check_storage", "clean_stale",
-    "iteration_dir", "latest_iteration", "load_checkpoint", "read_checkpoint", "read_run_info", "resolve_checkpoint",
-    "save_checkpoint", "training_state",
+    "iteration_dir", "last_intact_checkpoint", "latest_iteration", "load_checkpoint", "read_checkpoint",
+    "read_run_info", "resolve_checkpoint", "save_checkpoint", "training_state",
 ]

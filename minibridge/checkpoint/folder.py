@@ -33,6 +33,7 @@ from ..files import publish_folder, temporary_sibling, write_atomic
 from ..parallel.dims import barrier, from_rank0, global_rank
 from .blocks import (PARAM_GROUPS, BlockLoadPlanner, BlockSavePlanner, ShardedBlock, check_param_groups, legacy_key,
                      stored_param_groups, torch_layout, training_state)
+from .integrity import verify_checkpoint, write_checksums
 from .reader import SafeFileSystemReader
 
 LATEST = "latest_checkpointed_iteration.txt"
@@ -83,8 +84,10 @@ def save_checkpoint(save: str | Path, iteration: int, model, optimizer, run_info
         tmp.mkdir()
     barrier()
     try:
-        dcp.save(torch_layout(training_state(model, optimizer, rank=global_rank(), trainable_only=trainable_only)),
-                 checkpoint_id=str(tmp), planner=BlockSavePlanner())
+        metadata = dcp.save(torch_layout(training_state(model, optimizer, rank=global_rank(),
+                                                        trainable_only=trainable_only)),
+                            checkpoint_id=str(tmp), planner=BlockSavePlanner())
+        write_checksums(tmp, metadata)
     except (Exception, CheckpointException) as err:
         cause, full = _cause(err), disk_full(tmp)  # (before the partial folder is removed and frees space)
         if global_rank() == 0:
@@ -227,6 +230,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not (folder / ".metadata").is_file():
         raise FileNotFoundError(f"{folder}: incomplete checkpoint, the DCP .metadata file is missing")
     return folder
+
+
+def last_intact_checkpoint(save: str | Path) -> Path | None:
+    """The newest iteration folder of `save` whose every stored item matches checksums.json (integrity.py)."""
+    for folder in sorted(Path(save).glob("iter_[0-9]*"), reverse=True):
+        try:
+            verify_checkpoint(folder, SafeFileSystemReader(str(folder)).read_metadata())
+        except (CheckpointError, OSError):
+            continue
+        return folder
+    return None
 
 
 def read_checkpoint(path: str | Path) -> tuple[Path, dict, dict]:

@@ -19,9 +19,11 @@ DCP loads `.metadata` with a bare `pickle.load`, so a crafted checkpoint runs co
 
 from __future__ import annotations
 
+import io
 import pathlib
 import pickle
 import re
+import zlib
 
 import torch
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
@@ -33,6 +35,7 @@ from torch.distributed.checkpoint.planner import LoadItemType
 from torch.serialization import _get_layout
 
 from ..errors import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError
+from .integrity import check_item, read_checksums
 
 # The objects BUILD may fill (with their pickled state) ...
 _DATACLASSES = (Metadata, TensorStorageMetadata, BytesStorageMetadata, ChunkStorageMetadata, TensorProperties,
@@ -152,7 +155,20 @@ class SafeFileSystemReader(FileSystemReader):
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
+        self._checksums = read_checksums(pathlib.Path(self.path))  # integrity.py: verified as items are read
+        self._names = {(i.relative_path, i.offset): index.fqn for index, i in (metadata.storage_data or {}).items()}
         return metadata
+
+    def _slice_file(self, file, sinfo):
+        """One stored item's bytes, read whole (as DCP reads it) and checked against checksums.json."""
+        checksums = getattr(self, "_checksums", None)
+        if checksums is None:
+            return super()._slice_file(file, sinfo)
+        file.seek(sinfo.offset)
+        data = file.read(sinfo.length)
+        check_item(pathlib.Path(self.path), sinfo.relative_path, sinfo.offset, zlib.crc32(data), checksums,
+                   self._names.get((sinfo.relative_path, sinfo.offset), sinfo.relative_path))
+        return io.BytesIO(data)
 
     def read_data(self, plan, planner):
         # other bytes entries are refused above; this keeps DCP's torch.load(weights_only=False) unreachable

@@ -28,6 +28,7 @@ from ..bridge import HFBridge
 from ..bridge.sharded_io import read_block
 from ..checkpoint import LATEST, RUN_FILE, BlockSavePlanner, LazyBlock, iteration_dir
 from ..checkpoint.folder import RUN_CONFIG_FILE, run_config_yaml
+from ..checkpoint.integrity import write_checksums
 from ..errors import CheckpointMismatchError, MissingTensorError
 from ..files import busy_message, clean_stale_temporaries, publish_folder, temporary_sibling, write_atomic
 from ..parallel.dims import LayoutError, ParallelConfig, barrier, from_rank0, global_rank
@@ -125,8 +126,9 @@ def import_checkpoint(hf_model: str | os.PathLike, megatron_path: str | os.PathL
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is .*")
-            dcp.save(state, checkpoint_id=str(final_iter), planner=BlockSavePlanner(),
-                     no_dist=not dist.is_initialized())
+            metadata = dcp.save(state, checkpoint_id=str(final_iter), planner=BlockSavePlanner(),
+                                no_dist=not dist.is_initialized())
+        write_checksums(final_iter, metadata)
         barrier()
         if rank0:
             bar.close()

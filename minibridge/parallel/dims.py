@@ -259,3 +259,12 @@ def max_over_ranks(value: int) -> int:
     box = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(box, op=dist.ReduceOp.MAX)
     return int(box.item())
+
+
+def gathered(value) -> list:
+    """Every rank's `value` (any picklable object), in rank order, on every rank."""
+    if not dist.is_initialized():
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out

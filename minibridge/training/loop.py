@@ -274,7 +274,8 @@ class Trainer:
                            bucket_bytes=self.config.ddp.bucket_bytes())
         finalize_pipeline_grads(self.chunks, self.dims)
         loss = (f.sequence_sum(loss_sum) / tokens.clamp(min=1)).item()  # logged: per token, in both modes
-        check_finite(loss, self.step + 1, self._last_checkpoint())
+        if not math.isfinite(loss):
+            check_finite(loss, self.step + 1, self._last_checkpoint())
         grad_norm = self.optimizer.step(self.config.optimizer.clip_grad or None)  # no update when not finite
         self.optimizer.zero_grad()
         self.step += 1
@@ -309,10 +310,9 @@ class Trainer:
         return self.forward.evaluate(self._iterator(self.valid_data), self.config.train.eval_iters).loss
 
     def _last_checkpoint(self) -> Path | None:
-        if self.save_dir is None:
-            return None
-        last = ckpt.latest_iteration(self.save_dir) if (self.save_dir / ckpt.LATEST).exists() else None
-        return ckpt.iteration_dir(self.save_dir, last) if last is not None else None
+        """The newest checkpoint of checkpoint.save whose stored bytes match their checksums (for the message
+        of a stop: it reads those checkpoints whole, so only on the way out)."""
+        return ckpt.last_intact_checkpoint(self.save_dir) if self.save_dir is not None else None
 
     def save(self) -> Path:
         info = {"config": self.config.to_dict(), "data": self.iterator.state_dict(),
