@@ -27,7 +27,7 @@ from .exporting import atomic_folder, copy_side_files, write_config, write_weigh
 from .family import ARCHITECTURES, Architecture
 from .hf_config import architecture_of, config_from_hf, config_to_hf, read_config_json
 from .hf_folder import TOKENIZER_FILES, HFFolder, inside, resolve_model_path, tokenizer_files
-from .loading import init_fresh_weights, load_hf_weights
+from .loading import check_hf_weights, init_fresh_weights, load_hf_weights
 from .mappings import WeightMapping
 from .safetensors_io import DTYPE_NAMES, parse_size, read_tensor
 from ..parallel.gather import full_parameters, parameter_inventory
@@ -111,6 +111,8 @@ class HFBridge:
         if isinstance(parallel, (torch.dtype, str, torch.device)):
             raise TypeError("to_model's first argument is the parallel layout; pass dtype= and device= by name")
         progress = progress and (parallel is None or parallel.rank == 0)
+        if self.source is not None:  # names, shapes and dtypes against the files, before allocating
+            check_hf_weights(build_model(self.config, parallel, meta=True), self.folder, self.mapping)
         chunks = build_model(self.config, parallel, dtype or self.checkpoint_dtype(), device, **options)
         if self.source is None:
             init_fresh_weights(chunks, seed)

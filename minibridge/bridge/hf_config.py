@@ -99,6 +99,14 @@ def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """The ModelConfig of an HF config.json (as a dict; `source` names the file in every error)."""
     top = Fields(hf, source)
     arch = architecture_of(hf, source)
+    quantized = hf.get("quantization_config") or (hf.get("text_config") or {}).get("quantization_config")
+    if quantized:
+        method = quantized.get("quant_method", "?") if isinstance(quantized, dict) else "?"
+        raise UnsupportedModelError(
+            f"{source}: quantization_config (quant_method {method!r}): a quantized checkpoint's weights are stored "
+            f"scaled (FP8 or integer blocks beside *_scale tensors), and minibridge loads only unquantized float "
+            f"weights; use the bf16 release of the model, or dequantize it first (transformers' from_pretrained, "
+            f"then save_pretrained)")
     family: HFFamily = hf_family(arch.family)
     text = top
     if arch.multimodal:

@@ -10,6 +10,7 @@ adapters already attached (`build_model(adapters=...)`) are left to `minibridge.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointMismatchError, MissingTensorError
-from ..models import CausalLM, ModelChunks
+from ..models import CausalLM, ModelChunks, whole_model_shapes
 from ..models.common import RMSNorm
 from ..parallel.fsdp import local_rows
 from ..parallel.sharding import take_block
@@ -26,14 +27,6 @@ from .hf_folder import HFFolder
 from .mappings import IGNORED_HF, WeightMapping
 from .safetensors_io import READ_THREADS
 from .sharded_io import read_block
-
-
-def _other_stage(model: CausalLM, local: str) -> bool:
-    """Whether `local` is a parameter of the whole model that this pipeline stage does not hold."""
-    parts = local.split(".")
-    if parts[0] == "layers":
-        return parts[1].isdigit() and int(parts[1]) < model.config.num_layers and parts[1] not in model.layers
-    return getattr(model, parts[0], "missing") is None
 
 
 def load_hf_weights(chunks: ModelChunks, folder: HFFolder, mapping: WeightMapping, progress: bool = True) -> list[str]:
@@ -48,6 +41,7 @@ def load_hf_weights(chunks: ModelChunks, folder: HFFolder, mapping: WeightMappin
 
     def read(job):
         read_block(*job)
+        warn_if_not_finite(job[0], job[1])
         bar.update(job[0].nbytes)
 
     # A few tensors at a time: the reads release the GIL, and first-touching the freshly allocated
@@ -58,9 +52,33 @@ def load_hf_weights(chunks: ModelChunks, folder: HFFolder, mapping: WeightMappin
     return passthrough
 
 
+def check_hf_weights(chunks: ModelChunks, folder: HFFolder, mapping: WeightMapping) -> None:
+    """Every tensor of `folder` against `chunks` built on meta: names, shapes and dtypes, before a byte of the
+    model is allocated (a config.json with hidden_size 10^9 is named here, not by a failed 1 TB allocation)."""
+    for chunk in chunks:
+        _chunk_jobs(chunk, folder, mapping, [])
+
+
+def warn_if_not_finite(info, tensor: torch.Tensor) -> None:
+    """A warning naming a loaded tensor that holds NaN or Inf (one pass over it, in the reading thread)."""
+    if tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        warnings.warn(f"{info.path}: tensor {info.name!r} holds NaN or Inf values; the model will compute NaN "
+                      f"wherever they reach", stacklevel=2)
+
+
+def _check_dtype(info) -> None:
+    """Weights are floating point: an integer tensor, or an FP8 one (scaled by a `*_scale` tensor in a
+    quantized checkpoint), would be cast to garbage."""
+    if not info.dtype.is_floating_point or info.dtype.itemsize < 2:
+        raise CheckpointMismatchError(f"{info.path}: tensor {info.name!r} is {str(info.dtype).removeprefix('torch.')}"
+                                      f"; expected a float16, bfloat16 or float32 weight (a quantized checkpoint? "
+                                      f"dequantize it first)")
+
+
 def _chunk_jobs(model: CausalLM, folder: HFFolder, mapping: WeightMapping, passthrough: list[str]) -> list:
     """(tensor info, destination, shard spec, rows) of every parameter of one chunk, every name checked."""
     params = _base_parameters(model)
+    whole = whole_model_shapes(model.config)  # every stage's parameters: a name outside it is unexpected
     sharding = model.sharding
     specs = sharding.specs if sharding is not None else {}
     loaded: set[str] = set()
@@ -78,14 +96,15 @@ def _chunk_jobs(model: CausalLM, folder: HFFolder, mapping: WeightMapping, passt
             continue
         if local == "lm_head.weight" and model.config.tie_word_embeddings:
             continue  # some tied checkpoints also store the output layer; transformers ignores it too
-        if local not in params and _other_stage(model, local):
-            continue  # a pipeline stage reads only its own layers
-        if local not in params:
+        if local not in whole:
             raise MissingTensorError(
-                f"{info.path}: tensor {info.name!r} has no parameter {local!r} in this model "
+                f"{info.path}: unexpected tensor {info.name!r}: the model has no parameter {local!r} "
                 f"(a bias the config does not enable, or a tied output layer stored separately?)"
             )
+        if local not in params:
+            continue  # another pipeline stage's
         param = params[local]
+        _check_dtype(info)
         expected = sharding.full_shape(local, param) if sharding is not None else tuple(param.shape)
         if expected != info.shape:
             raise CheckpointMismatchError(f"{info.path}: tensor {info.name!r} has shape {list(info.shape)}, "

@@ -78,7 +78,7 @@ class WeightMapping:
         return None if local is None else local.removesuffix(".weight")
 
     def is_text(self, hf_name: str) -> bool:
-        return hf_name.startswith(self.text_prefix) or hf_name == self.head_prefix + "lm_head.weight"
+        return hf_name.startswith((self.text_prefix, self.head_prefix + "lm_head."))  # lm_head.bias too: unexpected
 
     @classmethod
     def detect(cls, arch: Architecture, hf_names) -> "WeightMapping":
