@@ -17,7 +17,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from .. import checkpoint as ckpt
 from ..bridge import HFBridge
@@ -28,14 +27,14 @@ from ..parallel.fsdp import FsdpSettings, unshard
 from ..parallel.overlap import arm_chunk, grad_reducers
 from ..bridge.fingerprint import weights_fingerprint
 from ..peft import adapters_hidden, attach_peft, count_parameters, init_adapters, merge_peft
-from ..errors import ConfigError, RunLockedError
+from ..errors import ConfigError, MinibridgeError
 from .config import ConfigContainer
 from .data import DataError, DataIterator, build_datasets, load_tokenizer
 from .forward import ModelForward
 from .flops import mfu, model_flops_per_token, peak_flops
 from .progress import NonFiniteLossError, TrainingLogger, check_finite, memory_gb
 from .optimizer import MixedPrecisionAdamW
-from .resume import changed_sample_request, check_same_adapters, check_same_run, explicit_load
+from .resume import changed_sample_request, check_same_adapters, check_same_run, resume_point
 from .scheduler import schedules_of
 from .stopping import StopWatch
 
@@ -58,7 +57,7 @@ class Trainer:
         self.save_dir = Path(config.checkpoint.save) if config.checkpoint.save else None
         self.lock = self._lock_save_dir()  # before anything is read from or written to the folder
         try:
-            self.load_from = self._explicit_load()  # a wrong checkpoint.load stops here, before any work
+            self.load_from = self._resume_point()  # a wrong checkpoint.load stops here, before any work
             self._set_up()
         except BaseException:
             self.close()
@@ -106,16 +105,10 @@ class Trainer:
         """Rank 0 locks checkpoint.save for this run; a refusal reaches every rank."""
         if self.save_dir is None:
             return None
-        lock, refusal = None, None
-        if self.dims.rank == 0:
-            try:
-                lock = ckpt.RunLock(self.save_dir).acquire()
-            except RunLockedError as err:
-                refusal = str(err)
-        box = [refusal]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is not None:
-            raise RunLockedError(box[0])
+        lock = _checked(ckpt.RunLock(self.save_dir).acquire) if self.dims.rank == 0 else None
+        refusal = from_rank0(lock if isinstance(lock, MinibridgeError) else None)
+        if refusal is not None:
+            raise refusal
         return lock
 
     @property
@@ -165,9 +158,7 @@ class Trainer:
         """The adapters' values on the frozen pretrained model (identically under every layout)."""
         p = self.config.peft
         init_adapters(self.chunks)
-        found = [weights_fingerprint(source) if self.dims.rank == 0 else None]
-        dist.broadcast_object_list(found, src=0)
-        self.base_model = found[0]
+        self.base_model = from_rank0(weights_fingerprint(source) if self.dims.rank == 0 else None)
         trainable, total = count_parameters(self.chunks)
         if self.dims.rank == 0:
             layers = len(self.chunks.adapters.modules)
@@ -200,45 +191,33 @@ class Trainer:
         return DataIterator(dataset, global_batch_size=t.global_batch_size, micro_batch_size=t.micro_batch_size,
                             dp_rank=self.dims.dp_rank, dp_size=self.dims.dp, seed=t.seed)
 
-    def _explicit_load(self) -> Path | None:
-        """checkpoint.load given apart from checkpoint.save, checked (resume.explicit_load) by rank 0."""
-        found = from_rank0(_checked(explicit_load, self.config.checkpoint) if self.dims.rank == 0 else None)
-        if isinstance(found, ConfigError):
+    def _resume_point(self) -> str | None:
+        """resume.resume_point, decided by rank 0 for every rank (so all take the same branch)."""
+        found = from_rank0(_checked(resume_point, self.config.checkpoint, self.save_dir) if self.dims.rank == 0
+                           else None)
+        if isinstance(found, MinibridgeError):
             raise found
-        return found
+        return None if found is None else str(found)
 
     def _resume(self):
-        """Continue from checkpoint.load, or from checkpoint.save when it already holds a run.
-
-        Rank 0 looks at the filesystem and tells the others, so every rank takes the same branch."""
-        c = self.config.checkpoint
-        found = [None if self.load_from is None else str(self.load_from)]
-        if self.dims.rank == 0 and self.save_dir is not None and self.save_dir.is_dir():
-            ckpt.clean_stale(self.save_dir)  # ours: we hold its lock
-        if self.dims.rank == 0 and found[0] is None:
-            for where in (c.load, c.save):
-                if where and Path(where).is_dir():
-                    iteration = ckpt.latest_iteration(where)
-                    if iteration is not None:
-                        found = [str(ckpt.iteration_dir(where, iteration))]
-                        break
-        dist.broadcast_object_list(found, src=0)
-        if found[0] is not None:
-            stored = ckpt.read_run_info(found[0])
-            check_same_adapters(found[0], stored.get("peft"), self._peft_info())
-            check_same_run(found[0], stored.get("config"), self.config)
-            info = ckpt.load_checkpoint(found[0], self.chunks, self.optimizer,
-                                        trainable_only=self.config.peft is not None)
-            self.step = self.saved_step = info["iteration"]
-            self.skipped_steps = int(info.get("skipped_steps", 0))
-            resized = changed_sample_request(stored.get("config"), self.config)
-            self.iterator.load_state_dict(info["data"], resized=resized)
-            if self.dims.rank == 0:
-                print(f"resumed from {found[0]} at step {self.step}", flush=True)
-                if resized and info["data"].get("dataset_length") != len(self.train_data):
-                    print(f"the training data was rebuilt for {resized}: {len(self.train_data)} samples instead of "
-                          f"{info['data'].get('dataset_length')}, so the samples after step {self.step} come in "
-                          f"another order than the stored run's would have (Megatron rebuilds them alike)", flush=True)
+        """Continue from the checkpoint `_resume_point` found (nothing to do for a fresh run)."""
+        folder = self.load_from
+        if folder is None:
+            return
+        stored = ckpt.read_run_info(folder)
+        check_same_adapters(folder, stored.get("peft"), self._peft_info())
+        check_same_run(folder, stored.get("config"), self.config)
+        info = ckpt.load_checkpoint(folder, self.chunks, self.optimizer, trainable_only=self.config.peft is not None)
+        self.step = self.saved_step = info["iteration"]
+        self.skipped_steps = int(info.get("skipped_steps", 0))
+        resized = changed_sample_request(stored.get("config"), self.config)
+        self.iterator.load_state_dict(info["data"], resized=resized)
+        if self.dims.rank == 0:
+            print(f"resumed from {folder} at step {self.step}", flush=True)
+            if resized and info["data"].get("dataset_length") != len(self.train_data):
+                print(f"the training data was rebuilt for {resized}: {len(self.train_data)} samples instead of "
+                      f"{info['data'].get('dataset_length')}, so the samples after step {self.step} come in "
+                      f"another order than the stored run's would have (Megatron rebuilds them alike)", flush=True)
 
     # ------------------------------------------------------------------ steps
     def train_step(self) -> dict:
@@ -405,10 +384,10 @@ def finetune(config: ConfigContainer) -> TrainResult:
 
 
 def _checked(check, *args):
-    """`check(*args)`, or the ConfigError it raised (as a value, to hand to every rank)."""
+    """`check(*args)`, or the MinibridgeError it raised (as a value, to hand to every rank)."""
     try:
         return check(*args)
-    except ConfigError as err:
+    except MinibridgeError as err:
         return err
 
 

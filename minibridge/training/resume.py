@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from ..checkpoint.folder import resolve_checkpoint
+from ..checkpoint.folder import clean_stale, iteration_dir, latest_iteration, resolve_checkpoint
 from ..errors import CheckpointMismatchError, ConfigError
 from .config import ConfigContainer
 
@@ -133,3 +133,21 @@ def explicit_load(checkpoint) -> Path | None:
     except FileNotFoundError as err:
         raise ConfigError(f"checkpoint.load={load}: {err}; leave checkpoint.load unset to start a fresh run "
                           f"(or to resume from checkpoint.save)") from None
+
+
+def resume_point(checkpoint, save_dir: Path | None) -> Path | None:
+    """Where a run resumes: the checkpoint that checkpoint.load names apart from checkpoint.save (checked:
+    `explicit_load`), else the newest of checkpoint.load / checkpoint.save, else None (a fresh run). Rank 0
+    decides, before the model is built; it also removes the temporaries of saves that were killed midway
+    from save_dir, whose lock this run holds."""
+    explicit = explicit_load(checkpoint)
+    if save_dir is not None and save_dir.is_dir():
+        clean_stale(save_dir)
+    if explicit is not None:
+        return explicit
+    for where in (checkpoint.load, checkpoint.save):
+        if where and Path(where).is_dir():
+            iteration = latest_iteration(where)
+            if iteration is not None:
+                return iteration_dir(where, iteration)
+    return None

@@ -139,8 +139,11 @@ class _Touch:
 
 
 def _bytes_entry(folder, marker, key="model.embed_tokens.weight"):
-    """Turn entry `key` into a BytesStorageMetadata entry whose pickle creates `marker` when loaded."""
+    """Turn entry `key` into a BytesStorageMetadata entry whose pickle creates `marker` when loaded. The
+    attacker also deletes checksums.json (it guards against accidents, and anyone who can plant a file can
+    rewrite it), so what is tested here is the unpickling itself."""
     torch.save(_Touch(marker), folder / "__0_9.distcp")
+    (folder / "checksums.json").unlink(missing_ok=True)
 
     def edit(metadata):
         metadata.state_dict_metadata[key] = BytesStorageMetadata()

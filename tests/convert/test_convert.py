@@ -45,7 +45,8 @@ def test_tp2_import_then_export_equals_the_source(hf_checkpoint, tmp_path):
     src = hf_checkpoint("Llama-3.2-1B")  # fp32
     run_distributed(_tp2_import, 2, str(src), str(tmp_path / "mb"))
     files = sorted(p.name for p in (tmp_path / "mb" / "iter_0000000").iterdir())
-    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp", "run.json", "run_config.yaml"]  # each rank its blocks
+    assert files == [".metadata", "__0_0.distcp", "__1_0.distcp", "checksums.json", "run.json",
+                     "run_config.yaml"]  # each rank its blocks
     info = json.loads((tmp_path / "mb" / "iter_0000000" / "run.json").read_text())
     assert (info["tp"], info["world_size"]) == (2, 2)
     bridge = AutoBridge.from_hf_pretrained(src)
