@@ -73,12 +73,12 @@ def naming_failures(path: Path):
         raise type(err)(err.errno, f"{err.strerror} (while writing)", str(path)) from err
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write a small text file under a temporary name, fsync it, rename it into place."""
+def write_atomic(path: str | Path, text: str | bytes) -> None:
+    """Write a file (text, or bytes) under a temporary name, fsync it, rename it into place."""
     path = Path(path)
     tmp = temporary_sibling(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "wb") if isinstance(text, bytes) else open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

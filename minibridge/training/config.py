@@ -6,7 +6,7 @@
       optimizer        OptimizerConfig: Adam hyper-parameters, clipping, ZeRO-1   (optimizer_config.py)
       scheduler        SchedulerConfig: lr warmup / decay, weight-decay schedule  (optimizer_config.py)
       ddp              DistributedDataParallelConfig: overlapped gradient reduction, bucket size (optimizer_config.py)
-      dataset          DatasetConfig: mock / indexed / jsonl / sft data, tokenizer, packing
+      dataset          DatasetConfig: mock / indexed / jsonl / sft / Hugging Face data, tokenizer, packing
       checkpoint       CheckpointConfig: save / load / pretrained weights / HF export
       logger           LoggerConfig: log cadence, tensorboard, wandb
       peft             PeftConfig or None (full training)
@@ -31,6 +31,7 @@ import torch
 from ..errors import ConfigError, reject_unknown_keys
 from ..models.config import ModelConfig
 from ..peft.apply import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_TARGETS, MEGATRON_NAMES, SCHEMES
+from .data.presets import PRESETS
 from .optimizer_config import (  # sections re-exported here
     DistributedDataParallelConfig, OptimizerConfig, SchedulerConfig, validate_optimizer,
 )
@@ -110,8 +111,8 @@ class TrainingConfig:
 @dataclass
 class DatasetConfig:
     # mock: random tokens, no files. indexed: Megatron .bin/.idx prefixes. jsonl: raw text, one JSON
-    # object per line. sft: prompt/answer pairs (loss on answers only).
-    kind: Literal["mock", "indexed", "jsonl", "sft"] = "mock"
+    # object per line. sft: prompt/answer pairs (loss on answers only). hf: a Hugging Face dataset (below).
+    kind: Literal["mock", "indexed", "jsonl", "sft", "hf"] = "mock"
     data_paths: list[str] = field(default_factory=list)
     blend_weights: list[float] | None = None  # one per data path; None: proportional to size
     split: str = "9999,8,2"  # train,valid,test proportions (Megatron's default for a data_paths blend)
@@ -121,6 +122,18 @@ class DatasetConfig:
     # megatron: mock/indexed/jsonl samples as Megatron Core's GPTDataset; legacy: disjoint padded windows
     sample_layout: Literal["megatron", "legacy"] = "megatron"
     num_workers: int = 8
+    # kind hf (training.data.hf): a Megatron Bridge preset (squad, gsm8k, tulu3, openmathinstruct2[-thinking]) and/or
+    # hf_path; without a preset, the columns to train on (None: messages, prompt + completion, or text, as present)
+    preset: str | None = None
+    hf_path: str | None = None  # hub id, save_to_disk folder, parquet/json/arrow files; None: the preset's hub id
+    hf_split: str | None = None  # None: the preset's split, else train
+    hf_subset: str | None = None
+    prompt_column: str | None = None
+    completion_column: str | None = None
+    messages_column: str | None = None
+    text_column: str | None = None
+    val_proportion: float | None = None  # validation rows out of the split; None: the preset's (squad 0.1)
+    cache_dir: str | None = None  # tokenized rows; None: <checkpoint.save>/data_cache, else not cached
 
 
 @dataclass
@@ -184,8 +197,7 @@ class DistributedInitConfig:
 SECTIONS = {
     "model": ModelSettings, "train": TrainingConfig, "optimizer": OptimizerConfig, "scheduler": SchedulerConfig,
     "dataset": DatasetConfig, "checkpoint": CheckpointConfig, "logger": LoggerConfig, "peft": PeftConfig,
-    "dist": DistributedInitConfig,
-    "ddp": DistributedDataParallelConfig,
+    "dist": DistributedInitConfig, "ddp": DistributedDataParallelConfig,
 }
 
 
@@ -323,7 +335,8 @@ def _validate_data(d: DatasetConfig, ck: CheckpointConfig) -> None:
     _positive("dataset.seq_length", d.seq_length)
     if d.num_workers < 0:
         raise ConfigError(f"dataset.num_workers={d.num_workers}: expected >= 0")
-    if d.kind != "mock" and not d.data_paths:
+    _validate_hf(d) if d.kind == "hf" else None
+    if d.kind not in ("mock", "hf") and not d.data_paths:
         raise ConfigError(f"dataset.kind={d.kind!r} needs dataset.data_paths (a list of files or prefixes); "
                           f"use dataset.kind=mock for random tokens")
     if d.blend_weights is not None and len(d.blend_weights) != len(d.data_paths):
@@ -333,9 +346,20 @@ def _validate_data(d: DatasetConfig, ck: CheckpointConfig) -> None:
         raise ConfigError(f"dataset.blend_weights={d.blend_weights}: expected non-negative weights with a positive sum")
     if not re.fullmatch(r"\s*\d+(\.\d+)?\s*(,\s*\d+(\.\d+)?\s*){0,2}", d.split):
         raise ConfigError(f"dataset.split={d.split!r}: expected up to three comma-separated numbers, e.g. '9999,8,2'")
-    if d.kind in ("jsonl", "sft") and not (d.tokenizer or ck.pretrained_checkpoint):
+    if d.kind in ("jsonl", "sft", "hf") and not (d.tokenizer or ck.pretrained_checkpoint):
         raise ConfigError(f"dataset.kind={d.kind!r} tokenizes text: set dataset.tokenizer (an HF tokenizer folder) "
                           f"or checkpoint.pretrained_checkpoint (its tokenizer is used)")
+
+
+def _validate_hf(d: DatasetConfig) -> None:
+    if d.data_paths:  # a fine-tuning recipe's SQuAD default, then data_paths given: say which kind they are
+        raise ConfigError(f"dataset.data_paths={d.data_paths} with dataset.kind=hf: set dataset.kind=sft for prompt/"
+                          f"completion JSONL (--dataset local-jsonl), indexed for .bin/.idx, jsonl for raw text")
+    if d.preset is not None and d.preset not in PRESETS:
+        raise ConfigError(choice_message("dataset.preset", d.preset, tuple(PRESETS)))
+    if not (d.preset or d.hf_path) or (d.val_proportion is not None and not 0 <= d.val_proportion < 1):
+        raise ConfigError(f"dataset.kind=hf needs dataset.hf_path (hub id, local folder or file) or dataset.preset "
+                          f"(squad, gsm8k, tulu3, ...), and val_proportion in [0, 1) (got {d.val_proportion})")
 
 
 def _validate_peft(p: PeftConfig, ck: CheckpointConfig) -> None:
