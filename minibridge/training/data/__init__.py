@@ -6,7 +6,7 @@
     it = DataIterator(train, global_batch_size=64, micro_batch_size=2, dp_rank=r, dp_size=dp)
     for batch in it.next_global_batch(): ...          # Batch(input_ids, labels, position_ids, document_ids)
 
-Hugging Face datasets (`build_datasets("hf", hf_source=HFSource(path, preset="squad"), ...)`): hf.py, presets.py.
+Hugging Face datasets: build_datasets("hf", hf_source=HFSource(path, preset="squad"), ...), hf.py, presets.py.
 Preprocess JSONL (or an HF dataset, --hf-dataset) into Megatron's .bin/.idx with `python -m minibridge.training.data.preprocess`.
 """
 

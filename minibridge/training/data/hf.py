@@ -20,7 +20,7 @@ import numpy as np
 from .cache import cache_key, rank_zero_first, shared_build, tokenizer_identity
 from .errors import DataError
 from .jsonl import encode_documents
-from .presets import PRESETS, VALIDATION_SEED, Preset, column_preset, encode_megatron_pair, space_sensitive
+from .presets import PRESETS, VALIDATION_SEED, Preset, column_preset, encode_megatron_pairs, space_sensitive
 from .progress import Progress
 from .sft import SFTSource, encode_row
 
@@ -190,35 +190,34 @@ def _rows(rows, preset: Preset, name: str):
 
 def _encode_split(rows, preset: Preset, tokenizer, chat_template: bool, name: str,
                   log_interval: float) -> dict[str, np.ndarray]:
-    """Every row tokenized: ids, loss (SFT rows) and lengths, with a progress line."""
+    """Every row tokenized: ids, loss (SFT rows) and lengths, in batches of rows, with a progress line."""
     progress = Progress(len(rows), log_interval, label=f"tokenizing {name}:", bytes=False)
     keep_space = space_sensitive(tokenizer)
-    ids, loss, lengths, texts = [], [], [], []
+    ids, loss, lengths, batch = [], [], [], []
 
     def flush():
-        for x in encode_documents(tokenizer, texts, append_eos=True):
-            ids.append(np.asarray(x, dtype=np.int64))
+        where = f"{name}, rows {batch[0][0]}-{batch[-1][0]}"
+        if "text" in batch[0][1]:
+            encoded = [(np.asarray(x, dtype=np.int64), None)
+                       for x in encode_documents(tokenizer, [r["text"] for _, r in batch], append_eos=True)]
+        elif "messages" in batch[0][1] or preset.separator == "":
+            encoded = [encode_row(tokenizer, r, f"{name}, row {n}", chat_template) for n, r in batch]
+        else:
+            encoded = encode_megatron_pairs(tokenizer, [(r["prompt"], r["completion"]) for _, r in batch],
+                                            preset.separator, keep_space, where)
+        for x, m in encoded:
+            ids.append(x)
             lengths.append(len(x))
-        progress.update(len(texts), 0, sum(lengths[-len(texts):]))
-        texts.clear()
+            if m is not None:
+                loss.append(m)
+        progress.update(len(batch), 0, sum(lengths[-len(batch):]))
+        batch.clear()
 
     for number, row in _rows(rows, preset, name):
-        where = f"{name}, row {number}"
-        if "text" in row:
-            texts.append(row["text"])
-            if len(texts) == BATCH_ROWS:
-                flush()
-            continue
-        if "messages" in row or preset.separator == "":
-            x, m = encode_row(tokenizer, row, where, chat_template)
-        else:
-            x, m = encode_megatron_pair(tokenizer, row["prompt"], row["completion"], preset.separator, keep_space,
-                                        where)
-        ids.append(x)
-        loss.append(m)
-        lengths.append(len(x))
-        progress.update(1, 0, len(x))
-    if texts:
+        batch.append((number, row))
+        if len(batch) == BATCH_ROWS:
+            flush()
+    if batch:
         flush()
     progress.update(0, 0, 0, force=True)
     out = {"ids": np.concatenate(ids), "lengths": np.asarray(lengths, dtype=np.int64)}

@@ -171,11 +171,18 @@ def render_pair(prompt: str, completion: str, separator: str, keep_space: bool) 
     return prompt.strip(" "), separator + completion.strip(" ")
 
 
-def encode_megatron_pair(tokenizer, prompt: str, completion: str, separator: str, keep_space: bool,
-                         where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(token ids, loss mask): prompt tokens, then completion tokens and EOS (the loss on those)."""
+def encode_megatron_pairs(tokenizer, pairs: list[tuple[str, str]], separator: str, keep_space: bool,
+                          where: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(token ids, loss mask) of each (prompt, completion): prompt tokens, then completion tokens and EOS (the loss
+    on those); the texts are tokenized in one batch (the tokenizer's threads)."""
     if tokenizer.eos_token_id is None:
         raise DataError(f"{where}: the tokenizer has no eos_token to end the completion with")
-    p_text, c_text = render_pair(prompt, completion, separator, keep_space)
-    p, c = encode_text(tokenizer, p_text), encode_text(tokenizer, c_text) + [tokenizer.eos_token_id]
-    return np.asarray(p + c, dtype=np.int64), np.asarray([False] * len(p) + [True] * len(c), dtype=bool)
+    texts = [render_pair(p, c, separator, keep_space) for p, c in pairs]
+    prompts = tokenizer([p for p, _ in texts], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([c for _, c in texts], add_special_tokens=False)["input_ids"]
+    out = []
+    for p, c in zip(prompts, answers):
+        c = list(c) + [tokenizer.eos_token_id]
+        mask = np.asarray([False] * len(p) + [True] * len(c), dtype=bool)
+        out.append((np.asarray(list(p) + c, dtype=np.int64), mask))
+    return out
