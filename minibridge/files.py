@@ -73,14 +73,11 @@ def naming_failures(path: Path):
         raise type(err)(err.errno, f"{err.strerror} (while writing)", str(path)) from err
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Write a small text file under a temporary name, fsync it, rename it into place."""
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """`write_atomic` for bytes. On any failure (a full disk names `path`) the temporary file is removed."""
+def write_atomic(path: str | Path, text: str | bytes) -> None:
+    """Write a file (text, or bytes) under a temporary name, fsync it, rename it into place. On any failure
+    (a full disk names `path`) the temporary file is removed."""
     path = Path(path)
+    data = text.encode("utf-8") if isinstance(text, str) else text
     tmp = temporary_sibling(path)
     try:
         with naming_failures(path), open(tmp, "wb") as f:

@@ -18,7 +18,7 @@ from minibridge.training.config import ConfigContainer, ConfigError, PeftConfig
 from minibridge.training.overrides import apply_overrides
 
 from . import gemma, llama
-from .common import layout
+from .common import FINETUNE_DATASET, dataset_kind, layout
 
 _LLAMA = [
     "llama32_1b_pretrain_config", "llama32_3b_pretrain_config", "llama3_8b_pretrain_config",
@@ -82,7 +82,8 @@ def build_config(name: str, pretrained_checkpoint: str | None = None, peft_schem
 
     A finetune / sft / peft recipe gets both as its `pretrained_checkpoint` / `peft` (peft: `peft_scheme`) arguments (so it reads the checkpoint's
     architecture and picks the layout and lr of LoRA or full training); a pretrain recipe gets them set on
-    the result (continued pretraining, or adapters on top of it). Overrides come last, then validate().
+    the result (continued pretraining, or adapters on top of it). Overrides come last, then validate(); a
+    fine-tuning recipe given `dataset.data_paths` by them reads those (kind sft) instead of its SQuAD default.
     """
     fn = get_recipe(name)
     kwargs = {}
@@ -105,6 +106,10 @@ def build_config(name: str, pretrained_checkpoint: str | None = None, peft_schem
     apply_overrides(cfg, list(overrides))
     if load == save and cfg.checkpoint.load == load and cfg.checkpoint.save != save:
         cfg.checkpoint.load = cfg.checkpoint.save  # recipes resume from where they save: keep it so
+    d = cfg.dataset
+    chosen = any(o.lstrip("+").startswith(("dataset.kind=", "dataset.preset=")) for o in overrides)
+    if d.kind == "hf" and d.preset == FINETUNE_DATASET and d.data_paths and not chosen:
+        d.kind, d.preset = dataset_kind(d.data_paths, finetune=True), None  # data given: not the SQuAD default
     return cfg.validate() if validate else cfg
 
 

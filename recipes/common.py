@@ -98,9 +98,14 @@ def split_blend(data_paths: list[str] | None) -> tuple[list[str], list[float] | 
     return paths[1::2], [float(w) for w in paths[::2]]
 
 
+FINETUNE_DATASET = "squad"  # what a fine-tuning recipe trains on without data_paths, as Megatron Bridge's
+
+
 def dataset_kind(paths: list[str], finetune: bool) -> str:
+    """mock (pretraining without data, as Megatron Bridge), hf (fine-tuning without data: SQuAD), sft, jsonl
+    or indexed."""
     if not paths:
-        return "mock"
+        return "hf" if finetune else "mock"
     if finetune:
         return "sft"
     return "jsonl" if all(p.endswith((".jsonl", ".json")) for p in paths) else "indexed"
@@ -203,7 +208,8 @@ def make_container(
                                   start_weight_decay=SCHEDULED_WEIGHT_DECAY, end_weight_decay=SCHEDULED_WEIGHT_DECAY,
                                   weight_decay_incr_style="constant"),
         dataset=DatasetConfig(kind=kind, data_paths=paths, blend_weights=weights, seq_length=seq_length,
-                              tokenizer=tokenizer, packing=packing, num_workers=num_workers),
+                              tokenizer=tokenizer, packing=packing, num_workers=num_workers,
+                              preset=FINETUNE_DATASET if kind == "hf" else None),
         checkpoint=CheckpointConfig(save=save, load=save, save_interval=save_interval,
                                     pretrained_checkpoint=pretrained_checkpoint),
         logger=LoggerConfig(log_interval=log_interval, wandb_project=wandb_project,

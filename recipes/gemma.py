@@ -10,7 +10,7 @@
 
 All: Adam eps 1e-8, weight decay 0.033 (the scheduler's constant start/end_weight_decay).
 
-Without `data_paths` finetuning uses mock tokens (Megatron Bridge would download SQuAD). The debug recipes
+Without `data_paths` finetuning trains on SQuAD, as Megatron Bridge's (recipes/common.py). The debug recipes
 at the end are CPU-sized and keep Gemma's features: sliding windows (5 local : 1 global), MQA-style GQA,
 q/k norms, tied embeddings.
 """

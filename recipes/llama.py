@@ -26,8 +26,9 @@ Names: Megatron Bridge 0.6's `<model>_sft_config` (full) and `<model>_peft_confi
 `<model>_finetune_config` (the older name, LoRA by default) with peft=None / peft=peft_scheme: one recipe,
 three names, the same defaults. `*_pretrain_deterministic_config` adds model.deterministic_mode.
 
-Megatron Bridge downloads SQuAD when a finetune recipe gets no data; there is no hub here, so without
-`data_paths` the data is mock tokens. The debug recipes at the end are CPU-sized.
+A finetune recipe without `data_paths` trains on SQuAD, as Megatron Bridge's (dataset.kind=hf, preset squad: the
+hub, the HF cache, or dataset.hf_path=LOCAL_COPY); mock tokens only with dataset.kind=mock. The debug recipes at
+the end are CPU-sized.
 """
 
 from __future__ import annotations
@@ -307,8 +308,8 @@ llama31_405b_peft_config = peft_recipe(llama31_405b_finetune_config, "llama31_40
 
 
 # ---------------------------------------------------------------------------------------------------
-# CPU-sized debug recipes: fp32 (exact comparisons), mock tokens unless data_paths; TP=2 divides every
-# sharded size (4 heads, 2 KV heads, 256 ffn, vocab) so `model.tensor_model_parallel_size=2` runs on 2 ranks.
+# CPU-sized debug recipes: fp32 (exact comparisons), pretraining on mock tokens unless data_paths; TP=2 divides
+# every sharded size (4 heads, 2 KV heads, 256 ffn, vocab) so `model.tensor_model_parallel_size=2` runs on 2 ranks.
 # ---------------------------------------------------------------------------------------------------
 
 DEBUG_ARCH = ModelConfig(

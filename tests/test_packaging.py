@@ -34,7 +34,7 @@ SCRIPTS = {
     "minibridge-compare": "minibridge.compare:main",
     "minibridge-preprocess": "minibridge.training.data.preprocess:main",
 }
-EXTRAS = {"test", "flash", "tensorboard", "matplotlib", "wandb"}
+EXTRAS = {"test", "flash", "tensorboard", "matplotlib", "wandb", "data"}
 WHEEL_PYTHON_ENV = "MINIBRIDGE_WHEEL_PYTHON"
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc")
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import difflib
 from typing import NamedTuple
 
-from .config import ConfigError, choice_message
+from .config import ConfigError
+from .validation import choice_message
+from .data.presets import PRESETS
 
 USAGE = """usage: python -m minibridge.train (--recipe NAME | --model NAME) [--mode pretrain|sft|lora|dora]
-                               [--dataset mock|megatron-indexed|local-jsonl] [--config-file FILE.yaml]
+                               [--dataset NAME] [--config-file FILE.yaml]
                                [--pretrained-checkpoint DIR] [--peft_scheme lora|dora|none]
                                [-tp N] [-pp N] [-cp N] [-vp N] [-gb N] [-mb N] [-sl N] [-ms N]
                                [--lr X] [--min_lr X] [--warmup_iters N]
@@ -31,8 +33,11 @@ selection:
   --pretrained-checkpoint DIR
                              HF folder or minibridge checkpoint to start from (also --pretrained_checkpoint)
 data:
-  --dataset NAME             mock (no files), megatron-indexed (.bin/.idx: dataset.data_paths=[PREFIX,...]),
-                             local-jsonl (prompt/completion rows: dataset.data_paths=[FILE.jsonl])
+  --dataset NAME             squad, gsm8k, tulu3, openmathinstruct2, openmathinstruct2-thinking (Hugging Face
+                             datasets formatted as Megatron Bridge's; a local copy: dataset.hf_path=DIR),
+                             mock (random tokens), megatron-indexed (.bin/.idx: dataset.data_paths=[PREFIX,...]),
+                             local-jsonl (prompt/completion rows: dataset.data_paths=[FILE.jsonl]);
+                             any HF dataset: dataset.kind=hf dataset.hf_path=NAME_OR_DIR [dataset.hf_split=...]
   --config-file FILE.yaml    sections as in run_config.yaml (model:, train:, ...), merged before the overrides
 convenience overrides (the key on the right; a trailing key=value of the same key wins):
   -ms, --max_steps N         train.train_iters          -gb, --global_batch_size N  train.global_batch_size
@@ -79,8 +84,9 @@ _SWITCHES = {"--dry-run": "dry_run", "--dry_run": "dry_run", "--deterministic": 
 MODES = ("pretrain", "sft", "lora", "dora")
 # --dataset presets of Megatron Bridge (recipes/utils/dataset_utils.py DATASET_PRESETS) -> overrides here.
 DATASETS = {"mock": ["dataset.kind=mock", "dataset.data_paths=[]"], "megatron-indexed": ["dataset.kind=indexed"],
-            "local-jsonl": ["dataset.kind=sft"]}
-HUB_DATASETS = ("squad", "tulu3", "openmathinstruct2", "openmathinstruct2-thinking", "gsm8k")
+            "local-jsonl": ["dataset.kind=sft"],
+            **{name: ["dataset.kind=hf", f"dataset.preset={name}", "dataset.data_paths=[]", "dataset.hf_path=null",
+                      "dataset.hf_split=null", "dataset.hf_subset=null"] for name in PRESETS}}
 VISION_DATASETS = ("local-vlm", "cord-v2", "llava-video-178k", "medpix", "raven", "rdr")
 
 
@@ -183,11 +189,6 @@ def _is_number(text: str) -> bool:
 def check_dataset(name: str) -> None:
     if name in DATASETS:
         return
-    if name in HUB_DATASETS:
-        raise ConfigError(
-            f"--dataset {name} is downloaded from the Hugging Face hub, which this machine cannot reach (minibridge "
-            f"works offline); write it as JSONL rows of {{\"prompt\": ..., \"completion\": ...}} and pass --dataset "
-            f"local-jsonl dataset.data_paths=[FILE.jsonl]")
     if name in VISION_DATASETS:
         raise ConfigError(f"--dataset {name} is a vision-language dataset; minibridge trains text models only")
     raise ConfigError(choice_message("--dataset", name, tuple(DATASETS)))

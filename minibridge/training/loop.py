@@ -29,7 +29,7 @@ from ..bridge.fingerprint import weights_fingerprint
 from ..peft import adapters_hidden, attach_peft, count_parameters, init_adapters, merge_peft
 from ..errors import ConfigError, MinibridgeError
 from .config import ConfigContainer
-from .data import DataError, DataIterator, build_datasets, load_tokenizer
+from .data import DataError, DataIterator, HFSource, build_datasets, check_data, load_tokenizer
 from .forward import ModelForward
 from .flops import mfu, model_flops_per_token, peak_flops
 from .progress import NonFiniteLossError, TrainingLogger, check_finite, memory_gb
@@ -66,6 +66,7 @@ class Trainer:
     def _set_up(self) -> None:
         c = self.config
         m = c.model
+        check_data(c.dataset, self.dims.rank)  # mock data said first; a dataset that cannot be had stops here
         self.dtype = torch.bfloat16 if c.mixed_precision.startswith("bf16") else torch.float32
         if m.deterministic_mode:  # bit-exact reruns; cuBLAS needs a fixed workspace for that (torch docs)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -183,7 +184,8 @@ class Trainer:
             d.kind, seq_length=c.model.seq_length, tokenizer=tokenizer, data_paths=d.data_paths or None,
             blend_weights=d.blend_weights, split=d.split, seed=c.train.seed, packing=d.packing,
             sample_layout=d.sample_layout, num_train_samples=num_train, num_valid_samples=num_valid,
-            vocab_size=self.chunks[0].config.vocab_size,
+            vocab_size=self.chunks[0].config.vocab_size, hf_source=HFSource.from_config(d),
+            cache_dir=d.cache_dir or (os.path.join(c.checkpoint.save, "data_cache") if c.checkpoint.save else None),
         )
 
     def _iterator(self, dataset) -> DataIterator:

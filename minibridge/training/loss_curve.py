@@ -14,7 +14,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from ..files import temporary_sibling, write_atomic, write_bytes_atomic
+from ..files import temporary_sibling, write_atomic
 
 _log = logging.getLogger("minibridge.training")
 METRICS_NAME = "metrics.jsonl"
@@ -121,7 +121,7 @@ def write_png(path: str | Path, width: int, height: int, rgb: bytes | bytearray)
     raw = b"".join(b"\x00" + bytes(rgb[y * stride : (y + 1) * stride]) for y in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # bit depth 8, colour type 2 (RGB)
     data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    write_bytes_atomic(path, data)  # never leave a half-written PNG (nor its temporary file) behind
+    write_atomic(path, data)  # never leave a half-written PNG (nor its temporary file) behind
 
 
 # 3x5 pixel glyphs: five octal digits, one per row, bit 4 = left column, 1 = right column.

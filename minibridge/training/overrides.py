@@ -22,7 +22,8 @@ import typing
 from typing import Literal, Union
 
 from ..models.config import FULL, SLIDING, ModelConfig, RopeConfig
-from .config import PRECISIONS, SECTIONS, ConfigContainer, ConfigError, PeftConfig, choice_message
+from .config import SECTIONS, ConfigContainer, ConfigError, PeftConfig
+from .validation import PRECISIONS, choice_message
 
 # Megatron / HF spellings of architecture fields -> ModelConfig field (or "rope.<field>").
 MODEL_ALIASES = {

@@ -68,7 +68,8 @@ def test_python_api_and_training_starts_from_an_imported_checkpoint(tmp_path, mo
     trainer = Trainer(build_config("llama3_debug_finetune_config", str(tmp_path / "mb"), "none", [
         "model.vocab_size=256", "train.train_iters=1", "scheduler.lr_warmup_iters=0", "train.global_batch_size=2",
         "train.micro_batch_size=2",
-        "model.seq_length=16", "train.eval_interval=null", "logger.tensorboard_dir=null", "dataset.tokenizer=null"]))
+        "model.seq_length=16", "train.eval_interval=null", "logger.tensorboard_dir=null", "dataset.tokenizer=null",
+        "dataset.kind=mock"]))
     reference = AutoBridge.from_hf_pretrained(src).to_model(progress=False)
     for name, p in trainer.chunks.named_parameters():
         assert torch.equal(p, reference.get_parameter(name)), name
@@ -89,7 +90,7 @@ def test_lora_checkpoint_exports_merged_and_as_adapter(tmp_path, monkeypatch):
     result = Trainer(build_config("llama3_debug_finetune_config", str(base), "lora", [
         "train.train_iters=2", "train.global_batch_size=4", "train.micro_batch_size=2", "model.seq_length=32",
         "train.eval_interval=null", "logger.tensorboard_dir=null", "optimizer.lr=3e-3", "scheduler.lr_warmup_iters=1",
-        "dataset.tokenizer=null", "peft.dim=4", "peft.alpha=8", f"checkpoint.save={run}",
+        "dataset.tokenizer=null", "dataset.kind=mock", "peft.dim=4", "peft.alpha=8", f"checkpoint.save={run}",
         "checkpoint.export_hf_on_finish=true"])).run()
     merged, adapter = str(tmp_path / "merged"), str(tmp_path / "adapter")
     assert main(["export", "--hf-model", str(base), "--megatron-path", str(run), "--hf-path", merged, "--no-progress"]) == 0

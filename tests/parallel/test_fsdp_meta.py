@@ -27,8 +27,8 @@ ARCH = LLAMA_DEBUG.replace(vocab_size=251, num_layers=2, hidden_size=64, layer_t
 TINY = ["model.num_layers=2", "model.hidden_size=64", "model.vocab_size=251", "model.seq_length=32",
         "train.global_batch_size=8", "train.micro_batch_size=2", "train.eval_interval=null",
         "logger.tensorboard_dir=null", "optimizer.lr=3e-3", "optimizer.clip_grad=0.5", "scheduler.lr_warmup_iters=2",
-        "scheduler.lr_decay_iters=20", "checkpoint.save=null", "train.train_iters=3", "dataset.tokenizer=null",
-        "peft.dim=4", "peft.alpha=8"]
+        "scheduler.lr_decay_iters=20", "checkpoint.save=null", "dataset.kind=mock", "train.train_iters=3",
+        "dataset.tokenizer=null", "peft.dim=4", "peft.alpha=8"]
 
 
 @pytest.fixture(scope="module")

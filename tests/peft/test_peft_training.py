@@ -21,7 +21,7 @@ from minibridge.checkpoint import BlockLoadPlanner, SafeFileSystemReader
 
 BASE = ["train.global_batch_size=8", "train.micro_batch_size=2", "model.seq_length=64", "train.eval_interval=null",
         "logger.tensorboard_dir=null", "optimizer.lr=3e-3", "scheduler.lr_warmup_iters=2", "scheduler.lr_decay_iters=20",
-        "dataset.tokenizer=null", "peft.dim=8", "peft.alpha=16"]
+        "dataset.tokenizer=null", "dataset.kind=mock", "peft.dim=8", "peft.alpha=16"]
 LLAMA, GEMMA = "llama3_debug_finetune_config", "gemma3_debug_finetune_config"
 
 

@@ -109,8 +109,14 @@ def test_dataset_presets(capsys, tmp_path):
     jsonl = dry_run(capsys, *DEBUG, "--dataset", "local-jsonl", f"dataset.data_paths=[{tmp_path / 'a.jsonl'}]",
                     f"dataset.tokenizer={tmp_path}")
     assert jsonl["dataset"]["kind"] == "sft"
-    err = error(capsys, *DEBUG, "--dataset", "squad")
-    assert "squad" in err and "hub" in err and "local-jsonl" in err
+    for name in ("squad", "gsm8k", "tulu3", "openmathinstruct2", "openmathinstruct2-thinking"):  # Megatron Bridge's
+        hf = dry_run(capsys, *DEBUG, "--dataset", name, "dataset.hf_path=/data/local", f"dataset.tokenizer={tmp_path}")
+        assert (hf["dataset"]["kind"], hf["dataset"]["preset"], hf["dataset"]["hf_path"]) == ("hf", name, "/data/local")
+    assert "tokenizes text" in error(capsys, *DEBUG, "--dataset", "squad")
+    assert "dataset.kind=sft for prompt/completion JSONL" in error(
+        capsys, *DEBUG, "--dataset", "squad", "dataset.data_paths=[a.jsonl]", f"dataset.tokenizer={tmp_path}")
+    assert "did you mean 'squad'" in error(capsys, *DEBUG, "dataset.kind=hf", "dataset.preset=sqad",
+                                           f"dataset.tokenizer={tmp_path}")
     assert "vision-language" in error(capsys, *DEBUG, "--dataset", "cord-v2")
     assert "did you mean 'mock'" in error(capsys, *DEBUG, "--dataset", "mocck")
     assert "dataset.data_paths" in error(capsys, *DEBUG, "--dataset", "megatron-indexed")

@@ -119,7 +119,10 @@ def test_finetune_layouts_and_defaults(name):
     assert lora.optimizer.min_lr == 0.0 and full.optimizer.use_distributed_optimizer
     # Megatron Bridge 0.6.2: off for Llama's adapters; Gemma's recipe ends up with it on (its ddp section)
     assert lora.optimizer.use_distributed_optimizer == name.startswith("gemma")
-    assert lora.train.seed == 5678 and lora.dataset.kind == "mock"
+    # no data_paths: SQuAD, as Megatron Bridge's default_squad_config (never mock tokens by accident)
+    assert lora.train.seed == 5678 and (lora.dataset.kind, lora.dataset.preset) == ("hf", "squad")
+    given = build_config(name, overrides=["dataset.data_paths=[chat.jsonl]", "dataset.tokenizer=/tok"], validate=False)
+    assert (given.dataset.kind, given.dataset.preset) == ("sft", None)  # data given: not the SQuAD default
     assert lora.dataset.packing and full.dataset.packing and lora.optimizer.adam_eps == 1e-8
     assert lora.scheduler.end_weight_decay == full.scheduler.start_weight_decay == 0.033
     gemma_recipe = name.startswith("gemma")

@@ -6,6 +6,9 @@ kinds:
     "indexed"  Megatron .bin/.idx prefixes (IndexedDataset), samples as Megatron's GPTDataset
     "jsonl"    raw-text JSONL (json_key, default "text") tokenized on the fly, then samples like "indexed"
     "sft"      prompt/completion or chat-messages JSONL, loss on the answers only
+    "hf"       a Hugging Face dataset (hf.HFSource: hub id, folder or file; a Megatron Bridge preset such as
+               squad, or columns mapped to messages, prompt/completion or text), tokenized once and cached;
+               validation: its val_proportion of the rows (a preset's own by default)
 
 sample_layout "megatron" (default) builds mock/indexed/jsonl samples as Megatron Core's GPTDataset
 (megatron_gpt.MegatronGPTDataset); "legacy" keeps minibridge's earlier ones: disjoint seq_length windows
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .hf import HFSource, check_available, tokenize_hf
 from .indexed import IndexedDataset
 from .jsonl import JsonlTextSource
 from .megatron_gpt import MOCK_SPLIT, IndexedSequences, MegatronGPTDataset, MockDocuments, megatron_split_ranges
@@ -31,9 +35,21 @@ from .samples import BlendedDataset, MockDataset, SequenceDataset, WindowDataset
 from .sft import SFTDataset, SFTSource
 from .tokenizer import load_tokenizer
 
-KINDS = ("mock", "indexed", "jsonl", "sft")
+KINDS = ("mock", "indexed", "jsonl", "sft", "hf")
 SAMPLE_LAYOUTS = ("megatron", "legacy")
 DEFAULT_MOCK_SAMPLES = 8192
+
+
+MOCK_NOTICE = ("dataset.kind=mock: training on MOCK data (random token ids, Megatron's mock dataset), not text; "
+               "pass --dataset squad, dataset.hf_path=..., or dataset.data_paths=[...] for real data")
+
+
+def check_data(config, rank: int) -> None:
+    """Before any work: say so when the data is mock, and stop when a Hugging Face dataset cannot be had."""
+    if config.kind == "mock" and rank == 0:
+        print(MOCK_NOTICE, flush=True)
+    if config.kind == "hf":
+        check_available(HFSource.from_config(config))
 
 
 def _pad_id(tokenizer) -> int:
@@ -77,7 +93,8 @@ def build_datasets(kind: str, *, seq_length: int, tokenizer=None, data_paths=Non
                    split="969,30,1", seed: int = 1234, packing: bool = True, chat_template: bool = True,
                    num_mock_samples: int | None = None, vocab_size: int | None = None,
                    json_key: str = "text", sample_layout: str = "megatron",
-                   num_train_samples: int | None = None, num_valid_samples: int | None = None) -> tuple[SequenceDataset, SequenceDataset | None]:
+                   num_train_samples: int | None = None, num_valid_samples: int | None = None,
+                   hf_source: HFSource | None = None, cache_dir=None) -> tuple[SequenceDataset, SequenceDataset | None]:
     """(train, validation) datasets; validation is None when the split gives it nothing.
 
     tokenizer: an HF tokenizer or a folder to load one from (required for "jsonl" and "sft").
@@ -86,6 +103,7 @@ def build_datasets(kind: str, *, seq_length: int, tokenizer=None, data_paths=Non
     num_train_samples: megatron layout: build at least this many training samples (Megatron's
     train_iters * global_batch_size: more epochs, drawn as Megatron draws them); None: one epoch.
     num_valid_samples: the same for the validation split.
+    hf_source: the rows of kind "hf"; cache_dir: where its tokenized rows are cached (None: not cached).
     """
     if kind not in KINDS:
         raise DataError(f"unknown data kind {kind!r}; expected one of {list(KINDS)}")
@@ -115,6 +133,10 @@ def build_datasets(kind: str, *, seq_length: int, tokenizer=None, data_paths=Non
         train = MockDataset(n, seq_length, vocab, seed=seed, packing=packing)
         valid = MockDataset(n_valid, seq_length, vocab, seed=seed, packing=packing, offset=n) if n_valid else None
         return train, valid
+    if kind == "hf":
+        return _build_hf(hf_source, tokenizer, seq_length=seq_length, seed=seed, packing=packing, megatron=megatron,
+                         chat_template=chat_template, cache_dir=cache_dir,
+                         num_samples=(num_train_samples, num_valid_samples))
 
     paths = [data_paths] if isinstance(data_paths, (str, Path)) else list(data_paths or [])
     paths = [str(p) for p in paths]
@@ -153,3 +175,28 @@ def build_datasets(kind: str, *, seq_length: int, tokenizer=None, data_paths=Non
     if train is None:
         raise DataError(f"empty dataset: every path has blend weight 0 ({dict(zip(paths, blend))})")
     return train, _blend(valid_parts)
+
+
+def _build_hf(source: HFSource | None, tokenizer, *, seq_length: int, seed: int, packing: bool, megatron: bool,
+              chat_template: bool, cache_dir, num_samples) -> tuple[SequenceDataset, SequenceDataset | None]:
+    if source is None:
+        raise DataError("data kind 'hf' needs hf_source (an HFSource: hub id or local path, preset, columns)")
+    if tokenizer is None:
+        raise DataError("data kind 'hf' tokenizes text and needs a tokenizer (an HF tokenizer or folder)")
+    data = tokenize_hf(source, tokenizer, chat_template=chat_template, cache_dir=cache_dir,
+                       settings={"seq_length": seq_length, "packing": packing})
+    parts = []
+    for rows, part, requested in zip((data.train_rows, data.valid_rows), ("train", "validation"), num_samples):
+        if len(rows) == 0:
+            parts.append(None)
+        elif data.sft is not None:
+            parts.append(SFTDataset(data.sft, rows, seq_length, seed=seed, packing=packing, pad_id=_pad_id(tokenizer),
+                                    name=f"{data.name} ({part})"))
+        elif megatron:
+            parts.append(MegatronGPTDataset(data.text, rows, seq_length, seed=seed, packing=packing,
+                                            pad_id=_pad_id(tokenizer), name=f"{data.name} ({part})",
+                                            num_samples=requested))
+        else:
+            parts.append(WindowDataset(data.text, rows, seq_length, seed=seed, packing=packing,
+                                       pad_id=_pad_id(tokenizer), name=f"{data.name} ({part})"))
+    return parts[0], parts[1]

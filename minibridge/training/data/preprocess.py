@@ -2,6 +2,8 @@
 
     python -m minibridge.training.data.preprocess --input corpus.jsonl --output-prefix out/corpus \\
         --tokenizer TOKENIZER_DIR [--json-keys text] [--append-eod] [--workers 4]
+    python -m minibridge.training.data.preprocess --hf-dataset NAME_OR_DIR [--hf-split train] [--hf-subset NAME] \\
+        --output-prefix out/corpus --tokenizer TOKENIZER_DIR [--json-keys text] [--append-eod]
 
 writes out/corpus_text_document.bin/.idx (one pair per json key: PREFIX_{key}_document), one sequence
 per document, in uint16 when the vocabulary has under 65500 ids, else int32 (Megatron's choice), so
@@ -9,6 +11,8 @@ Megatron's own loaders read the result. Documents are tokenized as the "jsonl" d
 the tokenizer's own BOS if it adds one), except that EOS is appended only with --append-eod (the
 "jsonl" kind always appends it); in batches, by --workers processes, in input order. Files are written under temporary names and renamed at the end, so an interrupted run
 leaves no partial dataset behind. A progress line (documents, MB, rates, ETA) goes to stderr.
+--hf-dataset reads a Hugging Face dataset instead (hub id, save_to_disk folder, parquet/json files; the
+`datasets` package), --json-keys naming its text columns; it tokenizes in the main process, in batches.
 """
 
 from __future__ import annotations
@@ -18,14 +22,15 @@ import contextlib
 import multiprocessing
 import os
 import sys
-import time
 from itertools import islice
 from pathlib import Path
 
 from ...cli import run_main
 from .errors import DataError
+from .hf import HFSource, load_split
 from .indexed import IndexedDatasetWriter, optimal_dtype
 from .jsonl import encode_documents, parse_line, require
+from .progress import Progress
 from .tokenizer import load_tokenizer
 
 CHUNK_LINES = 256
@@ -52,34 +57,6 @@ def _chunks(path: Path):
         lines = ((n, raw) for n, raw in enumerate(f, start=1) if raw.strip())
         while chunk := list(islice(lines, CHUNK_LINES)):
             yield chunk
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-class Progress:
-    """Rate and ETA from bytes read against the input size, printed every `interval` seconds."""
-
-    def __init__(self, total_bytes: int, interval: float):
-        self.total, self.interval = total_bytes, interval
-        self.start = self.last = time.monotonic()
-        self.docs = self.bytes = self.tokens = 0
-
-    def update(self, docs: int, nbytes: int, tokens: int, force: bool = False) -> None:
-        self.docs, self.bytes, self.tokens = self.docs + docs, self.bytes + nbytes, self.tokens + tokens
-        now = time.monotonic()
-        if not force and now - self.last < self.interval:
-            return
-        self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        rate = self.bytes / elapsed
-        eta = (self.total - self.bytes) / rate if rate > 0 else 0.0
-        print(f"processed {self.docs} documents, {self.bytes / 2**20:.1f}/{self.total / 2**20:.1f} MB "
-              f"({100 * self.bytes / max(self.total, 1):.0f}%), {self.docs / elapsed:.0f} docs/s, "
-              f"{rate / 2**20:.2f} MB/s, {self.tokens / elapsed:.0f} tokens/s, "
-              f"elapsed {_duration(elapsed)}, ETA {_duration(eta)}", file=sys.stderr, flush=True)
 
 
 def preprocess(input_path, output_prefix, tokenizer_dir, json_keys=("text",), append_eod=False,
@@ -118,19 +95,61 @@ def preprocess(input_path, output_prefix, tokenizer_dir, json_keys=("text",), ap
     return prefixes
 
 
+def preprocess_hf(dataset, output_prefix, tokenizer_dir, json_keys=("text",), append_eod=False, split="train",
+                  subset=None, log_interval=5.0) -> dict[str, str]:
+    """--hf-dataset: the text columns of one split of a Hugging Face dataset; returns {column: written prefix}."""
+    keys = list(json_keys)
+    source = HFSource(str(dataset), split=split, subset=subset)
+    rows = load_split(source)
+    missing = [k for k in keys if k not in rows.column_names]
+    if missing:
+        raise DataError(f"{source.name}: no column {missing[0]!r} (columns: {', '.join(rows.column_names)}); "
+                        f"name the text columns with --json-keys")
+    tokenizer = load_tokenizer(str(tokenizer_dir))
+    prefixes = {key: f"{output_prefix}_{key}_document" for key in keys}
+    progress = Progress(len(rows), log_interval, label=f"tokenizing {source.name}:", bytes=False)
+    with contextlib.ExitStack() as stack:
+        writers = {k: stack.enter_context(IndexedDatasetWriter(p, optimal_dtype(len(tokenizer))))
+                   for k, p in prefixes.items()}
+        first = 0
+        for batch in rows.select_columns(keys).iter(batch_size=CHUNK_LINES):
+            tokens = 0
+            for key in keys:
+                for i, text in enumerate(batch[key]):
+                    if not isinstance(text, str):
+                        raise DataError(f"{source.name}, row {first + i}, column {key!r}: expected a string, got "
+                                        f"{type(text).__name__}")
+                for ids in encode_documents(tokenizer, batch[key], append_eos=append_eod):
+                    writers[key].add_document(ids, [len(ids)] if ids else [])
+                    tokens += len(ids)
+            first += len(batch[keys[0]])
+            progress.update(len(batch[keys[0]]), 0, tokens)
+    progress.update(0, 0, 0, force=True)
+    return prefixes
+
+
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minibridge.training.data.preprocess", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="JSONL file, one document per line")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="JSONL file, one document per line")
+    source.add_argument("--hf-dataset", help="a Hugging Face dataset: hub id, save_to_disk folder, parquet/json file")
+    parser.add_argument("--hf-split", default="train", help="its split (default: train)")
+    parser.add_argument("--hf-subset", default=None, help="its subset (configuration name)")
     parser.add_argument("--output-prefix", required=True, help="writes PREFIX_{key}_document.bin/.idx")
     parser.add_argument("--tokenizer", required=True, help="HF tokenizer folder (or hub id when online)")
-    parser.add_argument("--json-keys", nargs="+", default=["text"], help="keys to tokenize (default: text)")
+    parser.add_argument("--json-keys", nargs="+", default=["text"],
+                        help="keys (--hf-dataset: columns) to tokenize (default: text)")
     parser.add_argument("--append-eod", action="store_true", help="append the EOS token to every document")
     parser.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
     parser.add_argument("--log-interval", type=float, default=5.0, help="seconds between progress lines")
     args = parser.parse_args(argv)
-    written = preprocess(args.input, args.output_prefix, args.tokenizer, args.json_keys,
-                         args.append_eod, args.workers, args.log_interval)
+    if args.hf_dataset:
+        written = preprocess_hf(args.hf_dataset, args.output_prefix, args.tokenizer, args.json_keys, args.append_eod,
+                                args.hf_split, args.hf_subset, args.log_interval)
+    else:
+        written = preprocess(args.input, args.output_prefix, args.tokenizer, args.json_keys,
+                             args.append_eod, args.workers, args.log_interval)
     for key, prefix in written.items():
         print(f"{key}: wrote {prefix}.bin and {prefix}.idx")
     return 0

@@ -24,6 +24,7 @@ import torch
 
 from .errors import DataError
 from .jsonl import iter_jsonl, require
+from .presets import check_messages, encode_text
 from .samples import make_row
 
 
@@ -32,10 +33,6 @@ def _template(tokenizer, messages, where, **kwargs) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
     except Exception as err:  # jinja errors (raise_exception in templates, bad roles) carry the reason
         raise DataError(f"{where}: the chat template failed on this conversation: {err}") from None
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
 def encode_messages(tokenizer, messages: list[dict], where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +58,7 @@ def encode_messages(tokenizer, messages: list[dict], where: str) -> tuple[np.nda
     segments.append((full[pos:], False))
     ids, loss = [], []
     for text, is_answer in segments:
-        piece = _encode(tokenizer, text)
+        piece = encode_text(tokenizer, text)
         ids += piece
         loss += [is_answer] * len(piece)
     return np.asarray(ids, dtype=np.int64), np.asarray(loss, dtype=bool)
@@ -75,18 +72,23 @@ def encode_prompt_completion(tokenizer, prompt: str, completion: str, where: str
     if tokenizer.eos_token_id is None:
         raise DataError(f"{where}: the tokenizer has no eos_token to end the completion with")
     p = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    c = _encode(tokenizer, completion) + [tokenizer.eos_token_id]
+    c = encode_text(tokenizer, completion) + [tokenizer.eos_token_id]
     return np.asarray(p + c, dtype=np.int64), np.asarray([False] * len(p) + [True] * len(c), dtype=bool)
 
 
-def _check_messages(messages, where):
-    if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise DataError(f"{where}: messages[{i}] must be an object with 'role' and 'content', got {m!r}")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise DataError(f"{where}: no message has role 'assistant', so there is nothing to train on")
+def encode_row(tokenizer, row: dict, where: str, chat_template: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(token ids, loss mask) of one {"messages"} or {"prompt", "completion"} row."""
+    if "messages" in row:
+        if not (chat_template and getattr(tokenizer, "chat_template", None)):
+            raise DataError(f"{where}: 'messages' rows need a chat template, but "
+                            + ("chat_template=False" if not chat_template else
+                               f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has none"))
+        check_messages(row["messages"], where)
+        return encode_messages(tokenizer, row["messages"], where)
+    for key in ("prompt", "completion"):
+        if not isinstance(row.get(key), str):
+            raise DataError(f"{where}: {key!r} must be a string, got {type(row.get(key)).__name__}")
+    return encode_prompt_completion(tokenizer, row["prompt"], row["completion"], where, chat_template)
 
 
 class SFTSource:
@@ -94,41 +96,56 @@ class SFTSource:
 
     def __init__(self, path: str | Path, tokenizer, chat_template: bool = True):
         self.path = Path(path)
-        has_template = bool(getattr(tokenizer, "chat_template", None))
-        ids, loss, lengths = [], [], []
+        rows = []
         for lineno, _, row in iter_jsonl(self.path):
             where = f"{self.path}:{lineno}"
-            if "messages" in row:
-                if not (chat_template and has_template):
-                    raise DataError(f"{where}: 'messages' rows need a chat template, but "
-                                    + ("chat_template=False" if not chat_template else
-                                       f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has none"))
-                _check_messages(row["messages"], where)
-                x, m = encode_messages(tokenizer, row["messages"], where)
-            elif "prompt" in row or "completion" in row:
-                prompt = require(row, "prompt", self.path, lineno)
-                completion = require(row, "completion", self.path, lineno)
-                x, m = encode_prompt_completion(tokenizer, prompt, completion, where, chat_template)
-            else:
+            if "messages" not in row and "prompt" not in row and "completion" not in row:
                 raise DataError(f"{where}: missing key 'messages' or 'prompt'/'completion' "
                                 f"(keys present: {sorted(row)})")
-            ids.append(x)
-            loss.append(m)
-            lengths.append(len(x))
-        if not ids:
+            if "messages" not in row:
+                require(row, "prompt", self.path, lineno)
+                require(row, "completion", self.path, lineno)
+            rows.append(encode_row(tokenizer, row, where, chat_template))
+        if not rows:
             raise DataError(f"{self.path}: empty dataset (no JSON lines)")
-        self.ids, self.loss = np.concatenate(ids), np.concatenate(loss)
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        self.set_arrays(*pack_rows(rows))
+
+    @classmethod
+    def from_arrays(cls, name: str, ids, loss, lengths) -> "SFTSource":
+        """A source of conversations already tokenized (the HF kinds' cache): flat ids and mask, lengths."""
+        source = cls.__new__(cls)
+        source.path = Path(name)
+        source.set_arrays(np.asarray(ids, dtype=np.int64), np.asarray(loss, dtype=bool),
+                          np.asarray(lengths, dtype=np.int64))
+        return source
+
+    def set_arrays(self, ids: np.ndarray, loss: np.ndarray, lengths: np.ndarray) -> None:
+        self.ids, self.loss, self.lengths = ids, loss, lengths
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        # where each conversation's first answer token is (its length when it has none)
+        answer_at = np.flatnonzero(loss)
+        self.first_answer = lengths.copy()
+        if len(answer_at):
+            k = np.searchsorted(answer_at, self.starts)  # the first answer token at or after each start
+            pos = answer_at[np.minimum(k, len(answer_at) - 1)]
+            has = (k < len(answer_at)) & (pos < self.starts + lengths)
+            self.first_answer[has] = (pos - self.starts)[has]
 
     def __len__(self) -> int:
         return len(self.lengths)
 
 
+def pack_rows(rows: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat ids, flat loss mask, lengths) of encoded rows."""
+    lengths = np.asarray([len(x) for x, _ in rows], dtype=np.int64)
+    return np.concatenate([x for x, _ in rows]), np.concatenate([m for _, m in rows]), lengths
+
+
 class SFTDataset:
     """Rows of conversations. With packing, conversations (shuffled by seed) are packed next-fit into
     rows, each a separate document; without, one conversation per row. A conversation longer than
-    seq_length is truncated to its first seq_length tokens (with a warning)."""
+    seq_length is truncated to its first seq_length tokens (a warning counts them); one whose prompt alone
+    fills seq_length (no answer token would be left) is dropped and counted."""
 
     def __init__(self, source: SFTSource, documents: np.ndarray, seq_length: int, *, seed: int,
                  packing: bool, pad_id: int, name: str):
@@ -136,6 +153,13 @@ class SFTDataset:
         if len(order) == 0:
             raise DataError(f"{name}: empty dataset (no conversations in this split)")
         order = order[np.random.default_rng(seed).permutation(len(order))]
+        fits = source.first_answer[order] < seq_length
+        if not fits.all():
+            warnings.warn(f"{name}: dropped {int((~fits).sum())} of {len(order)} conversations whose prompt fills "
+                          f"seq_length={seq_length} (no answer token would be trained)", stacklevel=2)
+            order = order[fits]
+            if len(order) == 0:
+                raise DataError(f"{name}: every conversation's prompt is longer than seq_length={seq_length}")
         lengths = np.minimum(source.lengths[order], seq_length)
         too_long = int((source.lengths[order] > seq_length).sum())
         if too_long:
