@@ -228,11 +228,9 @@ class Trainer:
         f = self.forward
         tokens = f.global_sum(torch.tensor(float(sum(b.num_loss_tokens() for b in micro_batches))))
         if tokens.item() == 0:  # a step of zeros would train nothing, log loss 0 and look fine
-            raise DataError(
-                f"step {self.step + 1}: the global batch of {self.config.train.global_batch_size} samples from "
-                f"{self._data_source} holds no loss token: every answer was cut off (it starts after model.seq_length"
-                f"={self.config.model.seq_length} tokens) or masked. Raise model.seq_length, shorten the prompts, "
-                f"or drop such rows from the data")
+            raise DataError(f"step {self.step + 1}: the global batch of {self.config.train.global_batch_size} samples "
+                            f"from {self._data_source} holds no loss token (every label masked); check the data's "
+                            f"loss masks, or drop such rows")
         loss_sum = torch.zeros((), dtype=torch.float64)  # token-summed NLL of this rank's share
         updates = self.step - self.skipped_steps  # a skipped step does not advance the schedules (Megatron)
         lr = self.schedule(updates)

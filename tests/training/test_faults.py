@@ -40,16 +40,34 @@ def test_a_checkpoint_load_that_is_not_a_checkpoint_stops_before_any_work(tmp_pa
     other.close()
 
 
-def test_a_run_whose_answers_are_all_cut_off_stops_at_the_first_step(tmp_path, pydoc_data):
-    rows = [{"prompt": "word " * 60, "completion": "answer"} for _ in range(8)]  # answers start past 32 tokens
+def test_a_run_whose_answers_are_all_cut_off_stops_before_training(tmp_path, pydoc_data):
+    """Every answer starts past seq_length: the data build stops, naming the file and seq_length."""
+    rows = [{"prompt": "word " * 60, "completion": "answer"} for _ in range(8)]
     data = tmp_path / "long.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.warns(UserWarning, match="truncated"):
-        run = trainer(["dataset.kind=sft", f"dataset.data_paths=[{data}]", f"dataset.tokenizer={pydoc_data['tokenizer']}",
-                       f"model.vocab_size={pydoc_data['vocab_size']}", "dataset.packing=false",
-                       f"checkpoint.save={tmp_path / 'run'}"])
-    with pytest.raises(DataError, match=r"step 1: the global batch of 4 samples .* holds no loss token.*"
-                                        r"model.seq_length=32.*Raise"):
+    with pytest.raises(DataError, match=r"long.jsonl \(train\): every conversation's prompt is longer than "
+                                        r"seq_length=32"), pytest.warns(UserWarning):
+        trainer(["dataset.kind=sft", f"dataset.data_paths=[{data}]", f"dataset.tokenizer={pydoc_data['tokenizer']}",
+                 f"model.vocab_size={pydoc_data['vocab_size']}", "dataset.packing=false",
+                 f"checkpoint.save={tmp_path / 'run'}"])
+    assert not (tmp_path / "run" / "latest_checkpointed_iteration.txt").exists()
+
+
+def test_a_global_batch_without_loss_tokens_stops_at_its_step(tmp_path):
+    """Whatever masked them all (a loss mask, a data bug), such a step would train nothing and log loss 0."""
+    run = trainer([f"checkpoint.save={tmp_path / 'run'}"])
+    next_global_batch = run.iterator.next_global_batch
+
+    def masked():
+        batches = next_global_batch()
+        for batch in batches:
+            batch.labels[:] = -100
+            if batch.final_label is not None:
+                batch.final_label[:] = -100
+        return batches
+
+    run.iterator.next_global_batch = masked
+    with pytest.raises(DataError, match=r"step 1: the global batch of 4 samples from mock data holds no loss token"):
         run.run()
     assert not (tmp_path / "run" / "latest_checkpointed_iteration.txt").exists()
 
