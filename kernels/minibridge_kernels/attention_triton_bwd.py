@@ -22,8 +22,8 @@ import torch
 
 from ._triton import tl, triton
 from .attention_triton_shared import (
-    LOG2E, block_sizes, document_args, dot_config, head_dim_block, key_range, load_document_ids, program_tile,
-    tile_allowed, tile_dot, tile_offsets,
+    LOG2E, block_sizes, document_args, dot_config, head_dim_block, key_range, load_document_ids, preprocess_rows,
+    program_tile, tile_allowed, tile_dot, tile_offsets,
 )
 from .launch import check_grid, target_arch
 
@@ -170,7 +170,7 @@ def attention_triton_backward(grad_out, q, k, v, out, lse, causal: bool, window:
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
 
     arch = target_arch(q.device)
-    block_m = block_sizes(D, "dq", q.dtype, arch)[0]
+    block_m = preprocess_rows(D)
     grid = (triton.cdiv(Tq, block_m) * B * H,)
     check_grid(grid, "attention_triton_backward")
     _bwd_preprocess[grid](

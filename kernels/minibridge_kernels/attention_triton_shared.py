@@ -104,29 +104,35 @@ def block_sizes(D: int, kernel: str, dtype: torch.dtype = torch.bfloat16,
     return choice  # the smallest: fits every listed target (the AOT check says so)
 
 
-# Candidate (BLOCK_M, BLOCK_N, num_warps, num_stages), best first, by (kernel, bytes per element, D <= 128);
-# W is 4 warps for D <= 64, else 8. dkdv: a program holds BLOCK_N keys and their fp32 dK, dV accumulators.
-# fp32 takes half the tiles of the 16-bit dtypes (4-byte tiles, IEEE dots).
+# Candidate (BLOCK_M, BLOCK_N, num_warps, num_stages), best first, by (kernel, bytes per element, head_dim
+# block 64 / 128 / 256). dkdv: a program holds BLOCK_N keys and their fp32 dK, dV accumulators. fp32 takes
+# half the tiles of the 16-bit dtypes (4-byte tiles, IEEE dots). Warps and stages where the AOT check
+# measured spills otherwise: the 16-bit forward and dkdv at D = 64 take 8 warps (with 4, 255 registers
+# and spills: forward 844 B on sm_100, dkdv 52 B on sm_80), dkdv at D = 64 one stage (two: 28 B on sm_80).
 _CHOICES = {
-    ("fwd", 2, True): [(128, 64, "W", 3), (128, 64, "W", 2), (64, 64, "W", 2)],
-    ("fwd", 2, False): [(64, 32, 8, 2), (64, 32, 8, 1)],
-    ("dkdv", 2, True): [(32, 64, "W", 2), (32, 64, "W", 1)],
-    ("dkdv", 2, False): [(32, 32, 8, 1)],
-    ("dq", 2, True): [(64, 32, "W", 2), (64, 32, "W", 1)],
-    ("dq", 2, False): [(32, 32, 8, 1)],
-    ("fwd", 4, True): [(64, 64, "W", 2), (64, 32, "W", 2), (32, 32, 4, 1)],
-    ("fwd", 4, False): [(32, 32, 8, 1), (16, 32, 4, 1)],
-    ("dkdv", 4, True): [(32, 32, "W", 1), (16, 32, 4, 1)],
-    ("dkdv", 4, False): [(16, 32, 8, 1), (16, 16, 4, 1)],
-    ("dq", 4, True): [(32, 32, "W", 1), (16, 32, 4, 1)],
-    ("dq", 4, False): [(16, 32, 8, 1), (16, 16, 4, 1)],
+    ("fwd", 2, 64): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+    ("fwd", 2, 128): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+    ("fwd", 2, 256): [(64, 32, 8, 2), (64, 32, 8, 1)],
+    ("dkdv", 2, 64): [(32, 64, 8, 1)],
+    ("dkdv", 2, 128): [(32, 64, 8, 2), (32, 64, 8, 1)],
+    ("dkdv", 2, 256): [(32, 32, 8, 1)],
+    ("dq", 2, 64): [(64, 32, 4, 2), (64, 32, 4, 1)],
+    ("dq", 2, 128): [(64, 32, 8, 2), (64, 32, 8, 1)],
+    ("dq", 2, 256): [(32, 32, 8, 1)],
+    ("fwd", 4, 64): [(64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 1)],
+    ("fwd", 4, 128): [(64, 64, 8, 2), (64, 32, 8, 2), (32, 32, 4, 1)],
+    ("fwd", 4, 256): [(32, 32, 8, 1), (16, 32, 4, 1)],
+    ("dkdv", 4, 64): [(32, 32, 4, 1), (16, 32, 4, 1)],
+    ("dkdv", 4, 128): [(32, 32, 8, 1), (16, 32, 4, 1)],
+    ("dkdv", 4, 256): [(16, 32, 8, 1), (16, 16, 4, 1)],
+    ("dq", 4, 64): [(32, 32, 4, 1), (16, 32, 4, 1)],
+    ("dq", 4, 128): [(32, 32, 8, 1), (16, 32, 4, 1)],
+    ("dq", 4, 256): [(16, 32, 8, 1), (16, 16, 4, 1)],
 }
 
 
 def _choices(D: int, kernel: str, itemsize: int) -> list[tuple[int, int, int, int]]:
-    warps = 4 if D <= 64 else 8
-    return [(m, n, warps if w == "W" else w, stages)
-            for m, n, w, stages in _CHOICES[kernel, 4 if itemsize == 4 else 2, D <= 128]]
+    return _CHOICES[kernel, 4 if itemsize == 4 else 2, max(64, head_dim_block(D))]
 
 
 def shared_memory_bytes(kernel: str, D: int, itemsize: int, block_m: int, block_n: int, warps: int,
@@ -141,6 +147,12 @@ def shared_memory_bytes(kernel: str, D: int, itemsize: int, block_m: int, block_
     if kernel == "dkdv":  # Q and dO tiles pipelined; K, V kept
         return buffers * 2 * block_m * bd * itemsize + 2 * block_n * bd * itemsize + block_m * block_n * 4 + 1024
     return buffers * 2 * block_n * bd * itemsize + 2 * block_m * bd * itemsize + block_m * block_n * 4 + 1024
+
+
+def preprocess_rows(D: int) -> int:
+    """BLOCK_M of the backward's delta = rowsum(dO * O) kernel: 4k elements of each per program (64 rows
+    of 128 spilled 200 B on sm_100 with 4 warps)."""
+    return 16 if interpreting() else max(16, 4096 // head_dim_block(D))
 
 
 def head_dim_block(D: int) -> int:

@@ -109,3 +109,24 @@ def test_offsets_past_2_31_elements_are_int64():
                           env={**os.environ, "TRITON_INTERPRET": "1"})
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-3000:]
 
+
+AOT_TOO_LARGE = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, "benchmarks")
+    import kernels_aot  # sets the environment for compiling before minibridge is imported
+    from minibridge.kernels import attention_triton
+
+    attention_triton.block_sizes = lambda D, kernel, dtype=None, arch=None: (64, 256, 8, 3)
+    sys.exit(kernels_aot.main(["--arch", "80", "--only", "attention_fwd", "--shapes", "llama-3.1-8b",
+                               "--no-report", "--jobs", "1"]))
+""")
+
+
+@pytest.mark.slow
+def test_aot_check_fails_when_a_block_is_too_large():
+    """The AOT check compiles for sm_80 what the host code chooses: 256 keys of head_dim 128 a block, K and
+    V double-buffered, need more shared memory than an A100 block may have; the check must say so, exit 1."""
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", AOT_TOO_LARGE], capture_output=True, text=True, timeout=900, cwd=root)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "shared memory" in proc.stdout and "> sm_80 limit 166912 B" in proc.stdout, proc.stdout[-3000:]
