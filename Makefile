@@ -22,7 +22,7 @@ TORCH_INSTALL = -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)
 # gpu-check installs nothing (a lent GPU machine has no network): .venv's python where there is one, else python3
 GPU_PYTHON ?= $(shell test -x $(PY) && echo $(PY) || echo $(PYTHON))
 
-.PHONY: demo test test-latest lock bench install wheel-check gpu-check clean
+.PHONY: demo test test-latest lock bench install wheel-check gpu-check kernels-aot kernels-aot-full clean
 
 $(VENV)/.installed: pyproject.toml setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,10 +61,21 @@ bench: $(VENV)/.installed
 	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 	$(PY) benchmarks/summarize.py
 
-# On a machine lent a GPU: every gpu-marked test and the CUDA kernel benchmarks, one report
-# (benchmarks/results/gpu-check-<gpu>.md). Without CUDA it says so and fails. It installs nothing.
+# On a machine lent a GPU (no network, a bare checkout, its own python3): every gpu-marked test and the CUDA
+# kernel benchmarks within 6 minutes (QUICK=1: 3), one report (benchmarks/results/gpu-check-<gpu>.md) written
+# as the stages end. Without CUDA it says so and fails; DRY_RUN=1 checks its plan on any machine. It installs nothing.
 gpu-check:
-	$(GPU_PYTHON) benchmarks/gpu_check.py $(if $(QUICK),--quick)
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(if $(QUICK),--quick) $(if $(DRY_RUN),--dry-run)
+
+# Every Triton kernel compiled for sm_80, sm_90 and sm_100 without a GPU, with the launches the host code
+# chooses: fails on a compile error, shared memory over the target's limit or spills over a kernel's
+# threshold; the table goes to benchmarks/results/kernels-aot.md. In CI. kernels-aot-full: every shape,
+# dtype and mask (benchmarks/results/kernels-aot-full.md), not in CI.
+kernels-aot: $(VENV)/.installed
+	$(PY) benchmarks/kernels_aot.py
+
+kernels-aot-full: $(VENV)/.installed
+	$(PY) benchmarks/kernels_aot.py --full
 
 # Built by pip as `pip install .` builds it (isolated, setuptools from pyproject.toml, pinned), from a clean
 # build/; torch goes in first as for .venv, so the wheel's `torch>=2.4` never pulls a CUDA build. The test

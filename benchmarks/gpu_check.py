@@ -1,77 +1,138 @@
-"""`make gpu-check`: everything that needs a GPU, in one short run, with one report.
+"""`make gpu-check`: everything that needs a GPU, in one run of at most 6 minutes (--quick: 3), one report.
 
-For the first session that is lent a GPU (the device tool's `status` says so at no cost): runs every
-`gpu`-marked test (the Triton kernels compiled for real, bf16, full sizes; their CPU counterparts run
-under TRITON_INTERPRET=1 in `make test`), then `bench_kernels.py --device cuda`, and writes
-`benchmarks/results/gpu-check-<gpu>.md` with the test summary, the kernel table and the machine.
-Without CUDA it says so and exits with code 2.
+Made for a lent GPU machine: no network, its own `python3` (torch 2.11, triton 3.6, transformers 5.17, no
+flash-attn), a bare checkout with nothing pip-installed. It installs nothing: every stage runs through
+`checkout_imports.py`, which serves `minibridge.kernels` / `minibridge.recipes` from the checkout's folders
+(setup.py's SOURCES mapping, without setup.py). Stages, each a child process with its own budget:
 
-    python benchmarks/gpu_check.py [--quick]      # --quick: fewer benchmark lengths and repeats
+  imports   the package imports, and Triton is the real one (not the interpreter)
+  gpu tests `pytest -m gpu`: the Triton kernels compiled for this GPU vs their `*_ref`, bf16, real shapes
+  kernels   bench_kernels.py --device cuda: RMSNorm, RoPE, attention vs torch / torch.compile / flash-attn
+
+The report, benchmarks/results/gpu-check-<gpu>.md, is rewritten after every stage (and says which one is
+running), so a run cut off by the device's time limit still leaves one. A stage over its budget is killed
+(its process group) and reported with its output so far, stderr included, as text.
+
+    python3 benchmarks/gpu_check.py [--quick]     # on the GPU machine
+    python3 benchmarks/gpu_check.py --dry-run     # anywhere: checks the plan, runs only the imports stage
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from report import RESULTS, device_tag, write_report  # noqa: E402
+RESULTS = REPO / "benchmarks" / "results"
+TOTAL_BUDGET = {False: 360, True: 180}  # seconds, full and --quick: one device call is 10 minutes at most
+RUN = [sys.executable, "benchmarks/checkout_imports.py"]  # every stage: the checkout's packages, no install
+IMPORTS = ("import torch, triton, minibridge, minibridge.kernels as k, minibridge.recipes; "
+           "from minibridge.kernels import launch; "
+           "print('minibridge.kernels from', k.__file__); print('triton', triton.__version__, 'HAS_TRITON', k.HAS_TRITON); "
+           "print('torch', torch.__version__, 'cuda', torch.version.cuda, 'devices', torch.cuda.device_count()); "
+           "print('flash-attn', k.HAS_FLASH_ATTN)")
 
 
-def run(cmd: list[str], timeout: int) -> tuple[int, str, float]:
+def plan(quick: bool) -> list[tuple[str, list[str], int]]:
+    """(stage, command, budget in seconds); the budgets add up to at most TOTAL_BUDGET[quick] - 20."""
+    seqs = ["--seqs", "2048", "4096", "--repeats", "2", "--rounds", "1"] if quick else ["--seqs", "2048", "4096", "8192"]
+    return [
+        ("imports", [*RUN, "-c", IMPORTS], 30),
+        ("gpu tests", [*RUN, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *(["-x"] if quick else []),
+                       "tests"], 70 if quick else 160),
+        ("kernels", [*RUN, "benchmarks/bench_kernels.py", "--device", "cuda", *seqs, "--report", "gpu-check-kernels"],
+         60 if quick else 150),
+    ]
+
+
+def check_plan(stages, quick: bool) -> list[str]:
+    """What is wrong with a plan: over budget, or a stage that would install or reach the network."""
+    problems = []
+    total = sum(budget for _, _, budget in stages)
+    if total > TOTAL_BUDGET[quick] - 20:
+        problems.append(f"budgets add up to {total} s, over {TOTAL_BUDGET[quick] - 20} s")
+    for name, cmd, _ in stages:
+        words = " ".join(cmd).lower()
+        if any(bad in words.split() for bad in ("pip", "install", "uv", "conda", "make")) or "http" in words:
+            problems.append(f"stage {name!r} would install or download: {words}")
+        if cmd[:2] != RUN:
+            problems.append(f"stage {name!r} does not run through checkout_imports.py")
+    return problems
+
+
+def run_stage(cmd: list[str], budget: float, log: Path) -> tuple[int, float]:
+    """Run `cmd` with stdout and stderr into `log` (text, as it comes); past `budget` s kill its group."""
     start = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-        code, out = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as err:
-        code, out = 124, f"timed out after {timeout} s\n{err.stdout or ''}"
-    return code, out, time.perf_counter() - start
-
-
-def versions() -> str:
-    """The versions this check ran with: a lent GPU machine brings its own, not constraints.txt's."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = [f"python {sys.version.split()[0]}"]
-    for name in ("torch", "triton", "transformers", "flash-attn"):
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            found.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            found.append(f"{name} absent")
-    return ", ".join(found)
+            code = proc.wait(timeout=budget)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = 124
+    return code, time.perf_counter() - start
 
 
-def main() -> int:
+def tail(log: Path, lines: int = 40) -> list[str]:
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return text.splitlines()[-lines:]
+
+
+def write(report: Path, header: list[str], sections: list[str], running: str | None) -> None:
+    lines = header + ([f"- **running now: {running}** (a report that ends here was cut off)"] if running else [])
+    report.write_text("\n".join(lines + [""] + sections) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="bench_kernels at 2048 and 4096 only, 2 repeats")
-    args = parser.parse_args()
-    print(f"gpu_check: {versions()} (installs nothing: the interpreter's own packages)", flush=True)
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here; run it where one is lent (`make test` covers the CPU paths)",
-              file=sys.stderr)
+    parser.add_argument("--quick", action="store_true", help=f"within {TOTAL_BUDGET[True]} s")
+    parser.add_argument("--dry-run", action="store_true", help="no GPU needed: check the plan, run only imports")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the report and stage logs go")
+    args = parser.parse_args(argv)
+    stages = plan(args.quick)
+    problems = check_plan(stages, args.quick)
+    for name, cmd, budget in stages:
+        print(f"gpu_check plan: {name:10s} {budget:4d} s  {' '.join(cmd[1:])}", flush=True)
+    if problems:
+        print("gpu_check: bad plan: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    import torch  # after the plan: a broken torch still lets --dry-run say what it would do
+
+    has_gpu = torch.cuda.is_available()
+    if args.dry_run:
+        print("gpu_check: dry run: no GPU present" if not has_gpu else "gpu_check: dry run (a GPU is present)")
+        stages = stages[:1]
+    elif not has_gpu:
+        print("gpu_check: no GPU present (torch.cuda.is_available() is False): nothing to check here; "
+              "`make test` covers the CPU paths, `--dry-run` checks this plan", file=sys.stderr)
         return 2
-    gpu = torch.cuda.get_device_name()
-    tests = run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"], 900)
-    bench_cmd = [sys.executable, "benchmarks/bench_kernels.py", "--device", "cuda"]
-    if args.quick:
-        bench_cmd += ["--seqs", "2048", "4096", "--repeats", "2"]
-    bench = run(bench_cmd, 900)
-    table = RESULTS / f"bench_kernels-{device_tag('cuda')}.md"
-    summary = [line for line in tests[1].splitlines() if " passed" in line or " failed" in line or "error" in line]
-    lines = [f"# gpu-check on {gpu}", "",
-             f"- {versions()}, CUDA {torch.version.cuda}, capability {torch.cuda.get_device_capability()}",
-             f"- `pytest -m gpu`: exit {tests[0]} in {tests[2]:.0f} s: {summary[-1] if summary else 'no summary'}",
-             f"- `{' '.join(bench_cmd[1:])}`: exit {bench[0]} in {bench[2]:.0f} s", "", "## gpu-marked tests", "",
-             "```", *tests[1].splitlines()[-40:], "```", "", "## Kernel benchmarks", ""]
-    lines += table.read_text().splitlines() if table.is_file() and bench[0] == 0 else ["```", *bench[1].splitlines()[-40:], "```"]
-    write_report("gpu-check", lines, device="cuda")
-    return 0 if tests[0] == 0 and bench[0] == 0 else 1
+    gpu = torch.cuda.get_device_name() if has_gpu else "no GPU (dry run)"
+    tag = "-".join(gpu.lower().split()) if has_gpu else "dry-run"
+    args.results.mkdir(parents=True, exist_ok=True)
+    report = args.results / f"gpu-check-{tag}.md"
+    header = [f"# gpu-check on {gpu}{' (--quick)' if args.quick else ''}", "",
+              f"- python {sys.version.split()[0]}, torch {torch.__version__}, CUDA {torch.version.cuda}",
+              f"- budget {TOTAL_BUDGET[args.quick]} s: " + ", ".join(f"{n} {b} s" for n, _, b in stages)]
+    sections, failed = [], []
+    for name, cmd, budget in stages:
+        write(report, header, sections, name)
+        log = args.results / f"gpu-check-{tag}-{name.replace(' ', '-')}.log"
+        code, seconds = run_stage(cmd, budget, log)
+        status = "ok" if code == 0 else f"timed out after {budget} s" if code == 124 else f"exit {code}"
+        print(f"gpu_check: {name}: {status} in {seconds:.0f} s", flush=True)
+        if code != 0:
+            failed.append(name)
+        sections += [f"## {name}: {status} in {seconds:.0f} s", "", f"`{' '.join(cmd[1:])}`", "", "```",
+                     *tail(log), "```", ""]
+        write(report, header, sections, None)
+    print(f"gpu_check: report {report}", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -27,7 +27,10 @@ def interpreting() -> bool:
 # Triton is imported only where its kernels can run: a CUDA (or ROCm) build of torch, or the CPU
 # interpreter. On a CPU-only torch with triton installed the import would cost every process ~70 MB
 # of resident memory and ~0.1 s for kernels that can never be launched.
-TRITON_WANTED = bool(torch.version.cuda or getattr(torch.version, "hip", None)) or interpreting()
+# MINIBRIDGE_TRITON_COMPILE_ONLY=1 loads it anyway, uninterpreted, for compiling kernels for a GPU that is
+# not here (benchmarks/kernels_aot.py: nothing is launched).
+COMPILE_ONLY = os.environ.get("MINIBRIDGE_TRITON_COMPILE_ONLY", "0") == "1"
+TRITON_WANTED = bool(torch.version.cuda or getattr(torch.version, "hip", None)) or interpreting() or COMPILE_ONLY
 HAS_TRITON = False
 if TRITON_WANTED:
     try:

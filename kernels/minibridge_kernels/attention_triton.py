@@ -36,9 +36,10 @@ from ._triton import tl, triton
 from .attention_mask import check_attention_args
 from .attention_triton_bwd import attention_triton_backward
 from .attention_triton_shared import (
-    LOG2E, block_sizes, document_args, dot_config, head_dim_block, key_range, load_document_ids, tile_allowed,
-    tile_dot,
+    LOG2E, block_sizes, document_args, dot_config, head_dim_block, key_range, load_document_ids, program_tile,
+    tile_allowed, tile_dot, tile_offsets,
 )
+from .launch import check_grid, target_arch
 
 
 # ----------------------------------------------------------------------------- forward kernel
@@ -50,8 +51,8 @@ def _fwd_kernel(
     IS_CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    pid_bh = tl.program_id(1)
+    pid_bh, tile = program_tile(tl.cdiv(Tq, BLOCK_M))
+    start_m = tile * BLOCK_M
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     hk = h // GROUP
@@ -61,7 +62,7 @@ def _fwd_kernel(
     row_ok = offs_m < Tq
     d_ok = offs_d < D
     q_pos = Tk - Tq + offs_m
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd,
+    q = tl.load(Q + b * sqb + h * sqh + tile_offsets(offs_m, offs_d, sqt, sqd),
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     doc_q = load_document_ids(DOC, b, q_pos, row_ok, sdb, sdt, HAS_DOCS)
     K += b * skb + hk * skh
@@ -76,7 +77,7 @@ def _fwd_kernel(
         k_pos = start_n + offs_n
         col_ok = k_pos < Tk
         kv_mask = col_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + k_pos[:, None] * skt + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
+        k = tl.load(K + tile_offsets(k_pos, offs_d, skt, skd), mask=kv_mask, other=0.0)
         s = tile_dot(q, tl.trans(k), DOT_FP32, PRECISION) * qk_scale
         doc_k = load_document_ids(DOC, b, k_pos, col_ok, sdb, sdt, HAS_DOCS)
         ok = tile_allowed(q_pos, k_pos, row_ok, col_ok, window, doc_q, doc_k, IS_CAUSAL, HAS_DOCS)
@@ -86,14 +87,14 @@ def _fwd_kernel(
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + k_pos[:, None] * svt + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
+        v = tl.load(V + tile_offsets(k_pos, offs_d, svt, svd), mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None] + tile_dot(p.to(v.dtype), v, DOT_FP32, PRECISION)
         m_i = m_new
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) / 1.4426950408889634)  # / LOG2E
-    tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :] * sod,
+    tl.store(O + b * sob + h * soh + tile_offsets(offs_m, offs_d, sot, sod),
              out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     tl.store(LSE + (b * H + h) * Tq + offs_m, lse, mask=row_ok)
 
@@ -115,10 +116,12 @@ def attention_triton_forward(q, k, v, causal: bool, window: int | None, scale: f
     lse = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
-    BLOCK_M, BLOCK_N, warps, stages = block_sizes(D, "fwd")
+    BLOCK_M, BLOCK_N, warps, stages = block_sizes(D, "fwd", q.dtype, target_arch(q.device))
     dot_fp32, precision = dot_config(q.dtype)
     doc, sdb, sdt, has_docs = document_args(document_ids, q)
-    _fwd_kernel[(triton.cdiv(Tq, BLOCK_M), B * H)](
+    grid = (triton.cdiv(Tq, BLOCK_M) * B * H,)
+    check_grid(grid, "attention_triton_forward")
+    _fwd_kernel[grid](
         q, k, v, out, lse, doc, *q.stride(), *k.stride(), *v.stride(), *out.stride(), sdb, sdt,
         H, H // Hkv, Tq, Tk, D, Tk if window is None else window, scale * LOG2E,
         IS_CAUSAL=causal, HAS_DOCS=has_docs, DOT_FP32=dot_fp32, PRECISION=precision,

@@ -22,22 +22,23 @@ import torch
 
 from ._triton import tl, triton
 from .attention_triton_shared import (
-    LOG2E, block_sizes, document_args, dot_config, head_dim_block, key_range, load_document_ids, tile_allowed,
-    tile_dot,
+    LOG2E, block_sizes, document_args, dot_config, head_dim_block, key_range, load_document_ids, preprocess_rows,
+    program_tile, tile_allowed, tile_dot, tile_offsets,
 )
+from .launch import check_grid, target_arch
 
 
 @triton.jit
 def _bwd_preprocess(O, DO, DELTA, sob, sot, soh, sod, sgb, sgt, sgh, sgd, H, Tq, D,
                     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    pid_bh = tl.program_id(1)
+    pid_bh, tile = program_tile(tl.cdiv(Tq, BLOCK_M))
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < Tq)[:, None] & (offs_d < D)[None, :]
-    o = tl.load(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :] * sod, mask=mask, other=0.0)
-    do = tl.load(DO + b * sgb + h * sgh + offs_m[:, None] * sgt + offs_d[None, :] * sgd, mask=mask, other=0.0)
+    o = tl.load(O + b * sob + h * soh + tile_offsets(offs_m, offs_d, sot, sod), mask=mask, other=0.0)
+    do = tl.load(DO + b * sgb + h * sgh + tile_offsets(offs_m, offs_d, sgt, sgd), mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + (b * H + h) * Tq + offs_m, delta, mask=offs_m < Tq)
 
@@ -51,8 +52,8 @@ def _bwd_dkdv_kernel(
     IS_CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    start_n = tl.program_id(0) * BLOCK_N
-    pid_bh = tl.program_id(1)
+    pid_bh, tile = program_tile(tl.cdiv(Tk, BLOCK_N))
+    start_n = tile * BLOCK_N
     b = (pid_bh // Hkv).to(tl.int64)
     hk = (pid_bh % Hkv).to(tl.int64)
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -60,8 +61,8 @@ def _bwd_dkdv_kernel(
     col_ok = offs_n < Tk
     d_ok = offs_d < D
     kv_mask = col_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skt + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
-    v = tl.load(V + b * svb + hk * svh + offs_n[:, None] * svt + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
+    k = tl.load(K + b * skb + hk * skh + tile_offsets(offs_n, offs_d, skt, skd), mask=kv_mask, other=0.0)
+    v = tl.load(V + b * svb + hk * svh + tile_offsets(offs_n, offs_d, svt, svd), mask=kv_mask, other=0.0)
     doc_k = load_document_ids(DOC, b, offs_n, col_ok, sdb, sdt, HAS_DOCS)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -83,8 +84,8 @@ def _bwd_dkdv_kernel(
             offs_m = start_m + tl.arange(0, BLOCK_M)
             row_ok = offs_m < Tq
             q_mask = row_ok[:, None] & d_ok[None, :]
-            q = tl.load(q_base + offs_m[:, None] * sqt + offs_d[None, :] * sqd, mask=q_mask, other=0.0)
-            do = tl.load(do_base + offs_m[:, None] * sgt + offs_d[None, :] * sgd, mask=q_mask, other=0.0)
+            q = tl.load(q_base + tile_offsets(offs_m, offs_d, sqt, sqd), mask=q_mask, other=0.0)
+            do = tl.load(do_base + tile_offsets(offs_m, offs_d, sgt, sgd), mask=q_mask, other=0.0)
             lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634  # * LOG2E
             delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
             q_pos = offset + offs_m
@@ -96,9 +97,9 @@ def _bwd_dkdv_kernel(
             dp = tile_dot(do, tl.trans(v), DOT_FP32, PRECISION)
             ds = p * (dp - delta[:, None])
             dk += tile_dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32, PRECISION)
-    tl.store(DK + b * sdkb + hk * sdkh + offs_n[:, None] * sdkt + offs_d[None, :] * sdkd,
+    tl.store(DK + b * sdkb + hk * sdkh + tile_offsets(offs_n, offs_d, sdkt, sdkd),
              (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + b * sdvb + hk * sdvh + offs_n[:, None] * sdvt + offs_d[None, :] * sdvd,
+    tl.store(DV + b * sdvb + hk * sdvh + tile_offsets(offs_n, offs_d, sdvt, sdvd),
              dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
@@ -111,8 +112,8 @@ def _bwd_dq_kernel(
     IS_CAUSAL: tl.constexpr, HAS_DOCS: tl.constexpr, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    pid_bh = tl.program_id(1)
+    pid_bh, tile = program_tile(tl.cdiv(Tq, BLOCK_M))
+    start_m = tile * BLOCK_M
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     hk = h // GROUP
@@ -122,8 +123,8 @@ def _bwd_dq_kernel(
     row_ok = offs_m < Tq
     d_ok = offs_d < D
     q_mask = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :] * sqd, mask=q_mask, other=0.0)
-    do = tl.load(DO + b * sgb + h * sgh + offs_m[:, None] * sgt + offs_d[None, :] * sgd, mask=q_mask, other=0.0)
+    q = tl.load(Q + b * sqb + h * sqh + tile_offsets(offs_m, offs_d, sqt, sqd), mask=q_mask, other=0.0)
+    do = tl.load(DO + b * sgb + h * sgh + tile_offsets(offs_m, offs_d, sgt, sgd), mask=q_mask, other=0.0)
     row_base = (b * H + h) * Tq
     lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0) * 1.4426950408889634  # * LOG2E
     delta = tl.load(DELTA + row_base + offs_m, mask=row_ok, other=0.0)
@@ -139,8 +140,8 @@ def _bwd_dq_kernel(
         k_pos = start_n + offs_n
         col_ok = k_pos < Tk
         kv_mask = col_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + k_pos[:, None] * skt + offs_d[None, :] * skd, mask=kv_mask, other=0.0)
-        v = tl.load(V + k_pos[:, None] * svt + offs_d[None, :] * svd, mask=kv_mask, other=0.0)
+        k = tl.load(K + tile_offsets(k_pos, offs_d, skt, skd), mask=kv_mask, other=0.0)
+        v = tl.load(V + tile_offsets(k_pos, offs_d, svt, svd), mask=kv_mask, other=0.0)
         doc_k = load_document_ids(DOC, b, k_pos, col_ok, sdb, sdt, HAS_DOCS)
         ok = tile_allowed(q_pos, k_pos, row_ok, col_ok, window, doc_q, doc_k, IS_CAUSAL, HAS_DOCS)
         s = tile_dot(q, tl.trans(k), DOT_FP32, PRECISION) * qk_scale
@@ -148,7 +149,7 @@ def _bwd_dq_kernel(
         dp = tile_dot(do, tl.trans(v), DOT_FP32, PRECISION)
         ds = p * (dp - delta[:, None])
         dq += tile_dot(ds.to(k.dtype), k, DOT_FP32, PRECISION)
-    tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdqt + offs_d[None, :] * sdqd,
+    tl.store(DQ + b * sdqb + h * sdqh + tile_offsets(offs_m, offs_d, sdqt, sdqd),
              (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
 
 
@@ -168,18 +169,25 @@ def attention_triton_backward(grad_out, q, k, v, out, lse, causal: bool, window:
     flags = dict(IS_CAUSAL=causal, HAS_DOCS=has_docs, DOT_FP32=dot_fp32, PRECISION=precision, BLOCK_D=BLOCK_D)
     strides = (*q.stride(), *k.stride(), *v.stride(), *grad_out.stride())
 
-    block_m = block_sizes(D, "dq")[0]
-    _bwd_preprocess[(triton.cdiv(Tq, block_m), B * H)](
+    arch = target_arch(q.device)
+    block_m = preprocess_rows(D)
+    grid = (triton.cdiv(Tq, block_m) * B * H,)
+    check_grid(grid, "attention_triton_backward")
+    _bwd_preprocess[grid](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), H, Tq, D, BLOCK_M=block_m, BLOCK_D=BLOCK_D)
 
-    block_m, block_n, warps, stages = block_sizes(D, "dkdv")
-    _bwd_dkdv_kernel[(triton.cdiv(Tk, block_n), B * Hkv)](
+    block_m, block_n, warps, stages = block_sizes(D, "dkdv", q.dtype, arch)
+    grid = (triton.cdiv(Tk, block_n) * B * Hkv,)
+    check_grid(grid, "attention_triton_backward")
+    _bwd_dkdv_kernel[grid](
         q, k, v, grad_out, lse, delta, dk, dv, doc, *strides, *dk.stride(), *dv.stride(), sdb, sdt,
         H, Hkv, H // Hkv, Tq, Tk, D, window_arg, scale, scale * LOG2E,
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **flags)
 
-    block_m, block_n, warps, stages = block_sizes(D, "dq")
-    _bwd_dq_kernel[(triton.cdiv(Tq, block_m), B * H)](
+    block_m, block_n, warps, stages = block_sizes(D, "dq", q.dtype, arch)
+    grid = (triton.cdiv(Tq, block_m) * B * H,)
+    check_grid(grid, "attention_triton_backward")
+    _bwd_dq_kernel[grid](
         q, k, v, grad_out, lse, delta, dq, doc, *strides, *dq.stride(), sdb, sdt,
         H, H // Hkv, Tq, Tk, D, window_arg, scale, scale * LOG2E,
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages, **flags)

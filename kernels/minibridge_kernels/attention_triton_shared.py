@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._triton import dot_in_fp32, interpreting, tl, triton
+from .launch import shared_memory_limit
 
 # log2(e): the kernels take exp2 of scores pre-multiplied by it. Jitted code may read only constexpr
 # globals, so the kernels spell this value out where they convert the lse between natural log and log2.
@@ -24,6 +25,23 @@ def tile_dot(a, b, DOT_FP32: tl.constexpr, PRECISION: tl.constexpr):
         a = a.to(tl.float32)
         b = b.to(tl.float32)
     return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def tile_offsets(rows, cols, stride_row, stride_col):
+    """(len(rows), len(cols)) element offsets, in int64: rows x stride_row passes 2^31 as soon as
+    T x H x D does (Llama 405B, 128 heads x 128 dims, beyond 128k tokens on one rank), and int32
+    products would wrap to addresses outside the tensor."""
+    return rows.to(tl.int64)[:, None] * stride_row + cols.to(tl.int64)[None, :] * stride_col
+
+
+@triton.jit
+def program_tile(n_tiles):
+    """(head index of batch x heads, first row of the tile) of this program. The grid is one axis of
+    n_tiles x B x heads programs (CUDA allows 2^31 - 1 on x but 65,535 on y: B x H passes that with
+    large decode batches); consecutive programs share a head, so its K/V stays in L2."""
+    pid = tl.program_id(0)
+    return pid // n_tiles, pid % n_tiles
 
 
 @triton.jit
@@ -66,20 +84,75 @@ def load_document_ids(DOC, b, pos, ok, sdb, sdt, HAS_DOCS: tl.constexpr):
 
 
 # ----------------------------------------------------------------------------- launch choices
-def block_sizes(D: int, kernel: str) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for kernel "fwd", "dkdv" or "dq".
+def block_sizes(D: int, kernel: str, dtype: torch.dtype = torch.bfloat16,
+                arch: int | None = None) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for kernel "fwd", "dkdv" or "dq", head_dim D, inputs of
+    `dtype`, on compute capability `arch` (`launch.target_arch`; None: the smallest shared memory).
 
-    BLOCK_M counts queries, BLOCK_N keys. The interpreter runs each program in Python: small blocks
-    waste the least work on the short sequences of the tests.
+    BLOCK_M counts queries, BLOCK_N keys. The first choice whose shared memory fits the target's
+    per-block limit is taken (`shared_memory_bytes`; the AOT check compiles every choice made for
+    sm_80, sm_90 and sm_100 and fails if one does not fit). fp32 tiles take twice the bytes of bf16
+    ones and their IEEE dots more registers, so fp32 starts from smaller tiles. The interpreter runs
+    each program in Python: small blocks waste the least work on the short sequences of the tests.
     """
     if interpreting():
         return 16, 16, 4, 1
-    warps = 4 if D <= 64 else 8
-    if kernel == "fwd":
-        return (128, 64, warps, 3) if D <= 128 else (64, 32, 8, 2)
-    if kernel == "dkdv":  # a program holds BLOCK_N keys and their fp32 dK, dV accumulators
-        return (32, 64, warps, 2) if D <= 128 else (32, 32, 8, 1)
-    return (64, 32, warps, 2) if D <= 128 else (32, 32, 8, 1)  # dq
+    limit = shared_memory_limit(arch)
+    for choice in _choices(D, kernel, dtype.itemsize):
+        if shared_memory_bytes(kernel, D, dtype.itemsize, *choice) <= limit:
+            return choice
+    return choice  # the smallest: fits every listed target (the AOT check says so)
+
+
+# Candidate (BLOCK_M, BLOCK_N, num_warps, num_stages), best first, by (kernel, bytes per element, head_dim
+# block 64 / 128 / 256). dkdv: a program holds BLOCK_N keys and their fp32 dK, dV accumulators. fp32 takes
+# half the tiles of the 16-bit dtypes (4-byte tiles, IEEE dots). Warps and stages where the AOT check
+# measured spills otherwise: the 16-bit forward and dkdv at D = 64 take 8 warps (with 4, 255 registers
+# and spills: forward 844 B on sm_100, dkdv 52 B on sm_80), dkdv at D = 64 one stage (two: 28 B on sm_80).
+_CHOICES = {
+    ("fwd", 2, 64): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+    ("fwd", 2, 128): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+    ("fwd", 2, 256): [(64, 32, 8, 2), (64, 32, 8, 1)],
+    ("dkdv", 2, 64): [(32, 64, 8, 1)],
+    ("dkdv", 2, 128): [(32, 64, 8, 2), (32, 64, 8, 1)],
+    ("dkdv", 2, 256): [(32, 32, 8, 1)],
+    ("dq", 2, 64): [(64, 32, 4, 2), (64, 32, 4, 1)],
+    ("dq", 2, 128): [(64, 32, 8, 2), (64, 32, 8, 1)],
+    ("dq", 2, 256): [(32, 32, 8, 1)],
+    ("fwd", 4, 64): [(64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 1)],
+    ("fwd", 4, 128): [(64, 64, 8, 2), (64, 32, 8, 2), (32, 32, 4, 1)],
+    ("fwd", 4, 256): [(32, 32, 8, 1), (16, 32, 4, 1)],
+    ("dkdv", 4, 64): [(32, 32, 4, 1), (16, 32, 4, 1)],
+    ("dkdv", 4, 128): [(32, 32, 8, 1), (16, 32, 4, 1)],
+    ("dkdv", 4, 256): [(16, 32, 8, 1), (16, 16, 4, 1)],
+    ("dq", 4, 64): [(32, 32, 4, 1), (16, 32, 4, 1)],
+    ("dq", 4, 128): [(32, 32, 8, 1), (16, 32, 4, 1)],
+    ("dq", 4, 256): [(16, 32, 8, 1), (16, 16, 4, 1)],
+}
+
+
+def _choices(D: int, kernel: str, itemsize: int) -> list[tuple[int, int, int, int]]:
+    return _CHOICES[kernel, 4 if itemsize == 4 else 2, max(64, head_dim_block(D))]
+
+
+def shared_memory_bytes(kernel: str, D: int, itemsize: int, block_m: int, block_n: int, warps: int,
+                        stages: int) -> int:
+    """Shared memory Triton gives a launch, an upper estimate fitted to the AOT check's measurements
+    (Triton 3.9, sm_80/90/100): the tiles that are pipelined (num_stages - 1 copies in flight, at least
+    one), the tile the loop keeps, and the fp32 (BLOCK_M, BLOCK_N) scores converted between layouts."""
+    bd = head_dim_block(D)
+    buffers = max(stages - 1, 1)
+    if kernel == "fwd":  # K and V tiles pipelined; Q kept
+        return buffers * 2 * block_n * bd * itemsize + block_m * bd * itemsize + block_m * block_n * 4 + 1024
+    if kernel == "dkdv":  # Q and dO tiles pipelined; K, V kept
+        return buffers * 2 * block_m * bd * itemsize + 2 * block_n * bd * itemsize + block_m * block_n * 4 + 1024
+    return buffers * 2 * block_n * bd * itemsize + 2 * block_m * bd * itemsize + block_m * block_n * 4 + 1024
+
+
+def preprocess_rows(D: int) -> int:
+    """BLOCK_M of the backward's delta = rowsum(dO * O) kernel: 4k elements of each per program (64 rows
+    of 128 spilled 200 B on sm_100 with 4 warps)."""
+    return 16 if interpreting() else max(16, 4096 // head_dim_block(D))
 
 
 def head_dim_block(D: int) -> int:

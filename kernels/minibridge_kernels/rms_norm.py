@@ -105,7 +105,7 @@ def _launch_config(D: int) -> tuple[int, int, int]:
     return block_m, block_d, num_warps
 
 
-def _rms_norm_fwd(x2: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool):
+def rms_norm_triton_forward(x2: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool):
     """x2 (N, D) rows -> (y (N, D), rstd (N,) fp32)."""
     N, D = x2.shape
     out_dtype = x2.dtype if gemma else torch.promote_types(weight.dtype, x2.dtype)
@@ -125,7 +125,8 @@ def _num_programs(device: torch.device) -> int:
     return 4
 
 
-def _rms_norm_bwd(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, gemma: bool):
+def rms_norm_triton_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
+                             gemma: bool):
     """dy2, x2 (N, D) -> (dx (N, D) in x's dtype, dweight (D,) in the weight's dtype)."""
     N, D = x2.shape
     block_m, block_d, num_warps = _launch_config(D)
@@ -145,7 +146,7 @@ class _RMSNormTriton(torch.autograd.Function):
     def forward(ctx, x, weight, eps, gemma):
         D = x.shape[-1]
         x2, weight = _as_rows(x, D), weight.contiguous()
-        y, rstd = _rms_norm_fwd(x2, weight, eps, gemma)
+        y, rstd = rms_norm_triton_forward(x2, weight, eps, gemma)
         ctx.save_for_backward(x2, weight, rstd)
         ctx.gemma, ctx.x_shape = gemma, x.shape
         return y.view(*x.shape[:-1], D)
@@ -153,7 +154,7 @@ class _RMSNormTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x2, weight, rstd = ctx.saved_tensors
-        dx, dw = _rms_norm_bwd(_as_rows(dy, x2.shape[1]), x2, weight, rstd, ctx.gemma)
+        dx, dw = rms_norm_triton_backward(_as_rows(dy, x2.shape[1]), x2, weight, rstd, ctx.gemma)
         return dx.view(ctx.x_shape), dw, None, None
 
 

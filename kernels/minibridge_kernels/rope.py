@@ -86,7 +86,7 @@ def _tables(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
                          f"for q of shape {tuple(q.shape)}; expected (B, T, D) or (T, D)") from None
 
 
-def _rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool):
+def rope_triton(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool):
     """New contiguous tensors: the rotation of q and k (or its transpose when `backward`)."""
     B, T, H, D = q.shape
     Hkv = k.shape[2]
@@ -112,12 +112,12 @@ class _RopeTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, cos, sin):
         ctx.save_for_backward(cos, sin)
-        return _rope(q, k, cos, sin, backward=False)
+        return rope_triton(q, k, cos, sin, backward=False)
 
     @staticmethod
     def backward(ctx, dq, dk):
         cos, sin = ctx.saved_tensors
-        dq, dk = _rope(dq, dk, cos, sin, backward=True)
+        dq, dk = rope_triton(dq, dk, cos, sin, backward=True)
         return dq, dk, None, None
 
 

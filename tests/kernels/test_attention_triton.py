@@ -121,7 +121,7 @@ def test_scale():
 @pytest.mark.parametrize("blocks", [(32, 16), (16, 32)])
 def test_unequal_blocks(monkeypatch, blocks):
     """BLOCK_M != BLOCK_N: the key range is aligned to BLOCK_N, the dK/dV query range to BLOCK_M."""
-    sizes = lambda D, kernel: (*blocks, 4, 1)  # noqa: E731
+    sizes = lambda D, kernel, *target: (*blocks, 4, 1)  # noqa: E731
     monkeypatch.setattr(fwd_module, "block_sizes", sizes)
     monkeypatch.setattr(bwd_module, "block_sizes", sizes)
     check(*qkv(2, 50, 70, 2, 1, 32), window=21, document_ids=three_documents(2, 70))
