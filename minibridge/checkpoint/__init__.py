@@ -6,6 +6,8 @@ from and `minibridge.convert` reads and writes, reshardable across layouts.
     blocks.py   what DCP sees: blocks of full tensors (ShardedBlock, LazyBlock) and their planners
     reader.py   SafeFileSystemReader: DCP metadata without unpickling anything but DCP's classes
     lock.py     RunLock: one training run per save folder
+    megatron.py Megatron-Core torch_dist folders: the marker (metadata.json), the same safe reader widened by
+                exactly what Megatron pickles (checkpoint_kind, MegatronReader)
 """
 
 from .blocks import BlockLoadPlanner, BlockSavePlanner, LazyBlock, ShardedBlock, block_of, training_state
