@@ -16,9 +16,13 @@ Python >= 3.12, their wheels ran on 3.11 here):
     /tmp/mb31venv/bin/python tests/data/megatron/make_fixtures.py mcore     # their import_ckpt -> <name>/mcore
     /tmp/mb31venv/bin/python tests/data/megatron/make_fixtures.py export    # their export_ckpt of ours
 
-`export` reads `<name>/ours` (written by `python -m minibridge.convert import --format megatron`) with
-Megatron Bridge's `AutoBridge.export_ckpt` and records its HF output under `<name>/ours_exported_by_mbridge`,
-with the log of that run in `<name>/ours_exported_by_mbridge.log`.
+`export` (prepared, not run yet: minibridge does not write Megatron checkpoints yet) is to read `<name>/ours`
+(from `python -m minibridge.convert import --format megatron`) with Megatron Bridge's `AutoBridge.export_ckpt`
+and record its HF output under `<name>/ours_exported_by_mbridge`.
+
+`mcore` was run as `make_fixtures.py mcore llama` then `make_fixtures.py mcore gemma3` (one process per family is
+also what the NVTE_* reset below allows in one process). Their `run_config.yaml` records the absolute path of
+the HF folder it was made from (hf_model_id); nothing reads it.
 
 What their CPU path needed (nothing of it is minibridge code):
 - a `typing.override` shim (Python 3.11 has none),
