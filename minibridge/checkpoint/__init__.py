@@ -7,6 +7,8 @@ from and `minibridge.convert` reads and writes, reshardable across layouts.
     reader.py   SafeFileSystemReader: DCP metadata without unpickling anything but DCP's classes
     integrity.py  checksums.json: a crc32 per stored item, written at save, verified as items are read
     lock.py     RunLock: one training run per save folder
+    megatron.py Megatron-Core torch_dist folders: the marker (metadata.json), the same safe reader widened by
+                exactly what Megatron pickles (checkpoint_kind, MegatronReader)
 """
 
 from .blocks import BlockLoadPlanner, BlockSavePlanner, LazyBlock, ShardedBlock, block_of, training_state

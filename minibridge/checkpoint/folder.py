@@ -214,19 +214,25 @@ def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool
     return info
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The iteration folder to read: the latest of a save folder, or `path` itself when it is one."""
+def iteration_folder(path: str | Path) -> Path:
+    """The latest iteration folder of a save folder, or `path` itself (any checkpoint's layout)."""
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder; expected a minibridge checkpoint (a save folder with "
+        raise FileNotFoundError(f"{folder}: no such folder; expected a checkpoint (a save folder with "
                                 f"{LATEST}, or one of its iter_NNNNNNN folders)")
-    if (folder / LATEST).is_file():
-        folder = iteration_dir(folder, latest_iteration(folder))
-    elif not (folder / RUN_FILE).is_file():
-        hf_folder = (folder / "config.json").is_file()
-        hint = " (it looks like a Hugging Face folder: pass it as --hf-model)" if hf_folder else ""
+    return iteration_dir(folder, latest_iteration(folder)) if (folder / LATEST).is_file() else folder
+
+
+def hf_hint(folder: Path) -> str:
+    return " (it looks like a Hugging Face folder: pass it as --hf-model)" if (folder / "config.json").is_file() else ""
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The iteration folder to read: the latest of a save folder, or `path` itself when it is one."""
+    folder = iteration_folder(path)
+    if not (folder / RUN_FILE).is_file():
         raise FileNotFoundError(f"{folder}: not a minibridge checkpoint: neither {LATEST} nor {RUN_FILE} "
-                                f"is there{hint}")
+                                f"is there{hf_hint(folder)}")
     if not (folder / ".metadata").is_file():
         raise FileNotFoundError(f"{folder}: incomplete checkpoint, the DCP .metadata file is missing")
     return folder

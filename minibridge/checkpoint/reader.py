@@ -44,7 +44,7 @@ _DATACLASSES = (Metadata, TensorStorageMetadata, BytesStorageMetadata, ChunkStor
 # pickles as _get_layout("torch.strided"); TensorProperties stores its memory format as the enum;
 # StorageMeta.checkpoint_id is the writer's Path (pickled from module pathlib._local by Python 3.13 only).
 _GLOBALS = {(obj.__module__, obj.__qualname__): obj for obj in (*_DATACLASSES, _MEM_FORMAT_ENCODING, torch.Size,
-                                                                   _get_layout)}
+                                                                   _get_layout)}  # see also megatron.py
 _GLOBALS.update({(module, cls.__name__): cls for module in ("pathlib", "pathlib._local")
                  for cls in (pathlib.Path, pathlib.PosixPath)})
 _DATA_FILE = re.compile(r"__\d+_\d+\.distcp")
@@ -57,12 +57,12 @@ _PLAIN = (str, int, float, bool, type(None))
 class _MetadataUnpickler(pickle._Unpickler):  # the Python implementation: only there can BUILD be checked
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file, path):
+    def __init__(self, file, path, allowed: dict | None = None, fillable: tuple = _DATACLASSES):
         super().__init__(file)
-        self.path = path
+        self.path, self.allowed, self.fillable = path, _GLOBALS if allowed is None else allowed, fillable
 
     def find_class(self, module: str, name: str):
-        obj = _GLOBALS.get((module, name))
+        obj = self.allowed.get((module, name))
         if obj is None and module == "torch" and isinstance(vars(torch).get(name), torch.dtype):
             obj = vars(torch)[name]  # vars(): a plain name only, no dotted path, no lazy import of torch.<name>
         if obj is None:
@@ -74,7 +74,7 @@ class _MetadataUnpickler(pickle._Unpickler):  # the Python implementation: only 
         raise UnsafeCheckpointError(f"{self.path}: holds a persistent id {pid!r}, which DCP metadata never holds")
 
     def _build(self):
-        if not isinstance(self.stack[-2], _DATACLASSES):
+        if not isinstance(self.stack[-2], self.fillable):
             raise UnsafeCheckpointError(f"{self.path}: sets attributes of {self.stack[-2]!r}; DCP metadata only "
                                         "fills its own dataclasses")
         pickle._Unpickler.load_build(self)
@@ -82,8 +82,9 @@ class _MetadataUnpickler(pickle._Unpickler):  # the Python implementation: only 
     dispatch[pickle.BUILD[0]] = _build
 
 
-def _check(metadata, path) -> None:
-    """Refuse what DCP's reader would act on unsafely; anything else off the format is corrupt."""
+def _check(metadata, path, unread_bytes=None) -> None:
+    """Refuse what DCP's reader would act on unsafely; anything else off the format is corrupt.
+    `unread_bytes`: a pattern of pickled entries a reader may find but never reads (Megatron's)."""
     if not (isinstance(metadata, Metadata) and isinstance(metadata.state_dict_metadata, dict)
             and isinstance(metadata.storage_data, dict)
             and isinstance(getattr(metadata, "storage_meta", None), (StorageMeta, type(None)))):
@@ -92,6 +93,8 @@ def _check(metadata, path) -> None:
         if isinstance(entry, BytesStorageMetadata):
             if isinstance(key, str) and PARAM_GROUP_ENTRY.fullmatch(key) and MetadataIndex(key) in metadata.storage_data:
                 continue  # read only by SafeBytesPlanner (weights_only=True)
+            if unread_bytes is not None and isinstance(key, str) and unread_bytes.fullmatch(key):
+                continue  # never read: SafeFileSystemReader.read_data refuses every other pickled entry
             raise UnsafeCheckpointError(
                 f"{path}: entry {key!r} is a pickled object (BytesStorageMetadata), which DCP would load with "
                 "torch.load(weights_only=False); minibridge checkpoints hold tensors, and the optimizer's "
@@ -139,13 +142,19 @@ class SafeBytesPlanner(DefaultLoadPlanner):
 
 
 class SafeFileSystemReader(FileSystemReader):
+    # what a subclass widens for another writer's metadata (checkpoint/megatron.py): the globals, the
+    # objects BUILD may fill, and pickled entries allowed to be present (and never read)
+    ALLOWED_GLOBALS: dict = _GLOBALS
+    FILLABLE: tuple = _DATACLASSES
+    UNREAD_BYTES: re.Pattern | None = None
+
     def read_metadata(self, *args, **kwargs) -> Metadata:
         rank = kwargs.get("rank")  # the name FileSystemReader._get_metadata_path gives (torch 2.4 has no such method)
         path = self.fs.concat_path(self.path, ".metadata" if rank is None else f"__{rank}.metadata")
         with self.fs.create_stream(path, "rb") as f:
             try:
-                metadata = _MetadataUnpickler(f, path).load()
-                _check(metadata, path)
+                metadata = _MetadataUnpickler(f, path, self.ALLOWED_GLOBALS, self.FILLABLE).load()
+                _check(metadata, path, self.UNREAD_BYTES)
             except CheckpointError:
                 raise
             except Exception as err:  # broken bytes fail in many ways (EOFError, KeyError, struct.error, a

@@ -30,6 +30,7 @@ from ..bridge.auto_bridge import HF_DEFAULT_MAX_SHARD_SIZE
 from ..bridge.hf_folder import TOKENIZER_FILES, HFFolder, tokenizer_files
 from ..bridge.safetensors_io import read_tensor
 from ..checkpoint import BlockLoadPlanner, SafeFileSystemReader, read_checkpoint
+from ..checkpoint.megatron import checkpoint_kind
 from ..errors import CheckpointMismatchError, ConfigError
 from ..models import ModelConfig, whole_model_shapes
 from ..parallel.dims import barrier, from_rank0, global_rank
@@ -53,8 +54,38 @@ def export_checkpoint(hf_model: str | os.PathLike | None, megatron_path: str | o
     """Write the minibridge checkpoint at `megatron_path` as an HF folder at `hf_path`; `hf_model` is
     the HF folder of the same model (config, tokenizer, dtypes), or None for a model trained from
     scratch (its configuration is in run.json; see `bridge_of_checkpoint`). See `export_with_bridge`."""
+    folder, kind = checkpoint_kind(megatron_path)
+    if kind == "megatron":
+        from .megatron import config_from_run_config
+
+        bridge = (HFBridge.from_hf_pretrained(hf_model) if hf_model is not None
+                  else HFBridge.from_config(config_from_run_config(folder)))
+        return export_megatron(bridge, folder, hf_path, adapter_only, **kwargs)
     bridge = HFBridge.from_hf_pretrained(hf_model) if hf_model is not None else bridge_of_checkpoint(megatron_path)
     return export_with_bridge(bridge, megatron_path, hf_path, adapter_only, **kwargs)
+
+
+def export_megatron(bridge: HFBridge, folder: Path, hf_path, adapter_only: bool = False,
+                    dtype: torch.dtype | None = None, max_shard_size: int | str = HF_DEFAULT_MAX_SHARD_SIZE,
+                    overwrite: bool = False, progress: bool = True, tp: int = 1, strict: bool = True,
+                    tokenizer: str | os.PathLike | None = None) -> Path:
+    """A Megatron-Core torch_dist checkpoint as an HF folder, streamed one layer slice at a time (rank 0)."""
+    from .megatron import megatron_parameters
+
+    if adapter_only:
+        raise ConfigError(f"{folder} is a Megatron checkpoint: --adapter-only exports minibridge LoRA/DoRA checkpoints")
+    _, weights = megatron_parameters(folder, bridge.config)
+    side = _tokenizer_folder(tokenizer, folder) if tokenizer is not None else None
+    if side is None and (folder / "tokenizer").is_dir() and tokenizer_files(folder / "tokenizer"):
+        side = folder / "tokenizer"  # Megatron Bridge saves the tokenizer beside the weights
+    target = Path(hf_path)
+    if global_rank() == 0:
+        dtypes = {name: weights.stored[weights.where(name)[0]].properties.dtype for name in
+                  whole_model_shapes(bridge.config)}
+        _stream_export(bridge, folder, None, target, dtype, max_shard_size, overwrite, progress, (), strict, side,
+                       dtypes=dtypes, read=weights.tensor)
+    barrier()
+    return target
 
 
 def bridge_of_checkpoint(megatron_path) -> HFBridge:
@@ -118,14 +149,16 @@ def _tokenizer_folder(source, checkpoint: Path) -> Path | None:
 
 
 def _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwrite, progress, missing=(),
-                   strict=True, tokenizer=None) -> None:
+                   strict=True, tokenizer=None, dtypes=None, read=None) -> None:
+    """`stored`: our checkpoint's metadata; or `dtypes` and `read` (name -> stored dtype / tensor) for
+    another source (a Megatron checkpoint)."""
     reader = _CachedReader(str(folder))
     local_of, entries = {}, []
     for name, shape in whole_model_shapes(bridge.config).items():
         if name in missing:
             continue
         hf_name = bridge.mapping.to_hf(name)
-        kept = stored[f"model.{name}"].properties.dtype
+        kept = dtypes[name] if dtypes is not None else stored[f"model.{name}"].properties.dtype
         entries.append((hf_name, bridge.hf_dtype(hf_name, kept, dtype), shape))
         local_of[hf_name] = (name, shape, kept)
     if missing:
@@ -150,6 +183,8 @@ def _stream_export(bridge, folder, stored, target, dtype, max_shard_size, overwr
         if hf_name not in local_of:
             return read_tensor(bridge.folder.tensors[hf_name])
         name, shape, kept = local_of[hf_name]
+        if read is not None:
+            return read(name).to(out_dtype[hf_name])
         tensor = torch.empty(shape, dtype=kept)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*torch.distributed is .*")
