@@ -129,7 +129,8 @@ def test_bad_inputs(hf_checkpoint, tmp_path, capsys):
     fails(["import", "--hf-model", str(llama), "--megatron-path", str(tmp_path / "a"), "--tp", "2"], "torchrun")
     fails(["import", "--hf-model", str(llama), "--megatron-path", str(tmp_path / "a"), "--tp", "3"], "not divisible")
     out = ["--hf-path", str(tmp_path / "out")]
-    fails(["export", "--hf-model", str(llama), "--megatron-path", str(empty)] + out, str(empty), "not a minibridge checkpoint")
+    fails(["export", "--hf-model", str(llama), "--megatron-path", str(empty)] + out, str(empty),
+          "found neither run.json (a minibridge checkpoint) nor metadata.json")
     fails(["export", "--hf-model", str(llama), "--megatron-path", str(llama)] + out, "looks like a Hugging Face folder")
     fails(["export", "--hf-model", str(gemma), "--megatron-path", str(mb)] + out, "another model", "family='llama'")
     fails(["export", "--hf-model", str(llama), "--megatron-path", str(mb), "--adapter-only"] + out, "no LoRA/DoRA adapters")

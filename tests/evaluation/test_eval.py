@@ -150,7 +150,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, llama, indexed_data, capsys):
     err = error_of(capsys, "--hf-model", str(tmp_path / "missing"), "--data-path", indexed_data)
     assert "missing: not a model folder" in err
     err = error_of(capsys, "--megatron-path", str(tmp_path / "nockpt"), "--data-path", indexed_data)
-    assert "nockpt: no such folder" in err and "minibridge checkpoint" in err
+    assert "nockpt: no such folder" in err and "expected a checkpoint" in err
     short = tmp_path / "short"
     writer = IndexedDatasetWriter(short)
     writer.add_document([1, 2, 3, 4, 5])

@@ -177,8 +177,10 @@ def dp_losses(folder: str, overrides: list[str], out: str) -> None:
         Path(out).write_text(json.dumps([(r["loss"], r["grad_norm"]) for r in rows if "loss" in r]))
 
 
-@pytest.mark.parametrize("layout", [[], ["model.pipeline_model_parallel_size=2"]], ids=["dp2", "pp2"])
-@pytest.mark.parametrize("per_token", [False, True], ids=["per_micro_batch", "per_token"])
+@pytest.mark.parametrize("per_token, layout", [
+    (False, []), (True, []),  # dp=2 under both rules
+    (False, ["model.pipeline_model_parallel_size=2"]), (True, ["model.pipeline_model_parallel_size=2"]),
+], ids=["dp2-per_micro_batch", "dp2-per_token", "pp2-per_micro_batch", "pp2-per_token"])
 def test_two_ranks_equal_one_process(per_token, layout, checkpoints, sft_data, tmp_path):
     """dp=2 (each rank half of the micro-batches) and pp=2 (one layer a stage, the 1F1B schedule) equal one
     process on SFT data, under both rules."""

@@ -49,7 +49,7 @@ def signal_at_step(proc: subprocess.Popen, step: int, sig: int) -> tuple[float, 
     return time.monotonic() - sent, "".join(lines) + rest
 
 
-@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("ranks", [2])  # one process takes the same path, without the agreement (exit_interval below)
 def test_sigterm_saves_exits_and_the_rerun_equals_an_uninterrupted_run(tmp_path, ranks):
     layout = ["model.tensor_model_parallel_size=2"] if ranks == 2 else []
     straight, cut = tmp_path / "straight", tmp_path / "cut"
