@@ -54,11 +54,13 @@ def torchrun(args, env_extra=None, nproc=2, timeout=900):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def test_seed_lora_command_trains_on_squad_formatted_samples(setup, tmp_path):
+@pytest.mark.parametrize("scheme, lr", [("lora", "3e-3"), ("none", "1e-3")], ids=["lora", "full"])
+def test_seed_command_trains_on_squad_formatted_samples(setup, tmp_path, scheme, lr):
+    """The seed document's LoRA command and its full fine-tuning one (--peft_scheme none), scaled down."""
     save = tmp_path / "run"
     args = ["--pretrained-checkpoint", setup["ckpt"], "--recipe", "gemma3_debug_finetune_config", "--peft_scheme",
-            "lora", "train.global_batch_size=8", f"checkpoint.save={save}", "--dataset", "squad",
-            f"dataset.hf_path={setup['squad']}", "train.train_iters=20", "optimizer.lr=3e-3", *SMALL]
+            scheme, "train.global_batch_size=8", f"checkpoint.save={save}", "--dataset", "squad",
+            f"dataset.hf_path={setup['squad']}", "train.train_iters=20", f"optimizer.lr={lr}", *SMALL]
     proc = torchrun(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [json.loads(line)["loss"] for line in (save / "metrics.jsonl").read_text().splitlines()]
