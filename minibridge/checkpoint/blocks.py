@@ -193,3 +193,21 @@ def check_param_groups(folder, loaded: dict, groups: list[dict]) -> None:
             if mult[name] is not None and mult[name] != group["wd_mult"]:
                 raise CheckpointMismatchError(f"{folder}: {name!r} is in a param group with wd_mult {mult[name]} "
                                               f"in the checkpoint but {group['wd_mult']} in this run")
+
+
+def other_master_forms(state: dict, stored, model, optimizer) -> list:
+    """Masters stored in the other form than this run keeps them (an fp32 master, or the int16 remainder
+    of the precision-aware optimizer: minibridge.training.precision_aware): `state`'s entries swapped in
+    place for tensors in the stored form; returns the functions that take them in after the load."""
+    forms = getattr(optimizer, "master_forms", None)
+    if forms is None:
+        return []
+    specs, takes = ModelChunks.of(model).specs, []
+    for name, (have, other, make) in forms().items():
+        key, alt = optimizer_key(name, have), optimizer_key(name, other)
+        if key in state and key not in stored and alt in stored:
+            del state[key]
+            tensor, take = make()
+            state[alt] = block_of(tensor, specs.get(name))
+            takes.append(take)
+    return takes

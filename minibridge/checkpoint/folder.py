@@ -32,7 +32,7 @@ from ..errors import (CheckpointError, CheckpointMismatchError, CorruptCheckpoin
 from ..files import publish_folder, temporary_sibling, write_atomic
 from ..parallel.dims import barrier, from_rank0, global_rank
 from .blocks import (PARAM_GROUPS, BlockLoadPlanner, BlockSavePlanner, ShardedBlock, check_param_groups, legacy_key,
-                     stored_param_groups, torch_layout, training_state)
+                     other_master_forms, stored_param_groups, torch_layout, training_state)
 from .integrity import verify_checkpoint, write_checksums
 from .reader import SafeFileSystemReader
 
@@ -190,6 +190,7 @@ def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool
     state = training_state(model, optimizer, rank=global_rank() if restore_rng else None, trainable_only=trainable_only)
     groups = state.pop(PARAM_GROUPS, None)
     state = {legacy_key(k) if k not in stored and legacy_key(k) in stored else k: v for k, v in state.items()}
+    takes = other_master_forms(state, stored, model, optimizer)
     missing = [k for k in state if k not in stored and not k.startswith("rng.")]
     if missing:
         raise MissingTensorError(f"{folder}: checkpoint lacks {missing[:5]}{' ...' if len(missing) > 5 else ''} "
@@ -206,6 +207,8 @@ def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool
             raise cause from None
         raise CorruptCheckpointError(f"{folder}: reading the checkpoint failed ({type(cause).__name__}: {cause})") \
             from None
+    for take in takes:  # after the parameters are in
+        take()
     if loaded_groups:
         check_param_groups(folder, {k: state[k] for k in loaded_groups}, groups)
     rng = state.get(f"rng.rank{global_rank()}")

@@ -75,8 +75,7 @@ class Trainer:
         self.optimizer = MixedPrecisionAdamW(
             self.chunks, lr=c.optimizer.lr, weight_decay=c.optimizer.weight_decay,
             betas=(c.optimizer.adam_beta1, c.optimizer.adam_beta2), eps=c.optimizer.adam_eps,
-            dims=self.dims, distributed=c.optimizer.use_distributed_optimizer,
-        )
+            dims=self.dims, distributed=c.optimizer.use_distributed_optimizer, precision=c.optimizer.state_precision())
         self.reducers = grad_reducers(self.chunks, self.dims, average=False, bucket_bytes=c.ddp.bucket_bytes(),
                                       overlap=c.ddp.overlap_grad_reduce and not c.dist.use_torch_fsdp2)
         # (after the optimizer: see parallel.overlap; FSDP2 overlaps its own reduce-scatters)

@@ -16,6 +16,7 @@ State is keyed by parameter name (never by position), so checkpoints reshard acr
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -25,6 +26,7 @@ from ..parallel.collectives import all_reduce_
 from ..parallel.data import grad_of
 from ..parallel.dims import ParallelDims
 from ..parallel.fsdp import is_fsdp, local
+from .precision_aware import REMAINDER, Slot, StatePrecision, join_master, slot_seed, split_master, update_slot
 
 
 def _accumulate_into_main_grad(param: torch.Tensor) -> None:
@@ -67,8 +69,12 @@ class MixedPrecisionAdamW:
         eps: float = 1e-8,
         dims: ParallelDims | None = None,
         distributed: bool = False,
+        precision: StatePrecision | None = None,
     ):
+        """`precision`: Megatron's precision-aware optimizer (minibridge.training.precision_aware), the
+        state in the dtypes it names; None: fp32 state stepped by torch's AdamW."""
         self.dims = dims
+        self.precision = precision
         chunks = ModelChunks.of(model)  # this rank's pipeline chunks
         self.fsdp = is_fsdp(chunks)  # sharded fp32 parameters: ZeRO-1 is subsumed
         # FSDP2 computing in bf16: its fp32 shards are the masters a checkpoint stores as such
@@ -79,12 +85,19 @@ class MixedPrecisionAdamW:
         # A tied last pipeline stage holds a copy of the embedding: count it once in the norm.
         self.norm_skip = {id(c.embed_tokens.weight) for c in chunks if c.embed_tokens is not None and not c.is_first}
         self.owned = self._partition(distributed)
-        self.masters: dict[str, torch.Tensor] = {}
+        main_grad_dtype = torch.float32 if precision is None else precision.dtype("main_grads_dtype")
+        self.masters: dict[str, torch.Tensor] = {}  # the tensors torch's param groups hold (and state is keyed by)
+        self.remainders: dict[str, torch.Tensor] = {}  # bf16 parameters whose master is themselves + these bits
         for name, p in self.params.items():
             if p.dtype != torch.float32:
-                p.main_grad = torch.zeros_like(p, dtype=torch.float32)
+                p.main_grad = torch.zeros_like(p, dtype=main_grad_dtype)
                 p.register_post_accumulate_grad_hook(_accumulate_into_main_grad)
-            if name in self.owned:
+            if name not in self.owned:
+                continue
+            if precision is not None and precision.remainders_for(p):
+                self.masters[name] = p  # a bf16 parameter is exactly its fp32 master's upper half: zero remainder
+                self.remainders[name] = torch.zeros_like(p, dtype=torch.int16)
+            else:
                 self.masters[name] = p if p.dtype == torch.float32 else p.detach().float().requires_grad_()
         decay = [m for n, m in self.masters.items() if not no_weight_decay(n, self.params[n])]
         no_decay = [m for n, m in self.masters.items() if no_weight_decay(n, self.params[n])]
@@ -93,12 +106,15 @@ class MixedPrecisionAdamW:
                   {"params": no_decay, "weight_decay": 0.0, "wd_mult": 0.0}]
         groups = [g for g in groups if g["params"]] or [{"params": []}]
         self.weight_decay = weight_decay
+        self.names = {id(m): n for n, m in self.masters.items()}
         self.inner = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **fastest_adamw(self.masters.values()))
+        moments = (torch.float32, torch.float32) if precision is None else (
+            precision.dtype("exp_avg_dtype"), precision.dtype("exp_avg_sq_dtype"))
         for master in self.masters.values():  # eager state, so a checkpoint load has tensors to fill
             self.inner.state[master] = {
                 "step": torch.zeros((), dtype=torch.float32, device=master.device),
-                "exp_avg": torch.zeros_like(master, dtype=torch.float32),
-                "exp_avg_sq": torch.zeros_like(master, dtype=torch.float32),
+                "exp_avg": torch.zeros_like(master, dtype=moments[0]),
+                "exp_avg_sq": torch.zeros_like(master, dtype=moments[1]),
             }
 
     def _partition(self, distributed: bool) -> set[str]:
@@ -147,7 +163,9 @@ class MixedPrecisionAdamW:
             weights.append(1.0 / copies)
         total = torch.zeros((), dtype=torch.float64)
         if grads:  # one fused pass over every gradient; squares summed in float64, no full-size copies
-            norms = torch.stack(torch._foreach_norm(grads)).double().cpu()
+            low = any(g.dtype != torch.float32 for g in grads)  # bf16 main grads: their norms in fp32
+            norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32) if low else
+                                torch._foreach_norm(grads)).double().cpu()
             total = (norms.square() * torch.tensor(weights, dtype=torch.float64)).sum()
         if self.dims is not None and self.dims.tp > 1:
             all_reduce_(total, self.dims.tp_group)
@@ -165,23 +183,46 @@ class MixedPrecisionAdamW:
         if max_grad_norm and norm > max_grad_norm:
             scale = max_grad_norm / (norm + 1e-6)
         if math.isfinite(norm):
-            for name, master in self.masters.items():
-                param = self.params[name]
-                if master is param:  # fp32: its own master (a DTensor under FSDP2), its .grad in place
-                    master.grad = torch.zeros_like(master) if master.grad is None else master.grad
-                    continue
-                g = grad_of(param)  # fp32 already: the main_grad
-                master.grad = g if g is not None else torch.zeros_like(master)
-            if scale != 1.0:
-                torch._foreach_mul_([local(m.grad) for m in self.masters.values()], scale)
-            self.inner.step()
-            low = [(self.params[n], m) for n, m in self.masters.items() if m is not self.params[n]]
-            if low:  # round the fp32 masters back into the bf16 parameters
-                torch._foreach_copy_([p for p, _ in low], [m for _, m in low])
-            for master in self.masters.values():
-                master.grad = None
+            if self.precision is None:
+                self._step_fp32_state(scale)
+            else:
+                self._step_precision_aware(scale)
             self._share_updates()
         return norm
+
+    def _step_fp32_state(self, scale: float) -> None:
+        """torch's AdamW over the fp32 masters (their gradients the main grads), rounded into the parameters."""
+        for name, master in self.masters.items():
+            param = self.params[name]
+            if master is param:  # fp32: its own master (a DTensor under FSDP2), its .grad in place
+                master.grad = torch.zeros_like(master) if master.grad is None else master.grad
+                continue
+            g = grad_of(param)  # fp32 already: the main_grad
+            master.grad = g if g is not None else torch.zeros_like(master)
+        if scale != 1.0:
+            torch._foreach_mul_([local(m.grad) for m in self.masters.values()], scale)
+        self.inner.step()
+        low = [(self.params[n], m) for n, m in self.masters.items() if m is not self.params[n]]
+        if low:  # round the fp32 masters back into the bf16 parameters
+            torch._foreach_copy_([p for p, _ in low], [m for _, m in low])
+        for master in self.masters.values():
+            master.grad = None
+
+    def _step_precision_aware(self, scale: float) -> None:
+        """Each parameter's state loaded into fp32 a slice at a time, stepped, stored back (precision_aware)."""
+        for group in self.inner.param_groups:
+            hyper = dict(lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                         weight_decay=group["weight_decay"], eps=group["eps"])
+            for master in group["params"]:
+                name = self.names[id(master)]
+                param, state = self.params[name], self.inner.state[master]
+                state["step"] += 1  # before the kernel, as torch's fused AdamW does
+                grad = grad_of(param)
+                own = master is param
+                slot = Slot(local(param), None if own else master, self.remainders.get(name),
+                            {k: local(t) for k, t in state.items()}, slot_seed(name))
+                update_slot(slot, local(grad) if grad is not None else torch.zeros_like(slot.param), hyper,
+                            scale, self.precision)
 
     def _share_updates(self) -> None:
         """ZeRO-1: every owner sends its freshly updated parameters to the other dp ranks."""
@@ -214,7 +255,34 @@ class MixedPrecisionAdamW:
         out = {}
         for name, master in self.masters.items():
             state = dict(self.inner.state[master])
-            if master is not self.params[name] or self.fsdp_masters:
+            if name in self.remainders:  # the master's lower half (Megatron stores it as int16 as well)
+                state[REMAINDER] = self.remainders[name]
+            elif master is not self.params[name] or self.fsdp_masters:
                 state["master"] = master
             out[name] = state
         return out
+
+    def master_forms(self) -> dict[str, tuple[str, str, object]]:
+        """For checkpoints that store a bf16 parameter's master in the other form (an fp32 "master" where
+        this run keeps an int16 remainder, or the reverse): per parameter (the state key here, the other
+        form's key, `make`); `make()` gives a tensor in the other form for a load to fill and a function
+        that takes it in. A load fills the bf16 parameter first, so either form rebuilds the same master."""
+        forms = {}
+        for name, master in self.masters.items():
+            param = self.params[name]
+            if name in self.remainders:
+                forms[name] = (REMAINDER, "master", partial(_as_master, param, self.remainders[name]))
+            elif master is not param and param.dtype == torch.bfloat16:
+                forms[name] = ("master", REMAINDER, partial(_as_remainder, param, master))
+        return forms
+
+
+def _as_master(param: torch.Tensor, remainder: torch.Tensor):
+    full = join_master(param.detach().reshape(-1), remainder.reshape(-1))
+    return full.view(param.shape), lambda: split_master(full, param.data.view(-1), remainder.view(-1))
+
+
+def _as_remainder(param: torch.Tensor, master: torch.Tensor):
+    remainder = torch.zeros_like(param, dtype=torch.int16)
+    return remainder, lambda: master.data.copy_(join_master(param.detach().reshape(-1), remainder.view(-1)).view(
+        master.shape))

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import ConfigError
+from .precision_aware import PRECISION_KEYS, StatePrecision, canonical_dtype, check_precision
 from .scheduler import WEIGHT_DECAY_STYLES
 
 
@@ -35,6 +36,23 @@ class OptimizerConfig:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     use_distributed_optimizer: bool = True  # ZeRO-1 over data-parallel ranks (subsumed by dist.use_torch_fsdp2)
+    # Megatron-Core's precision-aware optimizer (minibridge.training.precision_aware): storage dtypes of the
+    # state, as Megatron-LM's flags spell them ("bf16", "bfloat16" and "torch.bfloat16" alike)
+    use_precision_aware_optimizer: bool = False
+    store_param_remainders: bool = True  # bf16 models: keep only the lower 16 bits of each fp32 master
+    main_grads_dtype: str = "fp32"
+    main_params_dtype: str = "fp32"
+    exp_avg_dtype: str = "fp32"
+    exp_avg_sq_dtype: str = "fp32"
+    moment_rounding: Literal["nearest", "stochastic"] = "nearest"  # minibridge's: how fp32 moments become bf16
+
+    def state_precision(self) -> StatePrecision | None:
+        """The precision-aware optimizer's settings, dtype names made canonical; None when it is off."""
+        if not self.use_precision_aware_optimizer:
+            return None
+        names = {key: canonical_dtype(getattr(self, key), f"optimizer.{key}") for key in PRECISION_KEYS}
+        return StatePrecision(**names, store_param_remainders=self.store_param_remainders,
+                              moment_rounding=self.moment_rounding)
 
 
 @dataclass
@@ -89,6 +107,7 @@ def validate_optimizer(o: OptimizerConfig, s: SchedulerConfig, decay_iters: int,
         if getattr(o, key) < 0:
             raise ConfigError(f"optimizer.{key}={getattr(o, key)}: expected a value >= 0")
     _validate_weight_decay(o, s)
+    _validate_precision(o)
     if s.lr_warmup_iters < 0:
         raise ConfigError(f"scheduler.lr_warmup_iters={s.lr_warmup_iters}: expected >= 0")
     if not 0 <= s.lr_warmup_init <= o.lr:
@@ -129,3 +148,15 @@ def _validate_weight_decay(o: OptimizerConfig, s: SchedulerConfig) -> None:
     if s.weight_decay_incr_style == "constant" and start != end:
         raise ConfigError(f"scheduler.weight_decay_incr_style='constant' with start_weight_decay={start} != "
                           f"end_weight_decay={end}; set both equal or use 'linear' / 'cosine'")
+
+
+def _validate_precision(o: OptimizerConfig) -> None:
+    """Megatron's rule: lower-precision state only with the precision-aware optimizer on."""
+    precision = o.state_precision()
+    if precision is not None:
+        check_precision(precision)
+        return
+    for key in PRECISION_KEYS:
+        if canonical_dtype(getattr(o, key), f"optimizer.{key}") != "fp32":
+            raise ConfigError(f"optimizer.{key}={getattr(o, key)!r} needs optimizer.use_precision_aware_optimizer="
+                              f"true (Megatron-Core asserts the same); without it the state is fp32")

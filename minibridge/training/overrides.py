@@ -77,6 +77,12 @@ def valid_keys() -> dict[str, tuple[tuple[str, ...], object]]:
     return keys
 
 
+# What Hugging Face's TrainingArguments call some settings: suggested by name, since spelling cannot find them
+FAMILIAR_NAMES = {"learning_rate": "optimizer.lr", "max_steps": "train.train_iters",
+                  "warmup_steps": "scheduler.lr_warmup_iters", "max_grad_norm": "optimizer.clip_grad",
+                  "per_device_train_batch_size": "train.micro_batch_size", "save_steps": "checkpoint.save_interval"}
+
+
 def resolve_key(key: str, keys: dict | None = None) -> tuple[tuple[str, ...], object]:
     keys = keys or valid_keys()
     key = SECTION_ALIASES.get(key, key)
@@ -87,7 +93,8 @@ def resolve_key(key: str, keys: dict | None = None) -> tuple[tuple[str, ...], ob
     if key in groups:
         fields_of = sorted(k for k in keys if k.startswith(key + "."))[:6]
         raise ConfigError(f"{key!r} is a group, not a value; set its fields, e.g. {', '.join(fields_of)}")
-    close = difflib.get_close_matches(key, list(keys), n=3, cutoff=0.6)
+    familiar = FAMILIAR_NAMES.get(key.rsplit(".", 1)[-1])
+    close = [familiar] if familiar else difflib.get_close_matches(key, list(keys), n=3, cutoff=0.6)
     section = key.split(".")[0]
     if not close and section in SECTIONS:  # a misspelt field in a right section: offer that section's fields
         close = difflib.get_close_matches(key, [k for k in keys if k.startswith(section + ".")], n=3, cutoff=0.3)

@@ -130,6 +130,10 @@ def _validate_optimizer(c: ConfigContainer) -> None:
     _positive("scheduler.lr_decay_iters", c.scheduler.lr_decay_iters, allow_none=True)
     where = "scheduler.lr_decay_iters" if c.scheduler.lr_decay_iters else "train.train_iters"
     validate_optimizer(c.optimizer, c.scheduler, c.lr_decay_iters, where)
+    precision = c.optimizer.state_precision()
+    if precision is not None and c.dist.use_torch_fsdp2 and precision.main_grads_dtype != "fp32":
+        raise ConfigError(f"optimizer.main_grads_dtype={c.optimizer.main_grads_dtype!r} with dist.use_torch_fsdp2=true: "
+                          f"FSDP2 reduces gradients into its fp32 parameter shards; set main_grads_dtype=fp32")
     _positive("ddp.bucket_size", c.ddp.bucket_size, allow_none=True)
     if not isinstance(c.ddp.overlap_grad_reduce, bool):
         raise ConfigError(f"ddp.overlap_grad_reduce={c.ddp.overlap_grad_reduce!r}: expected true or false")
