@@ -56,7 +56,7 @@ def export_checkpoint(hf_model: str | os.PathLike | None, megatron_path: str | o
     scratch (its configuration is in run.json; see `bridge_of_checkpoint`). See `export_with_bridge`."""
     folder, kind = checkpoint_kind(megatron_path)
     if kind == "megatron":
-        from .megatron import config_from_run_config
+        from .megatron_config import config_from_run_config
 
         bridge = (HFBridge.from_hf_pretrained(hf_model) if hf_model is not None
                   else HFBridge.from_config(config_from_run_config(folder)))
