@@ -1,13 +1,13 @@
 """HF folder -> Megatron-Core `torch_dist` checkpoint (`convert import --format megatron`), the inverse of
-megatron.py, laid out as Megatron Bridge 0.6 / Megatron-Core 0.19 write it (tests/data/megatron):
+checkpoint/megatron_weights.py, laid out as Megatron Bridge 0.6 / Megatron-Core 0.19 write it (tests/data/megatron):
 
     <out>/latest_checkpointed_iteration.txt, latest_train_state.pt
     <out>/iter_0000000/.metadata, __0_0.distcp      DCP, written by torch.distributed.checkpoint
     <out>/iter_0000000/metadata.json                {"sharded_backend": "torch_dist", "sharded_backend_version": 1}
-    <out>/iter_0000000/run_config.yaml              model: the provider's fields (megatron_config.py)
+    <out>/iter_0000000/run_config.yaml              model: the provider's fields (bridge/megatron_config.py)
     <out>/iter_0000000/train_state.pt, tokenizer/   step 0; the HF folder's tokenizer files
 
-Keys and placement come from megatron_names.py: layer tensors stacked under one key with a leading
+Keys and placement come from checkpoint/megatron_names.py: layer tensors stacked under one key with a leading
 layer axis, one chunk per layer (linear_fc1: two, gate and up, as Megatron-Core's factory stores it);
 per layer a pickled `[None]` for each linear's `_extra_state` (no FP8 state) and one `common_state`
 item ({checkpoint_version 3.0, iteration, content_metadata}), which its loader asks for. Each chunk is
@@ -33,14 +33,14 @@ from ..bridge.loading import check_hf_weights, warn_if_not_finite
 from ..bridge.safetensors_io import read_tensor
 from ..checkpoint import LATEST, BlockSavePlanner, LazyBlock, iteration_dir
 from ..checkpoint.blocks import LazyChunks
-from ..checkpoint.folder import RUN_CONFIG_FILE
+from ..checkpoint.names import RUN_CONFIG_FILE
 from ..checkpoint.megatron import BACKEND, MARKER
 from ..errors import ConfigError
 from ..files import atomic_folder, write_atomic
 from ..models import whole_model_shapes
 from ..parallel.parallelize import build_model
-from .megatron_config import run_config_model
-from .megatron_names import EXTRA_STATE, LAYER_PREFIX, TABLES, fuse_qkv
+from ..bridge.megatron_config import run_config_model
+from ..checkpoint.megatron_names import EXTRA_STATE, LAYER_PREFIX, TABLES, fuse_qkv
 
 ITERATION = 0
 COMMON_STATE = "common_state/shard_0_1"  # Megatron-Core's ShardedObject("common_state", (1,), (0,)) key

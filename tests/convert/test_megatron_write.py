@@ -15,7 +15,7 @@ import pytest
 from minibridge.bridge import HFBridge
 from minibridge.conversion import compare_folders
 from minibridge.conversion.exporter import export_checkpoint
-from minibridge.conversion.megatron_config import config_from_run_config
+from minibridge.bridge.megatron_config import config_from_run_config
 from minibridge.convert import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint.folder import RUN_CONFIG_FILE
+from ..checkpoint.names import MEGATRON_MARKER, RUN_CONFIG_FILE, iteration_folder
 from ..errors import ConfigError, UnsupportedModelError
 from ..models import ModelConfig
+from .hf_folder import tokenizer_files
 from ..models.config import FULL, SLIDING, RopeConfig
 
 TARGETS = {"llama": "megatron.bridge.models.gpt_provider.GPTModelProvider",
@@ -45,6 +46,24 @@ LLAMA = {"normalization": "RMSNorm", "gated_linear_unit": True, "position_embedd
          "activation_func": {"_target_": "torch.nn.functional.silu", "_call_": False}}
 # Megatron-Core's apply_rope_scaling constants (Llama 3.1's): the only llama3 scaling it can express
 LLAMA3_SCALING = dict(low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
+
+
+def megatron_architecture(path: str | Path) -> ModelConfig | None:
+    """The model of a Megatron checkpoint (a save folder or an iteration folder) with a run_config.yaml;
+    None for any other folder (an HF folder, ours)."""
+    try:
+        folder = iteration_folder(path)
+    except (FileNotFoundError, ValueError):
+        return None
+    if not (folder / MEGATRON_MARKER).is_file():
+        return None
+    return config_from_run_config(folder)
+
+
+def megatron_tokenizer(path: str | Path) -> Path | None:
+    """The `tokenizer/` folder Megatron Bridge saves beside a checkpoint's weights, when it holds one."""
+    folder = iteration_folder(path) / "tokenizer"
+    return folder if folder.is_dir() and tokenizer_files(folder) else None
 
 
 def config_from_run_config(folder: str | Path) -> ModelConfig:

@@ -1,13 +1,14 @@
-"""Megatron-Core `torch_dist` checkpoints as a source of minibridge parameters (checkpoint/megatron.py
-reads the folder safely; megatron_names.py says where each parameter sits).
+"""Megatron-Core `torch_dist` checkpoints as a source of minibridge parameters (megatron.py reads the
+folder safely; megatron_names.py says where each parameter sits). Conversion, training
+(`--pretrained-checkpoint`), generation and evaluation all read through `MegatronWeights.tensor`.
 
 `MegatronWeights(folder, config).tensor(name)` returns one minibridge parameter, full size, reading only
 the chunk of its layer: DCP reads the overlap of a block placed at offset (i, 0, ...) of the stacked key,
 so memory stays bounded by one layer's slice (a 405B stacked linear_qkv is ~76 GB whole). The layer slice
 last read is kept, so q, k and v (gate and up) cost one read.
 
-The architecture comes from Megatron Bridge's run_config.yaml (megatron_config.py), or, for Megatron-LM
-runs that have none, from the HF folder given with the checkpoint.
+The architecture comes from Megatron Bridge's run_config.yaml (bridge/megatron_config.py), or, for
+Megatron-LM runs that have none, from the HF folder given with the checkpoint.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from ..checkpoint import BlockLoadPlanner, ShardedBlock
-from ..checkpoint.megatron import MegatronReader
+from .blocks import BlockLoadPlanner, ShardedBlock
+from .folder import load_checkpoint, resolve_checkpoint
+from .megatron import MegatronReader, checkpoint_kind
 from ..errors import CheckpointMismatchError, MissingTensorError
-from ..models import ModelConfig, whole_model_shapes
+from ..models import ModelChunks, ModelConfig, whole_model_shapes
+from ..parallel.fsdp import fill_local
 from .megatron_names import ALIASES, LAYER_PREFIX, TABLES, split_qkv
 
 
@@ -38,6 +41,9 @@ class MegatronWeights:
         self.stored = self.reader.read_metadata().state_dict_metadata
         self.rows = _rows(config.family)
         self.shapes = whole_model_shapes(config)
+        # the stored dtype (a Megatron model has one, params_dtype): a model built from it defaults to it
+        self.dtype = next((m.properties.dtype for m in self.stored.values() if hasattr(m, "properties")),
+                          torch.float32)
         self._slice: tuple | None = None  # (key, layer, tensor) last read
 
     def where(self, name: str) -> tuple[str, str, int | None]:
@@ -104,6 +110,28 @@ class MegatronWeights:
             raise CheckpointMismatchError(f"{self.folder}: {key} has shape {stored}, which does not hold {name!r} of "
                                           f"shape {list(self.shapes[name])} (a checkpoint of another model?)")
         return value.clone()
+
+
+@torch.no_grad()
+def load_megatron_weights(chunks: ModelChunks, weights: MegatronWeights) -> None:
+    """Fill this rank's `chunks` (any layout: TP blocks, pipeline stages, FSDP2 shards) from a Megatron
+    checkpoint, one parameter (one layer's slice of a stacked key) in memory at a time. LoRA/DoRA adapters
+    are not in a Megatron checkpoint: hide them first (peft.adapters_hidden)."""
+    specs = chunks.specs
+    for chunk in chunks:
+        for name, param in chunk.named_parameters():
+            fill_local(param, weights.tensor(name), specs.get(name))
+
+
+def load_pretrained_weights(source, chunks: ModelChunks) -> None:
+    """The model weights of a checkpoint of either kind into `chunks` (`--pretrained-checkpoint`): ours, or a
+    Megatron-Core one read layer slice by layer slice. Optimizer states are not read (a new run starts its
+    own; Megatron's distributed-optimizer buckets are not model weights)."""
+    folder, kind = checkpoint_kind(source)
+    if kind == "megatron":
+        load_megatron_weights(chunks, megatron_parameters(folder, chunks.config)[1])
+    else:
+        load_checkpoint(resolve_checkpoint(source), chunks, restore_rng=False)
 
 
 def megatron_parameters(folder, config: ModelConfig):
