@@ -179,7 +179,7 @@ def test_bad_inputs(tiny_lms, tmp_path, capsys):
     assert main(["--hf_model_path", str(bare), "--prompt", "x"]) == 2
     assert "tokenizer" in capsys.readouterr().err
     assert main(["--hf_model_path", str(tiny_lms["llama"]), "--prompt", "x", "--megatron_model_path", str(tmp_path)]) == 2
-    assert "not a minibridge checkpoint" in capsys.readouterr().err
+    assert "found neither run.json" in capsys.readouterr().err
     assert json.loads((tiny_lms["llama"] / "config.json").read_text())["eos_token_id"] == EOS
 
 
