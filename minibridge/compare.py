@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="Hugging Face model folder (or hub id): transformers' side, the tokenizer and the config")
     p.add_argument("--hf-revision", "--hf_revision", help="hub revision of a --hf-model hub id")
     p.add_argument("--megatron-path", "--megatron_path", "--megatron-model-path", "--megatron_model_path",
-                   help="minibridge checkpoint for minibridge's side (default: the HF folder's weights)")
+                   help="minibridge or Megatron torch_dist checkpoint for minibridge's side (default: the HF folder's weights)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"default {DEFAULT_PROMPT!r}")
     p.add_argument("--tokenizer", help="tokenizer folder (default: --hf-model's)")
     p.add_argument("--dtype", help="bf16, fp16 or fp32 for both models (default: the checkpoint's)")

@@ -1,13 +1,17 @@
 """Checkpoint conversion on the command line, as Megatron Bridge's examples/conversion/convert_checkpoints.py:
 
     python -m minibridge.convert import --hf-model DIR --megatron-path DIR [--tp N --pp N] [--torch-dtype bfloat16]
+    python -m minibridge.convert import --hf-model DIR --megatron-path DIR --format megatron
+                                        [--make-vocab-size-divisible-by 128]
     python -m minibridge.convert export [--hf-model DIR] --megatron-path DIR --hf-path DIR [--adapter-only]
                                         [--not-strict] [--tokenizer DIR]
     python -m minibridge.convert roundtrip --hf-model DIR [--tp N]
     torchrun --nproc-per-node=2 -m minibridge.convert import --hf-model DIR --megatron-path DIR --tp 2
 
 `import` writes a minibridge checkpoint (what training saves and resumes from; `--pretrained-checkpoint`
-takes it). `export` writes an HF folder, merging LoRA/DoRA adapters, or with `--adapter-only` the
+takes it), or with `--format megatron` a Megatron-Core torch_dist checkpoint as Megatron Bridge writes it
+(its `AutoBridge.export_ckpt` and `load_megatron_model` read it; every minibridge command does too).
+`export` reads either kind (a Megatron Bridge or Megatron-LM checkpoint as well). `export` writes an HF folder, merging LoRA/DoRA adapters, or with `--adapter-only` the
 adapters as an HF PEFT folder; `--hf-model` supplies the config, the tokenizer and the dtypes. Without
 `--hf-model` (a model trained from scratch) config.json comes from the checkpoint's run.json and the
 tokenizer from the folder the run trained with (or `--tokenizer`). `--not-strict` exports what a
@@ -26,6 +30,7 @@ from .cli import run_main
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 TORCH_DTYPES = ("float32", "float16", "bfloat16")  # Megatron Bridge's --torch-dtype choices
+FORMATS = ("minibridge", "megatron")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--pp", type=int, default=1, help="pipeline parallel size of the written layout (under torchrun)")
     dtypes(imp, "default: keep the checkpoint's dtypes")
     imp.add_argument("--overwrite", action="store_true", help="replace a non-empty --megatron-path")
+    imp.add_argument("--format", choices=FORMATS, default="minibridge",
+                     help="minibridge (default: the checkpoint training writes) or megatron (Megatron-Core torch_dist, "
+                          "as Megatron Bridge writes it)")
+    imp.add_argument("--make-vocab-size-divisible-by", "--make_vocab_size_divisible_by", type=int,
+                     help="--format megatron: pad the stored vocabulary with zero rows to a multiple of N")
 
     exp = sub.add_parser("export", help="minibridge checkpoint -> HF folder (or HF PEFT adapter)")
     common(exp, hf_required=False)
@@ -110,6 +120,17 @@ def _report(results) -> int:
     return 1 if bad else 0
 
 
+def _import_megatron(args, hf_model, progress):
+    from .conversion.megatron_writer import write_megatron_checkpoint
+    from .errors import ConfigError
+
+    if args.tp * args.pp > 1:
+        raise ConfigError(f"--tp {args.tp} --pp {args.pp}: a Megatron checkpoint is written in one process; "
+                          f"Megatron-Core reshards it to any layout when it loads")
+    return write_megatron_checkpoint(hf_model, args.megatron_path, dtype=_dtype(args), overwrite=args.overwrite,
+                                     make_vocab_size_divisible_by=args.make_vocab_size_divisible_by, progress=progress)
+
+
 def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     from .conversion import export_checkpoint, import_checkpoint, roundtrip
@@ -117,7 +138,15 @@ def _main(argv: list[str] | None) -> int:
 
     progress = not args.no_progress
     hf_model = _hf_model(args)
-    if args.command == "import":
+    if args.command == "import" and args.format == "megatron":
+        out = _import_megatron(args, hf_model, progress)
+        message = f"imported {args.hf_model} into {out} (Megatron torch_dist)"
+    elif args.command == "import":
+        if args.make_vocab_size_divisible_by is not None:
+            from .errors import ConfigError
+
+            raise ConfigError("--make-vocab-size-divisible-by pads a Megatron checkpoint's vocabulary: use it with "
+                              "--format megatron (minibridge checkpoints store the vocabulary unpadded)")
         out = import_checkpoint(hf_model, args.megatron_path, tp=args.tp, pp=args.pp, dtype=_dtype(args),
                                 overwrite=args.overwrite, progress=progress)
         message = f"imported {args.hf_model} into {out}"

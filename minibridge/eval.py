@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                         "--megatron-path is given")
     p.add_argument("--hf-revision", "--hf_revision", help="hub revision of a --hf-model hub id")
     p.add_argument("--megatron-path", "--megatron_path", "--megatron-model-path", "--megatron_model_path",
-                   help="minibridge checkpoint: a save folder (latest iteration) or an iter_NNNNNNN folder")
+                   help="minibridge or Megatron torch_dist checkpoint: a save folder (latest iteration) or an "
+                        "iter_NNNNNNN folder")
     p.add_argument("--data-path", "--data_path", nargs="+", help="indexed prefix(es) or JSONL file(s)")
     p.add_argument("--dataset", choices=KINDS,
                    help="data kind (default: jsonl for *.jsonl files, else indexed; mock needs no data)")

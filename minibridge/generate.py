@@ -45,7 +45,8 @@ def _parse(argv):
     p.add_argument("--hf_model_path", "--hf-model-path", required=True,
                    help="HF folder: config, tokenizer, and the weights unless --megatron_model_path is given")
     p.add_argument("--megatron_model_path", "--megatron-model-path",
-                   help="a minibridge checkpoint (from training or `minibridge.convert import`) to load instead")
+                   help="a minibridge checkpoint (from training or `minibridge.convert import`) or a Megatron-Core "
+                        "torch_dist one (Megatron Bridge, Megatron-LM) to load instead")
     p.add_argument("--hf-revision", "--hf_revision",
                    help="hub revision (branch, tag or commit) of a --hf_model_path hub id; not for a local folder")
     prompts = p.add_mutually_exclusive_group()

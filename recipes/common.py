@@ -127,11 +127,29 @@ def is_full_sft(peft) -> bool:
 
 
 def checkpoint_architecture(pretrained_checkpoint: str | None) -> ModelConfig | None:
-    """The architecture of an HF folder (its config.json); None for anything else."""
+    """The architecture of an HF folder (its config.json) or of a Megatron checkpoint (its run_config.yaml);
+    None for anything else (a minibridge checkpoint holds the recipe's model)."""
     if pretrained_checkpoint and (Path(pretrained_checkpoint) / "config.json").is_file():
         path = Path(pretrained_checkpoint) / "config.json"
         return config_from_hf(read_config_json(pretrained_checkpoint), source=str(path))
+    if pretrained_checkpoint:
+        from minibridge.bridge.megatron_config import megatron_architecture
+
+        return megatron_architecture(pretrained_checkpoint)
     return None
+
+
+def checkpoint_tokenizer(pretrained_checkpoint: str | None) -> str | None:
+    """The tokenizer that comes with a pretrained checkpoint: an HF folder's own, a Megatron checkpoint's
+    tokenizer/ folder."""
+    if not pretrained_checkpoint or checkpoint_architecture(pretrained_checkpoint) is None:
+        return None
+    if (Path(pretrained_checkpoint) / "config.json").is_file():
+        return pretrained_checkpoint
+    from minibridge.bridge.megatron_config import megatron_tokenizer
+
+    found = megatron_tokenizer(pretrained_checkpoint)
+    return str(found) if found else None
 
 
 def finetune_architecture(builtin: ModelConfig, pretrained_checkpoint: str | None, recipe: str) -> ModelConfig:
@@ -189,8 +207,8 @@ def make_container(
         arch = dataclasses.replace(arch, max_position_embeddings=seq_length)
     paths, weights = split_blend(data_paths)
     kind = "mock" if mock else dataset_kind(paths, finetune)
-    if tokenizer is None and checkpoint_architecture(pretrained_checkpoint) is not None:
-        tokenizer = pretrained_checkpoint  # an HF folder carries its tokenizer
+    if tokenizer is None:
+        tokenizer = checkpoint_tokenizer(pretrained_checkpoint)  # an HF folder carries its tokenizer
     return ConfigContainer(
         model=ModelSettings(
             config=arch, tensor_model_parallel_size=tensor_model_parallel_size,

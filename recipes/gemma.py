@@ -147,7 +147,8 @@ def gemma3_debug_pretrain_config(tokenizer: str | None = None, vocab_size: int |
 def gemma3_debug_finetune_config(**user_kwargs) -> ConfigContainer:
     """Tiny Gemma 3 finetuning on CPU: LoRA (default), DoRA or full (peft=None).
 
-    The architecture is `pretrained_checkpoint`'s when that is an HF folder, else the debug pretrain one."""
+    The architecture is `pretrained_checkpoint`'s when that is an HF folder or a Megatron checkpoint, else the debug
+    pretrain one."""
     user_kwargs, peft = _peft_and_lr(user_kwargs, full_lr=1e-4, peft_lr=1e-3)
     arch = checkpoint_architecture(user_kwargs.get("pretrained_checkpoint")) or DEBUG_ARCH
     if arch.family != "gemma3":

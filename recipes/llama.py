@@ -335,7 +335,8 @@ def llama3_debug_pretrain_config(tokenizer: str | None = None, vocab_size: int |
 def llama3_debug_finetune_config(**user_kwargs) -> ConfigContainer:
     """Tiny Llama 3 finetuning on CPU: LoRA (default), DoRA or full (peft=None).
 
-    The architecture is `pretrained_checkpoint`'s when that is an HF folder, else the debug pretrain one."""
+    The architecture is `pretrained_checkpoint`'s when that is an HF folder or a Megatron checkpoint, else the debug
+    pretrain one."""
     user_kwargs = dict(user_kwargs)
     peft = user_kwargs.pop("peft", "lora")
     arch = checkpoint_architecture(user_kwargs.get("pretrained_checkpoint")) or DEBUG_ARCH

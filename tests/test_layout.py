@@ -46,7 +46,8 @@ LAYERS: dict[str, set[str]] = {
     "minibridge.models": KERNELS,
     "minibridge.parallel": MODELS,
     "minibridge.peft": PARALLEL,
-    "minibridge.bridge": PEFT,
+    "minibridge.bridge": PEFT | {"minibridge.checkpoint.names"},  # megatron_config: run_config.yaml of a folder
+    "minibridge.checkpoint.names": FOUNDATION,  # folder and file names, no torch: bridge and recipes read them
     "minibridge.checkpoint": PARALLEL,         # the DCP format: below training and conversion, above models
     "minibridge.training": BRIDGE | CHECKPOINT,
     # the data pipeline stands alone below the loop (hf_folder.check_contained: path safety)

@@ -38,3 +38,4 @@ def read_block(info: TensorInfo, out: torch.Tensor, spec: ShardSpec | None, rows
         block = f.get_slice(info.name)[first:last, start:stop]
     with torch.no_grad():
         out.copy_(block)
+

@@ -71,11 +71,30 @@ class LazyBlock(ShardedBlock):
         return self.read()
 
 
+class LazyChunks:
+    """Several chunks of one logical tensor from this rank, each planned from its shape and read by its
+    `read()` when DCP writes it: a stacked Megatron key, one chunk per layer (or per half of a layer)."""
+
+    def __init__(self, chunks: list[LazyBlock]):
+        self.chunks = {tuple(c.offsets): c for c in chunks}
+
+    def __create_write_items__(self, fqn: str, obj) -> list[WriteItem]:
+        return [item for c in self.chunks.values() for item in c.__create_write_items__(fqn, obj)]
+
+    def __create_chunk_list__(self) -> list[ChunkStorageMetadata]:
+        return [chunk for c in self.chunks.values() for chunk in c.__create_chunk_list__()]
+
+    def data(self, offsets) -> torch.Tensor:
+        return self.chunks[tuple(offsets)].data()
+
+
 class BlockSavePlanner(DefaultSavePlanner):
     """DCP's default save planner, taught to fetch a ShardedBlock's data (it only looks in tensors)."""
 
     def lookup_object(self, index):
         block = self.state_dict[index.fqn]
+        if isinstance(block, LazyChunks):
+            return block.data(index.offset)
         return block.data() if isinstance(block, ShardedBlock) else super().lookup_object(index)
 
 

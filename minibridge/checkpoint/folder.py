@@ -34,11 +34,9 @@ from ..parallel.dims import barrier, from_rank0, global_rank
 from .blocks import (PARAM_GROUPS, BlockLoadPlanner, BlockSavePlanner, ShardedBlock, check_param_groups, legacy_key,
                      other_master_forms, stored_param_groups, torch_layout, training_state)
 from .integrity import verify_checkpoint, write_checksums
+from .names import LATEST, RUN_CONFIG_FILE, RUN_FILE, iteration_dir, iteration_folder, latest_iteration  # noqa: F401
 from .reader import SafeFileSystemReader
 
-LATEST = "latest_checkpointed_iteration.txt"
-RUN_FILE = "run.json"
-RUN_CONFIG_FILE = "run_config.yaml"  # Megatron Bridge's name for the resolved configuration of a checkpoint
 
 
 def run_config_yaml(config: dict) -> str:
@@ -46,20 +44,6 @@ def run_config_yaml(config: dict) -> str:
     import yaml
 
     return yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=False, default_flow_style=False)
-
-
-def iteration_dir(save: str | Path, iteration: int) -> Path:
-    return Path(save) / f"iter_{iteration:07d}"
-
-
-def latest_iteration(save: str | Path) -> int | None:
-    path = Path(save) / LATEST
-    if not path.is_file():
-        return None
-    text = path.read_text(errors="replace").strip()
-    if not text.isdigit() or not iteration_dir(save, int(text)).is_dir():
-        raise CorruptCheckpointError(f"{path}: expected the number of a complete iteration folder, found {text!r}")
-    return int(text)
 
 
 def _cause(err: BaseException) -> BaseException:
@@ -215,15 +199,6 @@ def load_checkpoint(folder: str | Path, model, optimizer=None, restore_rng: bool
     if rng is not None:
         torch.set_rng_state(rng)
     return info
-
-
-def iteration_folder(path: str | Path) -> Path:
-    """The latest iteration folder of a save folder, or `path` itself (any checkpoint's layout)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder; expected a checkpoint (a save folder with "
-                                f"{LATEST}, or one of its iter_NNNNNNN folders)")
-    return iteration_dir(folder, latest_iteration(folder)) if (folder / LATEST).is_file() else folder
 
 
 def hf_hint(folder: Path) -> str:

@@ -25,10 +25,11 @@ from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import SavePlan, TensorWriteData, WriteItem, WriteItemType
 
 from ..errors import CorruptCheckpointError
-from .folder import RUN_FILE, hf_hint, iteration_folder
+from .folder import hf_hint
+from .names import MEGATRON_MARKER, RUN_FILE, iteration_folder
 from .reader import SafeFileSystemReader
 
-MARKER = "metadata.json"  # {"sharded_backend": "torch_dist"} in every Megatron-Core iteration folder
+MARKER = MEGATRON_MARKER
 BACKEND = "torch_dist"
 MCORE_STRATEGY_MODULE = "megatron.core.dist_checkpointing.strategies.torch"
 

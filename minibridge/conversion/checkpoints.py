@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from ..bridge.fingerprint import weights_fingerprint
-from ..checkpoint import load_checkpoint, read_checkpoint, resolve_checkpoint
+from ..checkpoint import load_checkpoint, read_checkpoint, read_run_info, resolve_checkpoint
+from ..checkpoint.names import RUN_CONFIG_FILE
+from ..checkpoint.megatron import checkpoint_kind
 from ..errors import CheckpointMismatchError, ConfigError
 from ..models import ModelChunks, ModelConfig, whole_model_shapes
 from ..parallel.parallelize import build_model
@@ -25,8 +27,6 @@ from ..parallel.parallelize import build_model
 # The fields that decide which tensors a model has and their shapes: a checkpoint must agree on them.
 SHAPE_FIELDS = ("family", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                 "num_kv_heads", "head_dim", "tie_word_embeddings", "attention_bias", "mlp_bias")
-
-
 
 
 def architecture_digest(config: ModelConfig) -> str:
@@ -103,7 +103,11 @@ def load_megatron_model(bridge, path: str | Path, parallel=None, dtype: torch.dt
     """This rank's chunks of the model of `bridge` (an AutoBridge of the matching HF folder) with the
     weights of the minibridge checkpoint at `path`: a full checkpoint is read directly (resharded to
     `parallel`); an adapter-only (LoRA/DoRA) checkpoint is attached to its base model and, by default,
-    merged into it (pp=1 only). `dtype` defaults to the dtype stored in the checkpoint."""
+    merged into it (pp=1 only). `dtype` defaults to the dtype stored in the checkpoint. A Megatron-Core
+    torch_dist checkpoint (Megatron Bridge, Megatron-LM, `convert import --format megatron`) is read layer
+    slice by layer slice (checkpoint/megatron_weights.py)."""
+    if checkpoint_kind(path)[1] == "megatron":
+        return _load_megatron_folder(bridge, path, parallel, dtype, device)
     folder, info, stored = read_checkpoint(path)
     peft = info.get("peft")
     if parallel is not None and parallel.config.pp > 1 and peft is not None:
@@ -122,6 +126,36 @@ def load_megatron_model(bridge, path: str | Path, parallel=None, dtype: torch.dt
                dropout_position=settings.get("dropout_position", "pre"))
     load_model_state(folder, model, trainable_only=True)
     return merge_peft(model) if merge_adapters else model
+
+
+def _load_megatron_folder(bridge, path, parallel, dtype, device) -> ModelChunks:
+    from ..bridge.megatron_config import config_from_run_config
+    from ..checkpoint.megatron_weights import load_megatron_weights, megatron_parameters
+
+    folder, _ = checkpoint_kind(path)
+    if (folder / RUN_CONFIG_FILE).is_file():  # its recorded model must be the one of `bridge`
+        recorded = config_from_run_config(folder)
+        diffs = [f"{k}={getattr(recorded, k)!r} (the HF config says {getattr(bridge.config, k)!r})"
+                 for k in SHAPE_FIELDS if getattr(recorded, k) != getattr(bridge.config, k)]
+        if diffs:
+            raise CheckpointMismatchError(f"{folder} is a Megatron checkpoint of another model than "
+                                          f"{bridge.source}/config.json: " + "; ".join(diffs))
+    _, weights = megatron_parameters(folder, bridge.config)
+    chunks = build_model(bridge.config, parallel, dtype or weights.dtype, device)
+    load_megatron_weights(chunks, weights)
+    return chunks
+
+
+def checkpoint_tokenizer(path) -> str | None:
+    """The tokenizer folder that goes with a checkpoint: for a Megatron one the `tokenizer/` Megatron Bridge
+    saves beside the weights, for ours the one its run trained with (None: neither has one)."""
+    folder, kind = checkpoint_kind(path)
+    if kind == "megatron":
+        from ..bridge.megatron_config import megatron_tokenizer
+
+        found = megatron_tokenizer(folder)
+        return str(found) if found else None
+    return trained_tokenizer(read_run_info(folder))
 
 
 def _load_base(bridge, folder: Path, peft: dict, parallel, dtype, device, progress):

@@ -28,6 +28,7 @@ import torch.distributed.checkpoint as dcp
 from ..bridge import HFBridge
 from ..bridge.auto_bridge import HF_DEFAULT_MAX_SHARD_SIZE
 from ..bridge.hf_folder import TOKENIZER_FILES, HFFolder, tokenizer_files
+from ..bridge.megatron_config import megatron_tokenizer
 from ..bridge.safetensors_io import read_tensor
 from ..checkpoint import BlockLoadPlanner, SafeFileSystemReader, read_checkpoint
 from ..checkpoint.megatron import checkpoint_kind
@@ -56,10 +57,7 @@ def export_checkpoint(hf_model: str | os.PathLike | None, megatron_path: str | o
     scratch (its configuration is in run.json; see `bridge_of_checkpoint`). See `export_with_bridge`."""
     folder, kind = checkpoint_kind(megatron_path)
     if kind == "megatron":
-        from .megatron import config_from_run_config
-
-        bridge = (HFBridge.from_hf_pretrained(hf_model) if hf_model is not None
-                  else HFBridge.from_config(config_from_run_config(folder)))
+        bridge = HFBridge.from_hf_pretrained(hf_model) if hf_model is not None else bridge_of_checkpoint(folder)
         return export_megatron(bridge, folder, hf_path, adapter_only, **kwargs)
     bridge = HFBridge.from_hf_pretrained(hf_model) if hf_model is not None else bridge_of_checkpoint(megatron_path)
     return export_with_bridge(bridge, megatron_path, hf_path, adapter_only, **kwargs)
@@ -70,14 +68,12 @@ def export_megatron(bridge: HFBridge, folder: Path, hf_path, adapter_only: bool 
                     overwrite: bool = False, progress: bool = True, tp: int = 1, strict: bool = True,
                     tokenizer: str | os.PathLike | None = None) -> Path:
     """A Megatron-Core torch_dist checkpoint as an HF folder, streamed one layer slice at a time (rank 0)."""
-    from .megatron import megatron_parameters
+    from ..checkpoint.megatron_weights import megatron_parameters
 
     if adapter_only:
         raise ConfigError(f"{folder} is a Megatron checkpoint: --adapter-only exports minibridge LoRA/DoRA checkpoints")
     _, weights = megatron_parameters(folder, bridge.config)
-    side = _tokenizer_folder(tokenizer, folder) if tokenizer is not None else None
-    if side is None and (folder / "tokenizer").is_dir() and tokenizer_files(folder / "tokenizer"):
-        side = folder / "tokenizer"  # Megatron Bridge saves the tokenizer beside the weights
+    side = _tokenizer_folder(tokenizer, folder) if tokenizer is not None else megatron_tokenizer(folder)
     target = Path(hf_path)
     if global_rank() == 0:
         dtypes = {name: weights.stored[weights.where(name)[0]].properties.dtype for name in
@@ -89,7 +85,13 @@ def export_megatron(bridge: HFBridge, folder: Path, hf_path, adapter_only: bool 
 
 
 def bridge_of_checkpoint(megatron_path) -> HFBridge:
-    """A bridge without an HF folder, for the architecture a checkpoint's run.json records."""
+    """A bridge without an HF folder, for the architecture a checkpoint's run.json records (a Megatron
+    checkpoint's run_config.yaml)."""
+    folder, kind = checkpoint_kind(megatron_path)
+    if kind == "megatron":
+        from ..bridge.megatron_config import config_from_run_config
+
+        return HFBridge.from_config(config_from_run_config(folder))
     _, info, _ = read_checkpoint(megatron_path)
     fields = dict(stored_model_config(info) or {})
     if not fields:

@@ -16,10 +16,9 @@ import torch
 from ..bridge import HFBridge
 from ..bridge.hf_config import parse_dtype as dtype_from_name
 from ..bridge.hf_folder import resolve_model_path
-from ..conversion import load_megatron_model, resolve_checkpoint
-from ..conversion.checkpoints import trained_tokenizer
+from ..conversion import load_megatron_model
+from ..conversion.checkpoints import checkpoint_tokenizer
 from ..conversion.exporter import bridge_of_checkpoint
-from ..checkpoint import read_run_info
 from ..errors import ConfigError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -58,5 +57,5 @@ def default_tokenizer(hf_model: str | None, megatron_path: str | None, bridge: H
         folder = Path(bridge.source)
         return str(folder) if any((folder / name).is_file() for name in TOKENIZER_FILES) else None
     if megatron_path is not None:
-        return trained_tokenizer(read_run_info(resolve_checkpoint(megatron_path)))
+        return checkpoint_tokenizer(megatron_path)
     return None

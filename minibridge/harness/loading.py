@@ -81,21 +81,21 @@ def load(pretrained=None, checkpoint=None, tokenizer=None, dtype=None, device=No
         return Loaded(model, tok, generation_eos(None, tok), type(model).__name__)
     from ..bridge import HFBridge
     from ..bridge.hf_folder import resolve_model_path
-    from ..conversion import load_megatron_model, read_checkpoint
+    from ..conversion import load_megatron_model
 
     folder = None
     if pretrained is not None:
         folder = resolve_model_path(pretrained, revision)
         bridge = HFBridge.from_hf_pretrained(folder)
     elif checkpoint is not None:
-        from ..conversion.checkpoints import trained_tokenizer
+        from ..conversion.checkpoints import checkpoint_tokenizer
         from ..conversion.exporter import bridge_of_checkpoint
 
         bridge = bridge_of_checkpoint(checkpoint)
         if tokenizer is None:
-            tokenizer = trained_tokenizer(read_checkpoint(checkpoint)[1])
+            tokenizer = checkpoint_tokenizer(checkpoint)
             if tokenizer is None:
-                raise ConfigError(f"checkpoint={checkpoint}: its run.json names no tokenizer (mock data?); pass "
+                raise ConfigError(f"checkpoint={checkpoint}: it names no tokenizer (run.json: mock data?; Megatron: no tokenizer/ folder); pass "
                                   f"tokenizer=DIR, or pretrained=HF_DIR of the same model")
     else:
         raise ConfigError("MinibridgeLM needs pretrained=HF_DIR, checkpoint=CKPT (with tokenizer=DIR when its "

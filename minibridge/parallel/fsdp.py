@@ -126,6 +126,22 @@ def local_rows(param: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | Non
     return shard, (first, first + shard.shape[0])
 
 
+def fill_local(param: torch.Tensor, full: torch.Tensor, spec) -> None:
+    """Fill this rank's values of `param` from its full tensor `full` (a parameter another checkpoint format
+    holds whole): its TP block under `spec` (a ShardSpec), then under FSDP2 its rows of that block; rows
+    past the real vocabulary (padding) are zeros."""
+    out, rows = local_rows(param)
+    block = full
+    if spec is not None and spec.dim is not None and spec.size > 1:
+        start, stop = spec.local_range()
+        block = full.narrow(spec.dim, start, max(0, min(stop, full.shape[spec.dim]) - start))
+    if rows is not None:
+        block = block[rows[0]: rows[1]]
+    with torch.no_grad():
+        out[: block.shape[0]].copy_(block)
+        out[block.shape[0]:].zero_()
+
+
 def shard_rows(tensor: DTensor) -> tuple[torch.Tensor, int]:
     """(local shard, its first row in the DTensor's global tensor) under FSDP2's Shard(0): rank r holds
     rows [r * c, min((r + 1) * c, n)) with c = ceil(n / dp), as torch.chunk splits them."""

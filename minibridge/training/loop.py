@@ -26,6 +26,7 @@ from ..parallel.data import finalize_pipeline_grads
 from ..parallel.fsdp import FsdpSettings, unshard
 from ..parallel.overlap import arm_chunk, grad_reducers
 from ..bridge.fingerprint import weights_fingerprint
+from ..checkpoint.megatron_weights import load_pretrained_weights
 from ..peft import adapters_hidden, attach_peft, count_parameters, init_adapters, merge_peft
 from ..errors import ConfigError, MinibridgeError
 from .config import ConfigContainer
@@ -139,9 +140,9 @@ class Trainer:
                                         recompute=c.model.recompute_granularity, compile=c.model.compile,
                                         fsdp=fsdp, adapters=adapters)
         self.chunks = chunks
-        if source and not (Path(source) / "config.json").exists():  # a minibridge checkpoint: weights only
+        if source and not (Path(source) / "config.json").exists():  # a checkpoint: weights only
             with adapters_hidden(chunks):  # the base model's weights; the adapters start fresh below
-                ckpt.load_checkpoint(ckpt.resolve_checkpoint(source), chunks, restore_rng=False)
+                load_pretrained_weights(source, chunks)  # ours, or Megatron's (Megatron Bridge, Megatron-LM)
         self.base_model = None  # PEFT: fingerprint of the frozen base the adapters belong to
         if c.peft is not None:
             self._init_adapters(bridge.source or source)  # a hub id resolves to its local folder

@@ -93,8 +93,13 @@ def test_checkpoint_equals_its_hf_folder(tmp_path, llama, indexed_data, one_thre
     with_config = run_eval(tmp_path, "ckpt", "--hf-model", str(llama), "--megatron-path", str(ckpt), *data)
     iteration = next((tmp_path / "ckpt").glob("iter_*"))  # an iteration folder, the config from its run.json
     alone = run_eval(tmp_path, "alone", "--megatron-path", str(iteration), *data)
+    # a Megatron torch_dist folder: the model from its run_config.yaml, the tokenizer from its tokenizer/
+    from minibridge.conversion.megatron_writer import write_megatron_checkpoint
+
+    write_megatron_checkpoint(str(llama), tmp_path / "mcore", progress=False)
+    megatron = run_eval(tmp_path, "mcore", "--megatron-path", str(tmp_path / "mcore"), *data)
     assert hf["samples"] == 8
-    for other in (with_config, alone):
+    for other in (with_config, alone, megatron):
         assert (other["loss"], other["tokens"]) == (hf["loss"], hf["tokens"])
 
 

@@ -144,6 +144,11 @@ def test_command_line(tiny_lms, tmp_path, capsys):
     assert main(args + ["--megatron_model_path", str(tmp_path / "mb")]) == 0
     last = capsys.readouterr().out
     assert all(t in last for t in texts), (last, texts)
+    assert convert(["import", "--hf-model", str(folder), "--megatron-path", str(tmp_path / "mcore"), "--format",
+                    "megatron", "--no-progress"]) == 0  # a Megatron-Core torch_dist folder
+    assert main(args + ["--megatron_model_path", str(tmp_path / "mcore")]) == 0
+    last = capsys.readouterr().out
+    assert all(t in last for t in texts), (last, texts)
 
 
 def test_stats_and_chat_template(tiny_lms):
@@ -174,7 +179,7 @@ def test_bad_inputs(tiny_lms, tmp_path, capsys):
     assert main(["--hf_model_path", str(bare), "--prompt", "x"]) == 2
     assert "tokenizer" in capsys.readouterr().err
     assert main(["--hf_model_path", str(tiny_lms["llama"]), "--prompt", "x", "--megatron_model_path", str(tmp_path)]) == 2
-    assert "not a minibridge checkpoint" in capsys.readouterr().err
+    assert "found neither run.json" in capsys.readouterr().err
     assert json.loads((tiny_lms["llama"] / "config.json").read_text())["eos_token_id"] == EOS
 
 

@@ -81,7 +81,7 @@ def test_bad_sources_and_generation_settings(harness_lms, tmp_path):
 
     with pytest.raises((MinibridgeError, OSError), match="missing"):
         MinibridgeLM(pretrained=str(tmp_path / "missing"))
-    with pytest.raises((MinibridgeError, OSError), match="not a minibridge checkpoint"):
+    with pytest.raises((MinibridgeError, OSError), match="found neither run.json"):
         MinibridgeLM(pretrained=str(harness_lms["llama"]), checkpoint=str(harness_lms["gemma"]))
     lm = MinibridgeLM.create_from_arg_string(f"pretrained={harness_lms['llama']},max_length={MAX_LENGTH}",
                                              {"batch_size": 2, "device": "cpu", "max_batch_size": None})

@@ -14,11 +14,18 @@ Python >= 3.12, their wheels ran on 3.11 here):
     /tmp/mb31venv/bin/pip install numpy transformers==5.12.1 omegaconf hydra-core einops pyyaml tqdm rich six \
         regex packaging safetensors triton==3.9.0 tensorboard pydantic pulp requests datasets braceexpand psutil
     /tmp/mb31venv/bin/python tests/data/megatron/make_fixtures.py mcore     # their import_ckpt -> <name>/mcore
-    /tmp/mb31venv/bin/python tests/data/megatron/make_fixtures.py export    # their export_ckpt of ours
+    /tmp/mb31venv/bin/pip install scipy     # modelopt.torch, which their load_megatron_model imports, needs it
+    .venv/bin/python tests/data/megatron/make_fixtures.py ours              # our convert import --format megatron
+    /tmp/mb31venv/bin/python tests/data/megatron/make_fixtures.py export 2>&1 | tee tests/data/megatron/mbridge_export_log.txt
 
-`export` (prepared, not run yet: minibridge does not write Megatron checkpoints yet) is to read `<name>/ours`
-(from `python -m minibridge.convert import --format megatron`) with Megatron Bridge's `AutoBridge.export_ckpt`
-and record its HF output under `<name>/ours_exported_by_mbridge`.
+`ours` writes our Megatron checkpoints of the fixtures (and of the Llama one with its vocabulary padded to a
+multiple of 128) under $MEGATRON_FIXTURE_WORK (default /tmp/minibridge-megatron-fixtures; not committed).
+`export` reads each with Megatron Bridge's `AutoBridge.export_ckpt` and records in mbridge_export_record.json,
+per case, the sha256 of every tensor of our folder and the verdict on every HF tensor their export wrote
+against the source (tests/convert/test_megatron_write.py checks that today's writer still writes those tensors).
+Their export needed, beyond the shims below: scipy, their layer spec and fusions set for the CPU after their
+load_model_config (our run_config.yaml leaves both to the machine that loads it), and no tokenizer (the
+fixtures hold none; PreTrainedCausalLM._load_tokenizer returns None).
 
 `mcore` was run as `make_fixtures.py mcore llama` then `make_fixtures.py mcore gemma3` (one process per family is
 also what the NVTE_* reset below allows in one process). Their `run_config.yaml` records the absolute path of
@@ -47,6 +54,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = {"llama": ("Llama-3.2-1B", dict(vocab_size=250)), "gemma3": ("gemma-3-1b-it", {})}
+WORK = Path(os.environ.get("MEGATRON_FIXTURE_WORK", "/tmp/minibridge-megatron-fixtures"))  # not committed
 
 
 def make_hf() -> None:
@@ -173,17 +181,104 @@ def make_mcore() -> None:
         print("wrote", HERE / name / "mcore")
 
 
+# our Megatron checkpoints that their exporter reads: (case, HF fixture, extra `convert import` flags)
+OURS = {"llama": ("llama", []), "gemma3": ("gemma3", []),
+        "llama_padded": ("llama", ["--make-vocab-size-divisible-by", "128"])}
+RECORD = HERE / "mbridge_export_record.json"
+
+
+def tensor_sha256(folder) -> dict:
+    """sha256 of every tensor a DCP folder stores (whole tensors: fixtures only), by key. Torch alone, so the
+    CI test (tests/convert/test_megatron_write.py) and this script compute the same thing."""
+    import hashlib
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(folder))  # our own output, written a moment ago: trusted here
+    stored = reader.read_metadata().state_dict_metadata
+    out = {}
+    for key, meta in sorted(stored.items()):
+        if isinstance(meta, TensorStorageMetadata):
+            tensor = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+            with warnings.catch_warnings():  # one process without a process group, on purpose
+                warnings.filterwarnings("ignore", message=".*torch.distributed is .*")
+                dcp.load({key: tensor}, storage_reader=reader, no_dist=True)
+            out[key] = hashlib.sha256(tensor.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+    return out
+
+
 def export_ours() -> None:
+    """Their AutoBridge.export_ckpt of our `convert import --format megatron` output, compared with the source.
+
+    Run with the project's .venv on PATH first making the folders (`ours` stage), then here; the record of
+    both (our tensors' sha256 and their export's verdict per HF tensor) goes to mbridge_export_record.json,
+    the run's output to mbridge_export_log.txt."""
+    import torch
+    from safetensors.torch import load_file
+
     _shims()
     from megatron.bridge import AutoBridge
+    from megatron.bridge.models.gpt_provider import GPTModelProvider, local_layer_spec
+    from megatron.bridge.training import model_load_save
 
     _gemma_cpu_layers()
-    for name in FIXTURES:
+    load_model_config = model_load_save.load_model_config
+
+    def cpu_config(path):  # our run_config.yaml leaves the layer spec to the machine: the local one on a CPU
+        provider, args = load_model_config(path)
+        if type(provider) is GPTModelProvider:
+            provider.transformer_layer_spec = local_layer_spec
+        _fusions_off(provider)
+        return provider, args
+
+    model_load_save.load_model_config = cpu_config
+    from megatron.bridge.models.hf_pretrained.causal_lm import PreTrainedCausalLM
+
+    PreTrainedCausalLM._load_tokenizer = lambda self: None  # the fixtures hold no tokenizer to save beside
+    record = {}
+    for case, (name, _) in OURS.items():
+        for key in ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN"):
+            os.environ.pop(key, None)
+        ours, out = WORK / case, WORK / f"{case}_exported_by_mbridge"
         bridge = AutoBridge.from_hf_pretrained(str(HERE / name / "hf"))
-        out = HERE / name / "ours_exported_by_mbridge"
-        bridge.export_ckpt(str(HERE / name / "ours"), str(out), show_progress=False)
-        print("exported", HERE / name / "ours", "->", out, json.dumps(sorted(p.name for p in out.iterdir())))
+        bridge.export_ckpt(str(ours), str(out), show_progress=False)
+        source = load_file(str(HERE / name / "hf" / "model.safetensors"))
+        exported = {}
+        for f in sorted(out.glob("*.safetensors")):
+            exported.update(load_file(str(f)))
+        verdict = {}
+        for k in sorted(set(source) | set(exported)):
+            a, b = source.get(k), exported.get(k)
+            if a is None or b is None:
+                verdict[k] = "only in the source" if b is None else "only in the export"
+            elif a.shape[1:] == b.shape[1:] and a.shape[0] < b.shape[0] and a.dtype == b.dtype:  # padded rows kept
+                same = torch.equal(a.view(torch.uint8), b[: a.shape[0]].view(torch.uint8))
+                verdict[k] = (f"{list(a.shape)} vs {list(b.shape)}: the first {a.shape[0]} rows "
+                              f"{'identical' if same else 'differ'}, the other {b.shape[0] - a.shape[0]} "
+                              f"{'zero' if not b[a.shape[0]:].any() else 'nonzero'}")
+            elif a.shape != b.shape or a.dtype != b.dtype:
+                verdict[k] = f"{list(a.shape)} {a.dtype} vs {list(b.shape)} {b.dtype}"
+            else:
+                verdict[k] = "identical" if torch.equal(a.view(torch.uint8), b.view(torch.uint8)) else "values differ"
+        record[case] = {"ours_sha256": tensor_sha256(ours / "iter_0000000"), "export": verdict,
+                        "identical": sum(v == "identical" for v in verdict.values()), "tensors": len(verdict)}
+        print(case, f"{record[case]['identical']}/{len(verdict)} tensors identical to the source", flush=True)
+    RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    print("wrote", RECORD)
+
+
+def make_ours() -> None:
+    """Our Megatron checkpoints of the fixtures, for `export` (the project's .venv)."""
+    import subprocess
+
+    for case, (name, flags) in OURS.items():
+        subprocess.run([sys.executable, "-m", "minibridge.convert", "import", "--hf-model", str(HERE / name / "hf"),
+                        "--megatron-path", str(WORK / case), "--format", "megatron", "--overwrite", "--no-progress",
+                        *flags], check=True, cwd=HERE.parents[2])
 
 
 if __name__ == "__main__":
-    {"hf": make_hf, "mcore": make_mcore, "export": export_ours}[sys.argv[1]]()
+    {"hf": make_hf, "mcore": make_mcore, "ours": make_ours, "export": export_ours}[sys.argv[1]]()

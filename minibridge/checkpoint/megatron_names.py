@@ -18,6 +18,8 @@ stores them (zero-centred weights), so no value changes here.
 
 from __future__ import annotations
 
+import torch
+
 LAYER_PREFIX = "decoder.layers."
 
 COMMON = [
@@ -50,3 +52,26 @@ ALIASES = {
     "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
     "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight",
 }
+# modules whose `_extra_state` (Transformer Engine's FP8 state; None without it) Megatron-Core stores per
+# layer as a pickled item `<key>._extra_state/shard_<l>_<L>`: its four linears
+EXTRA_STATE = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")
+
+
+def qkv_slots(config) -> dict[str, tuple[int, int]]:
+    """Rows of one KV group of linear_qkv, in heads of head_dim: [q rows of the group's heads; k; v]."""
+    per = config.num_heads // config.num_kv_heads
+    return {"q": (0, per), "k": (per, per + 1), "v": (per + 1, per + 2)}
+
+
+def fuse_qkv(parts: dict[str, torch.Tensor], config) -> torch.Tensor:
+    """linear_qkv's rows (weight or bias) of one layer from q, k and v, interleaved per KV group."""
+    groups = [parts[kind].reshape(config.num_kv_heads, -1, *parts[kind].shape[1:]) for kind in qkv_slots(config)]
+    return torch.cat(groups, dim=1).reshape(-1, *parts["q"].shape[1:])
+
+
+def split_qkv(fused: torch.Tensor, config, kind: str) -> torch.Tensor:
+    """The q, k or v rows of one layer's linear_qkv (the inverse of fuse_qkv)."""
+    start, stop = qkv_slots(config)[kind]
+    per = qkv_slots(config)["v"][1]
+    grouped = fused.reshape(config.num_kv_heads, per * config.head_dim, *fused.shape[1:])
+    return grouped[:, start * config.head_dim: stop * config.head_dim].reshape(-1, *fused.shape[1:])
