@@ -106,7 +106,18 @@ def machine_line() -> str:
     rates = cpu_matmul_rates()
     return (f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, capability "
             f"{torch.backends.cpu.get_cpu_capability()}, matmul fp32 {rates['fp32'] / 1e9:.1f} / bf16 "
-            f"{rates['bf16'] / 1e9:.1f} GFLOP/s, torch {torch.__version__}")
+            f"{rates['bf16'] / 1e9:.1f} GFLOP/s, {library_versions()}")
+
+
+def library_versions() -> str:
+    """torch's and transformers' versions (the reference moves: issue 33 found 5.25 much faster than 5.17)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        hf = version("transformers")
+    except PackageNotFoundError:
+        hf = "absent"
+    return f"torch {torch.__version__}, transformers {hf}"
 
 
 def pick_dtype() -> str:
