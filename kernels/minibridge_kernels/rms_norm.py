@@ -152,7 +152,8 @@ def rms_norm_triton_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.
 
 
 @kernel_op("rms_norm_triton")
-def rms_norm_triton_op(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def rms_norm_triton_op(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                       gemma: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(y like x, rstd (rows,) fp32): the forward kernel over the rows of x (any leading shape)."""
     D = x.shape[-1]
     y, rstd = rms_norm_triton_forward(_as_rows(x, D), weight.contiguous(), eps, gemma)

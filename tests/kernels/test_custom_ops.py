@@ -16,7 +16,9 @@ import torch
 
 from minibridge.kernels import apply_rope, attention, rms_norm
 from minibridge.kernels._triton import HAS_TRITON, triton_runs_on
-from minibridge.kernels.attention_triton import attention_triton_backward_op, attention_triton_forward, attention_triton_op
+from minibridge.kernels.attention_triton import (
+    attention_triton_backward_op, attention_triton_forward, attention_triton_op,
+)
 from minibridge.kernels.attention_triton_bwd import attention_triton_backward
 from minibridge.kernels.custom_ops import OPS
 from minibridge.kernels.rms_norm import (
@@ -35,14 +37,16 @@ def randn(*shape, grad=False, seed=0):
 
 
 def tables(B, T, D):
-    angles = torch.arange(T, dtype=torch.float32)[:, None] * torch.rand(D // 2, generator=torch.Generator().manual_seed(1))
+    inv_freq = torch.rand(D // 2, generator=torch.Generator().manual_seed(1))
+    angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq
     angles = torch.cat((angles, angles), -1).to(DEVICE)
     return angles.cos().expand(B, T, D), angles.sin().expand(B, T, D)  # as apply_rope hands them over
 
 
 def attention_inputs(grad=False, B=2):
     """GQA (2 query heads on 1 KV head), 2 packed documents, 20 positions (two 16-row blocks)."""
-    q, k, v = randn(B, 20, 2, 16, grad=grad, seed=1), randn(B, 20, 1, 16, grad=grad, seed=2), randn(B, 20, 1, 16, grad=grad, seed=3)
+    q = randn(B, 20, 2, 16, grad=grad, seed=1)
+    k, v = randn(B, 20, 1, 16, grad=grad, seed=2), randn(B, 20, 1, 16, grad=grad, seed=3)
     docs = torch.tensor([[0] * 7 + [1] * 13, [0] * 20], device=DEVICE)[:B]
     return q, k, v, docs
 
@@ -132,7 +136,8 @@ def test_meta_tensors_run_through_the_fake_implementations():
     y, rstd = rms_norm_triton_op(x, w, 1e-6, False)
     y.sum().backward()
     assert (y.dtype, rstd.shape, x.grad.shape, w.grad.dtype) == (torch.float32, (15,), x.shape, torch.float32)
-    q, k, v = meta(2, 40, 4, 16, dtype=torch.bfloat16), meta(2, 40, 2, 16, dtype=torch.bfloat16), meta(2, 40, 2, 16, dtype=torch.bfloat16)
+    q = meta(2, 40, 4, 16, dtype=torch.bfloat16)
+    k, v = meta(2, 40, 2, 16, dtype=torch.bfloat16), meta(2, 40, 2, 16, dtype=torch.bfloat16)
     cos = torch.empty(2, 40, 16, device="meta")
     qr, kr = rope_triton_op(q.transpose(1, 2).contiguous().transpose(1, 2), k, cos, cos, False)
     out, lse = attention_triton_op(qr, kr, v, True, 8, 0.25, torch.zeros(2, 40, dtype=torch.long, device="meta"))
