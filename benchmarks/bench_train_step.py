@@ -1,9 +1,16 @@
-"""Benchmark: one training step (forward, backward, optimizer) of minibridge vs transformers on CPU.
+"""Benchmark: one training step (forward, backward, optimizer) of minibridge vs transformers, CPU or CUDA.
 
 Cases (issue 14's shapes): the Llama-3.2-1B shape with 4 layers and the real 128,256 vocabulary at
 sequence 2048, and the Gemma-3-1B shape with 6 layers and the real 262,144 vocabulary at 4096 and 8192;
-batch 1, random weights. Each side runs in its own fresh process (`--child`), so its peak RSS (above
-the post-import baseline) is its own; a process killed for lack of memory is reported as such.
+batch 1, random weights. On CPU each side runs in its own fresh process (`--child`), so its peak RSS
+(above the post-import baseline) is its own; a process killed for lack of memory is reported as such.
+
+`--device cuda`: the same pairs in bf16 on one GPU with every layer of the real models (Llama-3.2-1B's
+16, Gemma-3-1B's 26; `--layers` overrides), the sides one after the other in this process: CUDA's
+allocator statistics reset between them, so each side's peak (`torch.cuda.max_memory_allocated`, tensors
+only) is its own, and each result is printed as it comes (a run cut off keeps them). Every row also
+gives MFU: model FLOPs (`minibridge.training.flops`, PaLM's convention) over the peak, the GPU's
+datasheet bf16 rate (CUDA) or this CPU's measured matmul rate in the step's dtype.
 
 Modes, each a pair run in the same invocation:
 
@@ -28,9 +35,9 @@ and the measured matmul rates.
 
     python benchmarks/bench_train_step.py [--modes research,trainer,compiled] [--cases llama-2048,gemma-4096,gemma-8192]
                                           [--dtype auto|bf16|fp32] [--steps 1] [--rounds 1] [--seq-divisor 1]
-                                          [--recompute none] [--interleaved]
+                                          [--recompute none] [--interleaved] [--device cpu|cuda] [--layers N]
 
-`--interleaved` adds, per pair, one process holding both models whose steps alternate: on a shared
+`--interleaved` (CPU) adds, per pair, one process holding both models whose steps alternate: on a shared
 machine whose matmul rate swings within seconds, that speed ratio is the steadier one (the separate
 processes still give the memory ratio).
 """
@@ -38,21 +45,28 @@ processes still give the memory ratio).
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import resource
 import sys
+import traceback
 from functools import partial
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from report import best_training_step, machine_line, pick_dtype, run_child, timed_step, write_report  # noqa: E402
+from report import (  # noqa: E402
+    best_training_step, cpu_matmul_rates, device_tag, machine_line, pick_dtype, run_child, timed_step, write_report,
+)
 
 CASES = {"llama-2048": ("Llama-3.2-1B", 4, 2048), "gemma-4096": ("gemma-3-1b-it", 6, 4096),
-         "gemma-8192": ("gemma-3-1b-it", 6, 8192)}
+         "gemma-8192": ("gemma-3-1b-it", 6, 8192)}  # (config, layers on CPU, sequence)
 MODES = ("research", "research-fused", "trainer", "trainer-bf16-state", "compiled")
 TRAINER_MODES = ("trainer", "trainer-bf16-state")
+SIDES = ("minibridge", "hf")
 SIDE_MODULES = {"minibridge": ("torch", "minibridge.bridge", "minibridge.training.optimizer"),
                 "hf": ("torch", "transformers")}
 
@@ -61,11 +75,45 @@ def _rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
-def _hf_config(name: str, layers: int) -> dict:
+class PeakMemory:
+    """One side's peak memory in GB, from the moment this is made.
+
+    cpu: the process's peak RSS above its RSS now (a peak RSS never goes down: one process per side).
+    cuda: `torch.cuda.max_memory_allocated` above what is allocated now, the statistics reset and the
+    previous side's cached blocks released first: tensors only (not the CUDA context or the caching
+    allocator's slack), so the sides of a pair can follow each other in one process."""
+
+    LABELS = {"cpu": "peak RSS (GB)", "cuda": "peak CUDA memory allocated (GB)"}
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device) / 2**30
+        else:
+            self.start = _rss_gb()
+
+    def peak_gb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**30 - self.start
+        return _rss_gb() - self.start
+
+
+def _hf_config(name: str, layers: int | None) -> dict:
     config = json.loads((REPO / "tests" / "data" / "hf_configs" / f"{name}.json").read_text())
-    config["num_hidden_layers"] = layers
-    config.pop("layer_types", None)
+    if layers:
+        config["num_hidden_layers"] = layers
+        config.pop("layer_types", None)
     return config
+
+
+def case_config(case: str, device: str, layers: int = 0) -> tuple[dict, int]:
+    """(HF config, sequence length) of a case: on CPU its few layers, on CUDA the model's own depth,
+    `layers` if given."""
+    name, cpu_layers, seq = CASES[case]
+    return _hf_config(name, layers or (cpu_layers if device == "cpu" else None)), seq
 
 
 class MasterWeightsAdamW:
@@ -73,15 +121,11 @@ class MasterWeightsAdamW:
     (fused where torch has it), gradients converted from bf16, the result copied back."""
 
     def __init__(self, params, lr: float):
-        import torch
-
         self.params = [p for p in params if p.requires_grad]
         self.masters = [p.detach().float().requires_grad_() for p in self.params]
         self.inner = torch.optim.AdamW(self.masters, lr=lr, foreach=True)
 
     def step(self):
-        import torch
-
         with torch.no_grad():
             for p, m in zip(self.params, self.masters):
                 m.grad = p.grad.float() if p.grad is not None else None
@@ -95,14 +139,10 @@ class MasterWeightsAdamW:
             p.grad = None
 
 
-def build(side: str, mode: str, case: str, dtype_name: str, seq_divisor: int, recompute: str):
-    """(step function, optimizer, input ids) of one side of a pair, its model built from the case's config."""
-    import torch
-
+def build(side: str, mode: str, hf: dict, seq: int, dtype_name: str, recompute: str, device: str = "cpu"):
+    """(step function, optimizer, input ids) of one side of a pair, its model built from `hf` on `device`."""
     torch.manual_seed(0)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    name, layers, seq = CASES[case]
-    hf = _hf_config(name, layers)
     if side == "minibridge":
         from minibridge import AutoBridge
         from minibridge.bridge import config_from_hf
@@ -113,7 +153,7 @@ def build(side: str, mode: str, case: str, dtype_name: str, seq_divisor: int, re
         options = dict(compile=True) if mode == "compiled" else {}
         if mode in TRAINER_MODES:
             options["recompute"] = recompute
-        model = AutoBridge.from_config(config).to_model(dtype=dtype, progress=False, **options)
+        model = AutoBridge.from_config(config).to_model(dtype=dtype, device=device, progress=False, **options)
         if mode in TRAINER_MODES:
             precision = StatePrecision(exp_avg_dtype="bf16", exp_avg_sq_dtype="bf16") if mode != "trainer" else None
             optimizer = MixedPrecisionAdamW(model, lr=1e-4, precision=precision)
@@ -125,7 +165,8 @@ def build(side: str, mode: str, case: str, dtype_name: str, seq_divisor: int, re
         import transformers
 
         cfg = transformers.AutoConfig.for_model(**hf)
-        model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
+        with torch.device(device):  # initialised where it runs (1B parameters take long on a CPU)
+            model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa")
         if mode in TRAINER_MODES and recompute != "none":
             model.gradient_checkpointing_enable()
         optimizer = MasterWeightsAdamW(model.parameters(), 1e-4) if mode in TRAINER_MODES else torch.optim.AdamW(
@@ -134,7 +175,18 @@ def build(side: str, mode: str, case: str, dtype_name: str, seq_divisor: int, re
         step_fn = lambda ids: forward(input_ids=ids, labels=ids).loss  # noqa: E731
         vocab = cfg.vocab_size
     model.train()
-    return step_fn, optimizer, torch.randint(0, vocab, (1, seq // seq_divisor))
+    return step_fn, optimizer, torch.randint(0, vocab, (1, seq)).to(device)
+
+
+def measure(side: str, mode: str, hf: dict, seq: int, dtype_name: str, steps: int, recompute: str,
+            device: str = "cpu") -> dict:
+    """One side's best step: tokens/s, seconds, peak memory (PeakMemory), last loss."""
+    for module in SIDE_MODULES[side]:  # the libraries are the baseline, not the peak
+        importlib.import_module(module)
+    memory = PeakMemory(device)
+    step_fn, optimizer, ids = build(side, mode, hf, seq, dtype_name, recompute, device)
+    best, loss = best_training_step(step_fn, optimizer, ids, steps)
+    return {"tokens_per_sec": seq / best, "step_s": best, "peak_gb": memory.peak_gb(), "loss": float(loss), "seq": seq}
 
 
 def child(side: str, mode: str, case: str, dtype_name: str, steps: int, seq_divisor: int, recompute: str) -> dict:
@@ -142,20 +194,16 @@ def child(side: str, mode: str, case: str, dtype_name: str, steps: int, seq_divi
         from minibridge.memory import keep_freed_memory
 
         keep_freed_memory()  # first, before any tensor exists, as the command lines do (minibridge.cli)
-    for module in SIDE_MODULES[side]:  # the libraries are the baseline, not the peak
-        importlib.import_module(module)
-    base = _rss_gb()
-    step_fn, optimizer, ids = build(side, mode, case, dtype_name, seq_divisor, recompute)
-    best, loss = best_training_step(step_fn, optimizer, ids, steps)
-    seq = ids.shape[1]
-    return {"tokens_per_sec": seq / best, "step_s": best, "peak_gb": _rss_gb() - base, "loss": float(loss), "seq": seq}
+    hf, seq = case_config(case, "cpu")
+    return measure(side, mode, hf, seq // seq_divisor, dtype_name, steps, recompute)
 
 
 def interleaved_child(mode: str, case: str, dtype_name: str, steps: int, seq_divisor: int, recompute: str) -> dict:
     """Both sides in one process, their steps taken in turn: each side's best step time (seconds).
     On a shared CPU the matmul rate swings up to 3x within seconds; steps of the two sides taken in
     turn see the same swings, where two processes minutes apart do not. Peak memory is not separable."""
-    sides = {side: build(side, mode, case, dtype_name, seq_divisor, recompute) for side in ("minibridge", "hf")}
+    hf, seq = case_config(case, "cpu")
+    sides = {side: build(side, mode, hf, seq // seq_divisor, dtype_name, recompute) for side in SIDES}
     times = {side: [] for side in sides}
     for _ in range(steps + 1):
         for side, (step_fn, optimizer, ids) in sides.items():
@@ -185,40 +233,32 @@ def interleaved_ratio(args, mode: str, case: str, dtype: str) -> str:
     return f"{times['hf'] / times['minibridge']:.2f}x (best of {steps})"
 
 
-def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        side, mode, case, dtype, steps, divisor, recompute = sys.argv[2:9]
-        run = interleaved_child if side == "both" else partial(child, side)
-        print(json.dumps(run(mode, case, dtype, int(steps), int(divisor), recompute)))
-        return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
-    parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run each pair this many times, the two sides alternating, and keep each side's best "
-                             "(on a shared machine the matmul rate swings 3x over tens of seconds)")
-    parser.add_argument("--interleaved", action="store_true",
-                        help="also time both sides in one process, steps in turn (the speed ratio of one machine "
-                             "phase; the models of both sides must fit in memory together; not the trainer mode)")
-    parser.add_argument("--seq-divisor", type=int, default=1, help="divide every sequence length (quick runs)")
-    parser.add_argument("--pairs", default=None, help="mode:case,... instead of every mode x case")
-    parser.add_argument("--recompute", default="none", choices=["none", "selective", "full"],
-                        help="trainer mode: activation recomputation (transformers: gradient checkpointing)")
-    parser.add_argument("--hf-memory-cap-gb", type=float, default=0.0,
-                        help="address-space cap of the transformers process (0: none); for cases it cannot fit")
-    parser.add_argument("--report", default="bench_train_step", help="name of the report in benchmarks/results/")
-    args = parser.parse_args()
-    pairs = ([tuple(p.split(":")) for p in args.pairs.split(",")] if args.pairs else
-             [(m, c) for m in args.modes.split(",") for c in args.cases.split(",")])
-    dtype = pick_dtype() if args.dtype == "auto" else args.dtype
-    lines = [f"# bench_train_step ({machine_line()}; {dtype}, batch 1, best of {args.steps} step(s) after a warm-up"
-             f"{f' in each of {args.rounds} alternating rounds' if args.rounds > 1 else ''})",
-             "", "| mode | case | side | seq | tokens/s | step (s) | peak RSS (GB) |", "|---|---|---|---|---|---|---|"]
-    if args.hf_memory_cap_gb:
-        lines[0] += f"; transformers under a {args.hf_memory_cap_gb:g} GB address-space cap"
-    ratios = []
+def in_process_results(args, pairs, dtype: str, report_row, device: str = "cuda") -> dict:
+    """{(mode, case): {side: result or why none}}: every side in this process, one after the other
+    (on CUDA, PeakMemory resets between them), each row reported as soon as it is measured."""
+    if any(mode in TRAINER_MODES for mode, _ in pairs):
+        from minibridge.memory import keep_freed_memory
+
+        keep_freed_memory()  # the trainer's host-side allocator settings, as its command line sets them
+    results = {}
+    for mode, case in pairs:
+        hf, seq = case_config(case, device, args.layers)
+        for side in SIDES:
+            try:
+                result = measure(side, mode, hf, seq // args.seq_divisor, dtype, args.steps, args.recompute, device)
+            except torch.cuda.OutOfMemoryError:
+                result = "out of memory (CUDA)"
+            except Exception as error:  # one side failing must not lose the other results of the run
+                traceback.print_exc()
+                result = f"failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            results.setdefault((mode, case), {})[side] = result
+            report_row(mode, case, side, result)
+    return results
+
+
+def cpu_results(args, pairs, dtype: str, report_row) -> dict:
+    """{(mode, case): {side: result or why none}}: every side in its own process, `--rounds` times."""
+    results = {}
     for mode, case in pairs:
         caps = {"minibridge": None, "hf": args.hf_memory_cap_gb or None}
         runs = {side: [] for side in caps}
@@ -226,15 +266,105 @@ def main():
             for side in caps:
                 runs[side].append(run_child(__file__, side, mode, case, dtype, args.steps, args.seq_divisor,
                                             args.recompute, memory_cap_gb=caps[side]))
-        results = {side: best_run(r) for side, r in runs.items()}
-        for side, r in results.items():
-            if isinstance(r, str):
-                lines.append(f"| {mode} | {case} | {side} | - | {r} | - | - |")
-            else:
-                lines.append(f"| {mode} | {case} | {side} | {r['seq']} | {r['tokens_per_sec']:.1f} | "
-                             f"{r['step_s']:.1f} | {r['peak_gb']:.2f} |")
-            print(lines[-1], flush=True)
-        mb, hf = results["minibridge"], results["hf"]
+        results[mode, case] = {side: best_run(r) for side, r in runs.items()}
+        for side, result in results[mode, case].items():
+            report_row(mode, case, side, result)
+    return results
+
+
+def peak_rate(device: str, dtype: str) -> tuple[float | None, str]:
+    """(FLOP/s that MFU is taken against, where it comes from)."""
+    from minibridge.training.flops import peak_flops
+
+    if device == "cuda":
+        peak = peak_flops("cuda", {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
+        return peak, "datasheet" if peak else "unknown for this GPU: no MFU"
+    return cpu_matmul_rates()[dtype], "measured matmul"
+
+
+def _rate(flops: float | None) -> str:
+    if not flops:
+        return "-"
+    return f"{flops / 1e12:.0f} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:.1f} GFLOP/s"
+
+
+def mfu(result, case: str, device: str, layers: int, peak: float | None) -> str:
+    """The side's model FLOPs utilization, as text."""
+    from minibridge.bridge import config_from_hf
+    from minibridge.training.flops import model_flops_per_token
+
+    if isinstance(result, str) or not peak:
+        return "-"
+    flops = model_flops_per_token(config_from_hf(case_config(case, device, layers)[0]), result["seq"])
+    return f"{100 * result['tokens_per_sec'] * flops / peak:.1f}%"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="auto: bf16 on CUDA; on CPU bf16 where it multiplies at least as fast as fp32")
+    parser.add_argument("--layers", type=int, default=0, help="layers of every case (0: 4 / 6 on CPU, all on CUDA)")
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="CPU: run each pair this many times, the two sides alternating, and keep each side's "
+                             "best (on a shared machine the matmul rate swings 3x over tens of seconds)")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="CPU: also time both sides in one process, steps in turn (the speed ratio of one machine "
+                             "phase; the models of both sides must fit in memory together; not the trainer mode)")
+    parser.add_argument("--seq-divisor", type=int, default=1, help="divide every sequence length (quick runs)")
+    parser.add_argument("--pairs", default=None, help="mode:case,... instead of every mode x case")
+    parser.add_argument("--recompute", default="none", choices=["none", "selective", "full"],
+                        help="trainer mode: activation recomputation (transformers: gradient checkpointing)")
+    parser.add_argument("--hf-memory-cap-gb", type=float, default=0.0,
+                        help="CPU: address-space cap of the transformers process (0: none); for cases it cannot fit")
+    parser.add_argument("--report", default="bench_train_step", help="name of the report in benchmarks/results/")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and (args.interleaved or args.rounds > 1 or args.hf_memory_cap_gb):
+        parser.error("--interleaved, --rounds and --hf-memory-cap-gb are for CPU runs")
+    if args.device == "cpu" and args.layers:
+        parser.error("--layers is for CUDA runs (the CPU cases keep issue 14's depths)")
+    return args
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        side, mode, case, dtype, steps, divisor, recompute = sys.argv[2:9]
+        run = interleaved_child if side == "both" else partial(child, side)
+        print(json.dumps(run(mode, case, dtype, int(steps), int(divisor), recompute)))
+        return
+    args = parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_train_step: --device cuda, but torch.cuda.is_available() is False")
+    pairs = ([tuple(p.split(":")) for p in args.pairs.split(",")] if args.pairs else
+             [(m, c) for m in args.modes.split(",") for c in args.cases.split(",")])
+    on_gpu = args.device == "cuda"
+    dtype = args.dtype if args.dtype != "auto" else "bf16" if on_gpu else pick_dtype()
+    peak, peak_source = peak_rate(args.device, dtype)
+    machine = (f"{device_tag('cuda')}, torch {torch.__version__}, CUDA {torch.version.cuda}" if on_gpu
+               else machine_line())
+    lines = [f"# bench_train_step ({machine}; {dtype}, batch 1, best of {args.steps} step(s) after a warm-up"
+             f"{f' in each of {args.rounds} alternating rounds' if args.rounds > 1 else ''}; MFU against "
+             f"{_rate(peak)}, {peak_source})",
+             "", f"| mode | case | side | seq | tokens/s | step (s) | MFU | {PeakMemory.LABELS[args.device]} |",
+             "|---|---|---|---|---|---|---|---|"]
+    if args.hf_memory_cap_gb:
+        lines[0] += f"; transformers under a {args.hf_memory_cap_gb:g} GB address-space cap"
+
+    def report_row(mode, case, side, r):
+        if isinstance(r, str):
+            lines.append(f"| {mode} | {case} | {side} | - | {r} | - | - | - |")
+        else:
+            lines.append(f"| {mode} | {case} | {side} | {r['seq']} | {r['tokens_per_sec']:.1f} | {r['step_s']:.3f} | "
+                         f"{mfu(r, case, args.device, args.layers, peak)} | {r['peak_gb']:.2f} |")
+        print(lines[-1], flush=True)
+
+    results = (in_process_results if on_gpu else cpu_results)(args, pairs, dtype, report_row)
+    ratios = []
+    for (mode, case), sides in results.items():
+        mb, hf = sides["minibridge"], sides["hf"]
         turns = interleaved_ratio(args, mode, case, dtype) if args.interleaved else "-"
         if isinstance(mb, dict) and isinstance(hf, dict):
             ratios.append(f"| {mode} | {case} | {mb['tokens_per_sec'] / hf['tokens_per_sec']:.2f}x | {turns} | "
@@ -243,7 +373,7 @@ def main():
             ratios.append(f"| {mode} | {case} | transformers {hf} | {turns} | minibridge {mb['peak_gb']:.2f} GB |")
     lines += ["", "| mode | case | speed minibridge / HF | same, steps in turn in one process | "
               "peak memory minibridge / HF |", "|---|---|---|---|---|", *ratios]
-    write_report(args.report, lines)
+    write_report(args.report, lines, args.device)
 
 
 if __name__ == "__main__":

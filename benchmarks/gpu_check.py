@@ -8,6 +8,9 @@ flash-attn), a bare checkout with nothing pip-installed. It installs nothing: ev
   imports   the package imports, and Triton is the real one (not the interpreter)
   gpu tests `pytest -m gpu`: the Triton kernels compiled for this GPU vs their `*_ref`, bf16, real shapes
   kernels   bench_kernels.py --device cuda: RMSNorm, RoPE, attention vs torch / torch.compile / flash-attn
+  train step  bench_train_step.py --device cuda: a Llama-3.2-1B- and a Gemma-3-1B-shaped bf16 training step
+            (every layer, the real vocabularies) beside transformers' on the same GPU: tokens/s, MFU, peak
+            CUDA memory; --quick the research pairs (AdamW on bf16 weights), full also the trainer's step
 
 The report, benchmarks/results/gpu-check-<gpu>.md, is rewritten after every stage (and says which one is
 running), so a run cut off by the device's time limit still leaves one. A stage over its budget is killed
@@ -39,14 +42,18 @@ IMPORTS = ("import torch, triton, minibridge, minibridge.kernels as k, minibridg
 
 
 def plan(quick: bool) -> list[tuple[str, list[str], int]]:
-    """(stage, command, budget in seconds); the budgets add up to at most TOTAL_BUDGET[quick] - 20."""
+    """(stage, command, budget in seconds); the budgets add up to at most TOTAL_BUDGET[quick] - 20. No GPU
+    has run them yet: the budgets are estimates (the training step last, as the stage most likely cut)."""
     seqs = ["--seqs", "2048", "4096", "--repeats", "2", "--rounds", "1"] if quick else ["--seqs", "2048", "4096", "8192"]
+    pairs = "research:llama-2048,research:gemma-4096" + ("" if quick else ",trainer:llama-2048,trainer:gemma-4096")
     return [
-        ("imports", [*RUN, "-c", IMPORTS], 30),
+        ("imports", [*RUN, "-c", IMPORTS], 20 if quick else 30),
         ("gpu tests", [*RUN, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *(["-x"] if quick else []),
-                       "tests"], 70 if quick else 160),
+                       "tests"], 60 if quick else 130),
         ("kernels", [*RUN, "benchmarks/bench_kernels.py", "--device", "cuda", *seqs, "--report", "gpu-check-kernels"],
-         60 if quick else 150),
+         40 if quick else 100),
+        ("train step", [*RUN, "benchmarks/bench_train_step.py", "--device", "cuda", "--pairs", pairs,
+                        "--steps", "2" if quick else "3", "--report", "gpu-check-train-step"], 40 if quick else 80),
     ]
 
 

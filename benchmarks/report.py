@@ -74,13 +74,21 @@ def spawn_ranks(worker, world: int, *args, expect: int = 1, timeout: float = 180
     return results
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device`: CUDA kernels run after their launch returns (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def timed_step(step_fn, optimizer, ids) -> tuple[float, float]:
-    """(seconds, loss) of one forward + backward + optimizer step."""
+    """(seconds, loss) of one forward + backward + optimizer step, on the device of `ids`."""
+    synchronize(ids.device)
     start = time.perf_counter()
     loss = step_fn(ids)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()
+    synchronize(ids.device)
     seconds = time.perf_counter() - start
     return seconds, float(loss.detach())
 

@@ -1,7 +1,8 @@
 """Custom kernels, installed as `minibridge.kernels`: Triton on a GPU, fast PyTorch on CPU.
 
-One file per op, each laid out Triton kernels -> host function -> autograd.Function -> `*_ref` in
-plain PyTorch (the CPU fallback, the tests' oracle and the benchmarks' baseline). Tensors are
+One file per op, each laid out Triton kernels -> host function -> torch custom op (`torch.ops.minibridge.*`
+with a fake implementation and registered autograd, custom_ops.py) -> `*_ref` in plain PyTorch (the CPU
+fallback, the tests' oracle and the benchmarks' baseline). Tensors are
 (batch, seq, heads, head_dim). Every public op takes `backend="auto" | "triton" | "flash" | "cpu" | "ref"`
 (see backend.py); the models reach them through their single dispatch points in models/common.py.
 """

@@ -34,11 +34,12 @@ import torch
 
 from ._triton import tl, triton
 from .attention_mask import check_attention_args
-from .attention_triton_bwd import attention_triton_backward
+from .attention_triton_bwd import attention_triton_backward, backward_outputs
 from .attention_triton_shared import (
     LOG2E, block_sizes, document_args, dot_config, head_dim_block, key_range, load_document_ids, program_tile,
     tile_allowed, tile_dot, tile_offsets,
 )
+from .custom_ops import kernel_op
 from .launch import check_grid, target_arch
 
 
@@ -108,12 +109,18 @@ def _check(q, k, v, causal, window, document_ids) -> None:
         raise ValueError(f"attention_triton: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
 
 
+def _forward_outputs(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty out (q's shape and dtype, contiguous) and lse (B, H, Tq) fp32."""
+    B, Tq, H, _ = q.shape
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(B, H, Tq, dtype=torch.float32,
+                                                                             device=q.device)
+
+
 def attention_triton_forward(q, k, v, causal: bool, window: int | None, scale: float,
                              document_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward kernel alone: (out (B, Tq, H, D) in q's dtype, lse (B, H, Tq) fp32, natural log)."""
     (B, Tq, H, D), Tk, Hkv = q.shape, k.shape[1], k.shape[2]
-    out = torch.empty(B, Tq, H, D, dtype=q.dtype, device=q.device)
-    lse = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)
+    out, lse = _forward_outputs(q)
     if out.numel() == 0:
         return out, lse
     BLOCK_M, BLOCK_N, warps, stages = block_sizes(D, "fwd", q.dtype, target_arch(q.device))
@@ -130,22 +137,49 @@ def attention_triton_forward(q, k, v, causal: bool, window: int | None, scale: f
     return out, lse
 
 
-class _AttentionFunction(torch.autograd.Function):
-    """Forward and backward Triton kernels; the backward recomputes probabilities from the saved lse."""
+# ----------------------------------------------------------------------------- custom ops
+# torch.ops.minibridge.attention_triton(_backward) (custom_ops.py): one graph node each under torch.compile.
+@kernel_op("attention_triton")
+def attention_triton_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, window: int | None,
+                        scale: float, document_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) of the forward kernel; the backward recomputes probabilities from lse."""
+    return attention_triton_forward(q, k, v, causal, window, scale, document_ids)
 
-    @staticmethod
-    def forward(ctx, q, k, v, causal, window, scale, document_ids):
-        out, lse = attention_triton_forward(q, k, v, causal, window, scale, document_ids)
-        ctx.save_for_backward(q, k, v, out, lse, document_ids)
-        ctx.causal, ctx.window, ctx.scale = causal, window, scale
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, out, lse, document_ids = ctx.saved_tensors
-        dq, dk, dv = attention_triton_backward(grad_out, q, k, v, out, lse, ctx.causal, ctx.window, ctx.scale,
-                                               document_ids)
-        return dq, dk, dv, None, None, None, None
+@attention_triton_op.register_fake
+def _(q, k, v, causal, window, scale, document_ids):
+    return _forward_outputs(q)
+
+
+@kernel_op("attention_triton_backward")
+def attention_triton_backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 out: torch.Tensor, lse: torch.Tensor, causal: bool, window: int | None, scale: float,
+                                 document_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv), contiguous, from the forward's out and lse."""
+    return attention_triton_backward(grad_out, q, k, v, out, lse, causal, window, scale, document_ids)
+
+
+@attention_triton_backward_op.register_fake
+def _(grad_out, q, k, v, out, lse, causal, window, scale, document_ids):
+    return backward_outputs(q, k, v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, window, scale, document_ids = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, document_ids)
+    ctx.mark_non_differentiable(lse)
+    ctx.causal, ctx.window, ctx.scale = causal, window, scale
+
+
+def _backward(ctx, grad_out, _):
+    q, k, v, out, lse, document_ids = ctx.saved_tensors
+    dq, dk, dv = attention_triton_backward_op(grad_out, q, k, v, out, lse, ctx.causal, ctx.window, ctx.scale,
+                                              document_ids)
+    return dq, dk, dv, None, None, None, None
+
+
+attention_triton_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def attention_triton(q, k, v, causal: bool = True, window: int | None = None, scale: float | None = None,
@@ -156,4 +190,4 @@ def attention_triton(q, k, v, causal: bool = True, window: int | None = None, sc
     if window is not None and window >= k.shape[1]:
         window = None  # every key is inside the window
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return _AttentionFunction.apply(q, k, v, causal, window, scale, document_ids)
+    return attention_triton_op(q, k, v, causal, window, scale, document_ids)[0]

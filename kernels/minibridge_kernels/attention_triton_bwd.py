@@ -153,12 +153,16 @@ def _bwd_dq_kernel(
              (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
 
 
+def backward_outputs(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Empty contiguous gradients of the inputs' shapes and dtypes."""
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in inputs)
+
+
 def attention_triton_backward(grad_out, q, k, v, out, lse, causal: bool, window: int | None, scale: float,
                               document_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) in the inputs' dtypes and shapes (contiguous), from the forward's out and lse."""
     (B, Tq, H, D), Tk, Hkv = q.shape, k.shape[1], k.shape[2]
-    dq, dk, dv = torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(
-        k, memory_format=torch.contiguous_format), torch.empty_like(v, memory_format=torch.contiguous_format)
+    dq, dk, dv = backward_outputs(q, k, v)
     if Tq == 0 or B * H * D == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     delta = torch.empty(B, H, Tq, dtype=torch.float32, device=q.device)

@@ -32,6 +32,7 @@ import torch
 
 from ._triton import interpreting, round_to, tl, triton, triton_runs_on
 from .backend import resolve_backend
+from .custom_ops import kernel_op
 
 # ----------------------------------------------------------------------------------------- kernels
 
@@ -97,6 +98,13 @@ def _as_rows(t: torch.Tensor, D: int) -> torch.Tensor:
     return t.reshape(-1, D)
 
 
+def _forward_outputs(x: torch.Tensor, weight: torch.Tensor, gemma: bool):
+    """Empty y (x's shape, contiguous) and rstd (one fp32 per row); y's dtype is that of the reference."""
+    out_dtype = x.dtype if gemma else torch.promote_types(weight.dtype, x.dtype)
+    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    return y, torch.empty(x.shape[:-1].numel(), dtype=torch.float32, device=x.device)
+
+
 def _launch_config(D: int) -> tuple[int, int, int]:
     """BLOCK_M rows of BLOCK_D columns per program: short rows are batched, ~4k elements a tile."""
     block_d = triton.next_power_of_2(D)
@@ -108,9 +116,7 @@ def _launch_config(D: int) -> tuple[int, int, int]:
 def rms_norm_triton_forward(x2: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool):
     """x2 (N, D) rows -> (y (N, D), rstd (N,) fp32)."""
     N, D = x2.shape
-    out_dtype = x2.dtype if gemma else torch.promote_types(weight.dtype, x2.dtype)
-    y = torch.empty((N, D), dtype=out_dtype, device=x2.device)
-    rstd = torch.empty(N, dtype=torch.float32, device=x2.device)
+    y, rstd = _forward_outputs(x2, weight, gemma)
     block_m, block_d, num_warps = _launch_config(D)
     grid = (triton.cdiv(N, block_m),)
     _rms_norm_fwd_kernel[grid](x2, weight, y, rstd, x2.stride(0), y.stride(0), N, D, eps, GEMMA=gemma,
@@ -141,21 +147,52 @@ def rms_norm_triton_backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.
     return dx, dw_part.sum(0).to(weight.dtype)
 
 
-class _RMSNormTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, eps, gemma):
-        D = x.shape[-1]
-        x2, weight = _as_rows(x, D), weight.contiguous()
-        y, rstd = rms_norm_triton_forward(x2, weight, eps, gemma)
-        ctx.save_for_backward(x2, weight, rstd)
-        ctx.gemma, ctx.x_shape = gemma, x.shape
-        return y.view(*x.shape[:-1], D)
+# --------------------------------------------------------------------------------------- custom ops
+# torch.ops.minibridge.rms_norm_triton(_backward) (custom_ops.py): one graph node each under torch.compile.
 
-    @staticmethod
-    def backward(ctx, dy):
-        x2, weight, rstd = ctx.saved_tensors
-        dx, dw = rms_norm_triton_backward(_as_rows(dy, x2.shape[1]), x2, weight, rstd, ctx.gemma)
-        return dx.view(ctx.x_shape), dw, None, None
+
+@kernel_op("rms_norm_triton")
+def rms_norm_triton_op(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                       gemma: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y like x, rstd (rows,) fp32): the forward kernel over the rows of x (any leading shape)."""
+    D = x.shape[-1]
+    y, rstd = rms_norm_triton_forward(_as_rows(x, D), weight.contiguous(), eps, gemma)
+    return y.view(x.shape), rstd
+
+
+@rms_norm_triton_op.register_fake
+def _(x, weight, eps, gemma):
+    return _forward_outputs(x, weight, gemma)
+
+
+@kernel_op("rms_norm_triton_backward")
+def rms_norm_triton_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
+                                gemma: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx like x, dweight (D,)) from the forward's input and rstd."""
+    D = x.shape[-1]
+    dx, dw = rms_norm_triton_backward(_as_rows(dy, D), _as_rows(x, D), weight.contiguous(), rstd, gemma)
+    return dx.view(x.shape), dw
+
+
+@rms_norm_triton_backward_op.register_fake
+def _(dy, x, weight, rstd, gemma):  # as rms_norm_triton_backward allocates them: contiguous, x's and w's dtypes
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, _, gemma = inputs
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.gemma = gemma
+
+
+def _backward(ctx, dy, _):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = rms_norm_triton_backward_op(dy, x, weight, rstd, ctx.gemma)
+    return dx, dw, None, None
+
+
+rms_norm_triton_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------- reference
@@ -229,7 +266,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = Fa
         raise ValueError(f"rms_norm: weight of shape {tuple(weight.shape)} for rows of size {x.shape[-1]}")
     chosen = _resolve(backend, x, "rms_norm")
     if chosen == "triton" and x.numel() > 0:
-        return _RMSNormTriton.apply(x, weight, eps, gemma)
+        return rms_norm_triton_op(x, weight, eps, gemma)[0]
     if chosen == "cpu" and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _RMSNormCPU.apply(x, weight, eps, gemma)
     return rms_norm_ref(x, weight, eps, gemma)

@@ -22,6 +22,7 @@ import torch
 
 from ._triton import interpreting, round_to, tl, triton, triton_runs_on
 from .backend import resolve_backend
+from .custom_ops import kernel_op
 
 # ----------------------------------------------------------------------------------------- kernels
 
@@ -86,12 +87,17 @@ def _tables(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
                          f"for q of shape {tuple(q.shape)}; expected (B, T, D) or (T, D)") from None
 
 
+def _outputs(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty contiguous tensors of q's and k's shapes and dtypes."""
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            torch.empty(k.shape, dtype=k.dtype, device=k.device))
+
+
 def rope_triton(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool):
     """New contiguous tensors: the rotation of q and k (or its transpose when `backward`)."""
     B, T, H, D = q.shape
     Hkv = k.shape[2]
-    qo = torch.empty((B, T, H, D), dtype=q.dtype, device=q.device)
-    ko = torch.empty((B, T, Hkv, D), dtype=k.dtype, device=k.device)
+    qo, ko = _outputs(q, k)
     if B * T == 0:
         return qo, ko
     block_half = triton.next_power_of_2(D // 2)
@@ -106,19 +112,38 @@ def rope_triton(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.
     return qo, ko
 
 
-class _RopeTriton(torch.autograd.Function):
+# --------------------------------------------------------------------------------------- custom op
+# torch.ops.minibridge.rope_triton (custom_ops.py): one graph node under torch.compile.
+
+
+@kernel_op("rope_triton")
+def rope_triton_op(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   backward: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """rope_triton as an op; cos and sin already (B, T, D) (`_tables`)."""
+    return rope_triton(q, k, cos, sin, backward)
+
+
+@rope_triton_op.register_fake
+def _(q, k, cos, sin, backward):
+    return _outputs(q, k)
+
+
+def _setup_context(ctx, inputs, output):
     """No gradient for the tables: they are functions of the positions, never parameters."""
+    _, _, cos, sin, backward = inputs
+    ctx.save_for_backward(cos, sin)
+    ctx.backward = backward
 
-    @staticmethod
-    def forward(ctx, q, k, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return rope_triton(q, k, cos, sin, backward=False)
 
-    @staticmethod
-    def backward(ctx, dq, dk):
-        cos, sin = ctx.saved_tensors
-        dq, dk = rope_triton(dq, dk, cos, sin, backward=True)
-        return dq, dk, None, None
+def _backward(ctx, dq, dk):
+    """The transpose of the rotation is the kernel with BACKWARD flipped (and the transpose of that, the
+    rotation), so a gradient of this op is the same op."""
+    cos, sin = ctx.saved_tensors
+    dq, dk = rope_triton_op(dq, dk, cos, sin, not ctx.backward)
+    return dq, dk, None, None, None
+
+
+rope_triton_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------- reference
@@ -170,5 +195,5 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
     chosen = resolve_backend(backend, q, "apply_rope", flash_able=triton_runs_on(q))
     if chosen in ("triton", "flash"):
         cos, sin = _tables(q, cos, sin)
-        return _RopeTriton.apply(q, k, cos, sin)
+        return rope_triton_op(q, k, cos, sin, False)
     return apply_rope_ref(q, k, cos, sin)

@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import bench_train_step  # noqa: E402
 import gpu_check  # noqa: E402
 
 
@@ -17,10 +18,24 @@ def test_plan_fits_the_device_call_and_installs_nothing():
         stages = gpu_check.plan(quick)
         assert gpu_check.check_plan(stages, quick) == []
         assert sum(budget for _, _, budget in stages) <= (180 if quick else 360) - 20
-        assert [name for name, _, _ in stages][:2] == ["imports", "gpu tests"]
+        assert [name for name, _, _ in stages] == ["imports", "gpu tests", "kernels", "train step"]
     bad = [("setup", [*gpu_check.RUN, "-m", "pip", "install", "-e", "."], 500)]
     problems = gpu_check.check_plan(bad, True)
     assert any("install" in p for p in problems) and any("budgets" in p for p in problems)
+
+
+def test_the_training_step_stage_is_a_valid_cuda_run_of_both_families():
+    """Its arguments as bench_train_step parses them: bf16 on CUDA, a Llama and a Gemma case, known modes;
+    --quick the research pairs, the full run also the trainer's."""
+    for quick in (False, True):
+        name, cmd, _ = gpu_check.plan(quick)[-1]
+        assert name == "train step" and cmd[2] == "benchmarks/bench_train_step.py"
+        args = bench_train_step.parse_args(cmd[3:])
+        pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",")]
+        assert args.device == "cuda" and args.dtype == "auto" and args.layers == 0  # auto: bf16, every layer
+        assert all(mode in bench_train_step.MODES and case in bench_train_step.CASES for mode, case in pairs)
+        assert {bench_train_step.CASES[case][0] for _, case in pairs} == {"Llama-3.2-1B", "gemma-3-1b-it"}
+        assert {mode for mode, _ in pairs} == ({"research"} if quick else {"research", "trainer"})
 
 
 def test_dry_run_says_no_gpu_and_imports_from_the_checkout(tmp_path):
@@ -29,6 +44,7 @@ def test_dry_run_says_no_gpu_and_imports_from_the_checkout(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "dry run: no GPU present" in proc.stdout
     assert "gpu_check plan: gpu tests" in proc.stdout and "pip" not in proc.stdout
+    assert "gpu_check plan: train step" in proc.stdout and "bench_train_step.py --device cuda" in proc.stdout
     log = (tmp_path / "gpu-check-dry-run-imports.log").read_text()
     assert f"minibridge.kernels from {ROOT / 'kernels' / 'minibridge_kernels' / '__init__.py'}" in log
     report = (tmp_path / "gpu-check-dry-run.md").read_text()
