@@ -24,6 +24,8 @@ Modes, each a pair run in the same invocation:
     trainer-bf16-state  the trainer pair, minibridge's optimizer precision-aware as Megatron's
                (`optimizer.use_precision_aware_optimizer`: bf16 Adam moments, fp32 masters kept as int16
                remainders beside the bf16 parameters, fp32 main grads: 12 bytes a parameter instead of 18)
+    research-in-backward  the research pair, minibridge's AdamW stepped inside backward parameter by parameter
+               (minibridge.training.step_in_backward: the same update, no gradient for every parameter at once)
     research-fused  the research pair with `torch.optim.AdamW(fused=True)` on both sides (the default
                AdamW's per-parameter temporaries set the peak of the research pair: see the report)
     compiled   the research pair with torch.compile: minibridge per block (`to_model(compile=True)`),
@@ -64,7 +66,7 @@ from report import (  # noqa: E402
 
 CASES = {"llama-2048": ("Llama-3.2-1B", 4, 2048), "gemma-4096": ("gemma-3-1b-it", 6, 4096),
          "gemma-8192": ("gemma-3-1b-it", 6, 8192)}  # (config, layers on CPU, sequence)
-MODES = ("research", "research-fused", "trainer", "trainer-bf16-state", "compiled")
+MODES = ("research", "research-fused", "research-in-backward", "trainer", "trainer-bf16-state", "compiled")
 TRAINER_MODES = ("trainer", "trainer-bf16-state")
 SIDES = ("minibridge", "hf")
 SIDE_MODULES = {"minibridge": ("torch", "minibridge.bridge", "minibridge.training.optimizer"),
@@ -157,6 +159,10 @@ def build(side: str, mode: str, hf: dict, seq: int, dtype_name: str, recompute: 
         if mode in TRAINER_MODES:
             precision = StatePrecision(exp_avg_dtype="bf16", exp_avg_sq_dtype="bf16") if mode != "trainer" else None
             optimizer = MixedPrecisionAdamW(model, lr=1e-4, precision=precision)
+        elif mode == "research-in-backward":
+            from minibridge.training.step_in_backward import StepInBackward
+
+            optimizer = StepInBackward(model.parameters(), torch.optim.AdamW, lr=1e-4)
         else:
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=mode == "research-fused")
         step_fn = lambda ids: model(ids, labels=ids)  # noqa: E731

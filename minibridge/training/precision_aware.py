@@ -152,10 +152,9 @@ def update_slot(slot: Slot, grad: torch.Tensor, hyper: dict, scale: float, preci
     results stored back in their storage dtypes. `slot.state["step"]` is already incremented."""
     p, m, v = slot.param.view(-1), slot.state["exp_avg"].view(-1), slot.state["exp_avg_sq"].view(-1)
     g = grad.view(-1)
-    step = int(slot.state["step"].item())
-    generator = None
-    if precision.moment_rounding == "stochastic":
-        generator = torch.Generator(device=p.device)
+    generator = step = None
+    if precision.moment_rounding == "stochastic":  # (reading the step synchronises a GPU: only here)
+        generator, step = torch.Generator(device=p.device), int(slot.state["step"].item())
     for start in range(0, p.numel(), SLICE):
         piece = slice(start, start + SLICE)
         if slot.remainder is not None:

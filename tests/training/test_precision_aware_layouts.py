@@ -25,16 +25,18 @@ def _close(got, want, what, tol=3e-3):
         assert abs(g - w) <= tol * abs(w), (what, step, g, w)
 
 
-def test_layouts_match_one_process(tmp_path):
-    """ZeRO-1 over dp=2, TP=2 x PP=2, FSDP2 over dp=2: the one-process run's losses (bf16 compute)."""
-    steps = ["train.train_iters=4"]
-    reference = run(RECIPE, BASE + LOW + steps)
+def test_layouts_match_one_process_and_reshard(tmp_path):
+    """ZeRO-1 over dp=2, TP=2 x PP=2, FSDP2 over dp=2: the one-process run's losses (bf16 compute); the
+    TP x PP checkpoint (remainders and bf16 moments in blocks) resumes in one process on the same curve."""
+    reference = run(RECIPE, BASE + LOW + ["train.train_iters=6"])
+    save = [f"checkpoint.save={tmp_path / 'ck'}", "checkpoint.save_interval=4"]
     for world, layout in ((2, ["optimizer.use_distributed_optimizer=true"]),
-                          (4, ["model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=2"]),
+                          (4, ["model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=2"] + save),
                           (2, ["dist.use_torch_fsdp2=true"])):
         out = tmp_path / "losses.json"
-        run_distributed(run, world, RECIPE, BASE + LOW + steps + layout, str(out))
-        _close(json.loads(out.read_text()), reference, layout)
+        run_distributed(run, world, RECIPE, BASE + LOW + ["train.train_iters=4"] + layout, str(out))
+        _close(json.loads(out.read_text()), reference[:4], layout)
+    _close(run(RECIPE, BASE + LOW + ["train.train_iters=6"] + save), reference[4:], "TP x PP -> one process")
 
 
 def test_resume_is_exact_and_master_forms_load_into_each_other(tmp_path):
