@@ -50,8 +50,9 @@ LAYERS: dict[str, set[str]] = {
     "minibridge.checkpoint.names": FOUNDATION,  # folder and file names, no torch: bridge and recipes read them
     "minibridge.checkpoint": PARALLEL,         # the DCP format: below training and conversion, above models
     "minibridge.training": BRIDGE | CHECKPOINT,
-    # the data pipeline stands alone below the loop (hf_folder.check_contained: path safety)
-    "minibridge.training.data": FOUNDATION | {"minibridge.bridge.hf_folder"},
+    # the data pipeline stands alone below the loop (hf_folder.check_contained: path safety; dims.from_rank0:
+    # rank 0's decisions reach every rank through the one helper)
+    "minibridge.training.data": FOUNDATION | {"minibridge.bridge.hf_folder", "minibridge.parallel.dims"},
     "minibridge.conversion": BRIDGE | CHECKPOINT,  # beside training, not above it
     # the token loop, sampling, pipeline stages, streaming: runs built models, loads nothing
     "minibridge.generation": PARALLEL,
