@@ -27,7 +27,7 @@ GPU_PYTHON ?= $(shell test -x $(PY) && echo $(PY) || echo $(PYTHON))
 $(VENV)/.installed: pyproject.toml setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PINNED) $(PY) $(TORCH_INSTALL)
-	$(PINNED) $(PY) -m pip install -q -e ".[test]"
+	$(PINNED) $(PY) -m pip install -q -e ".[test,matplotlib]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -45,7 +45,7 @@ test-latest:
 	$(LATEST_VENV)/bin/python $(TORCH_INSTALL)
 	echo "$(TORCH_SPEC)" > $(LATEST_VENV)/torch-only.txt
 	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST_VENV)/torch-only.txt \
-		-e ".[test]"
+		-e ".[test,matplotlib]"
 	$(LATEST_VENV)/bin/python -m pip list --format=freeze | grep -i -E "^(torch|transformers|triton|peft|kernels)="
 	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 

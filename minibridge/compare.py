@@ -64,6 +64,7 @@ def _main(argv: list[str] | None) -> int:
     from .evaluation.compare import compare_with_transformers
     from .files import write_atomic
     from .parallel import ParallelConfig, initialize
+    from .parallel.dims import from_rank0
 
     if args.pp != 1:
         raise ConfigError(f"--pp {args.pp}: compare runs the whole model on each rank (pipeline-parallel "
@@ -77,10 +78,7 @@ def _main(argv: list[str] | None) -> int:
     chunks = load_model(bridge, args.megatron_path, dims, dtype, progress=False)
     result = compare_with_transformers(bridge.source, chunks, ids, top_k=args.top_k, per_layer=args.per_layer,
                                        tolerance=args.tolerance, rank0=rank0)
-    ok = [result.ok if rank0 else None]
-    import torch.distributed as dist
-
-    dist.broadcast_object_list(ok, src=0)  # every rank exits alike
+    ok = from_rank0(result.ok if rank0 else None)  # every rank exits alike
     if rank0:
         ours = args.megatron_path or args.hf_model
         print(f"transformers ({args.hf_model}) vs minibridge ({ours}, tp={args.tp}) on {ids.shape[1]} prompt tokens")
@@ -89,7 +87,7 @@ def _main(argv: list[str] | None) -> int:
             record = {"hf_model": args.hf_model, "megatron_path": args.megatron_path, "prompt": args.prompt,
                       "tp": args.tp, **result.to_dict()}
             write_atomic(args.json, json.dumps(json_safe(record), indent=2) + "\n")  # nan/inf as null
-    return 0 if ok[0] else 1
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:

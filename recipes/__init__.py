@@ -18,7 +18,7 @@ from minibridge.training.config import ConfigContainer, ConfigError, PeftConfig
 from minibridge.training.overrides import apply_overrides
 
 from . import gemma, llama
-from .common import FINETUNE_DATASET, dataset_kind, layout
+from .common import FINETUNE_DATASET, dataset_kind, summary as layout_summary
 
 _LLAMA = [
     "llama32_1b_pretrain_config", "llama32_3b_pretrain_config", "llama3_8b_pretrain_config",
@@ -62,16 +62,16 @@ def list_recipes() -> list[tuple[str, str]]:
     relation as data."""
     out = []
     for name, fn in RECIPES.items():
-        summary = (fn.__doc__ or "").strip().splitlines()[0].rstrip(".")
+        summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split()).rstrip(".")  # the first paragraph
         if name in ALIASES:
             target, argument = ALIASES[name]
-            text = f"alias of {target}({argument}). {summary.split(':')[0]}. {layout(fn())}"
+            text = f"alias of {target}({argument}). {summary.split(':')[0]}. {layout_summary(fn())}"
         elif name.endswith("finetune_config"):
             aliases = [a for a, (t, _) in ALIASES.items() if t == name]
             known = f" (also named {' / '.join(aliases)})" if aliases else ""
-            text = f"{summary}{known}. LoRA: {layout(fn())}; full: {layout(fn(peft=None))}"
+            text = f"{summary}{known}. LoRA: {layout_summary(fn())}; full: {layout_summary(fn(peft=None))}"
         else:
-            text = f"{summary}. {layout(fn())}"
+            text = f"{summary}. {layout_summary(fn())}"
         out.append((name, text))
     return out
 
@@ -80,10 +80,11 @@ def build_config(name: str, pretrained_checkpoint: str | None = None, peft_schem
                  overrides: list[str] = (), validate: bool = True) -> ConfigContainer:
     """Recipe `name`, given the command line's --pretrained-checkpoint / --peft_scheme and key=value overrides.
 
-    A finetune / sft / peft recipe gets both as its `pretrained_checkpoint` / `peft` (peft: `peft_scheme`) arguments (so it reads the checkpoint's
-    architecture and picks the layout and lr of LoRA or full training); a pretrain recipe gets them set on
-    the result (continued pretraining, or adapters on top of it). Overrides come last, then validate(); a
-    fine-tuning recipe given `dataset.data_paths` by them reads those (kind sft) instead of its SQuAD default.
+    A finetune / sft / peft recipe gets both as its `pretrained_checkpoint` / `peft` (peft: `peft_scheme`)
+    arguments (so it reads the checkpoint's architecture and picks the layout and lr of LoRA or full training);
+    a pretrain recipe gets them set on the result (continued pretraining, or adapters on top of it). Overrides
+    come last, then validate(); a fine-tuning recipe given `dataset.data_paths` by them reads those (kind sft)
+    instead of its SQuAD default.
     """
     fn = get_recipe(name)
     kwargs = {}

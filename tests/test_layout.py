@@ -50,8 +50,9 @@ LAYERS: dict[str, set[str]] = {
     "minibridge.checkpoint.names": FOUNDATION,  # folder and file names, no torch: bridge and recipes read them
     "minibridge.checkpoint": PARALLEL,         # the DCP format: below training and conversion, above models
     "minibridge.training": BRIDGE | CHECKPOINT,
-    # the data pipeline stands alone below the loop (hf_folder.check_contained: path safety)
-    "minibridge.training.data": FOUNDATION | {"minibridge.bridge.hf_folder"},
+    # the data pipeline stands alone below the loop (hf_folder.check_contained: path safety; dims.from_rank0:
+    # rank 0's decisions reach every rank through the one helper)
+    "minibridge.training.data": FOUNDATION | {"minibridge.bridge.hf_folder", "minibridge.parallel.dims"},
     "minibridge.conversion": BRIDGE | CHECKPOINT,  # beside training, not above it
     # the token loop, sampling, pipeline stages, streaming: runs built models, loads nothing
     "minibridge.generation": PARALLEL,
@@ -254,3 +255,11 @@ def test_graph_builder_on_a_known_package(tmp_path):
     assert "pkg.a -> pkg.sub.c  at " in report[0] and "(lazy)" in report[0]
     private = private_violations(modules, edges)
     assert len(private) == 2 and "imports _z from pkg.sub" in private[0] and "uses _hidden of pkg.sub.c" in private[1]
+
+
+def test_reading_path_of_one_step_names_at_most_20_existing_files():
+    """docs/architecture.md's "Reading one training step": at most 20 files, each of them real."""
+    text = DOC.read_text().split("## Reading one training step", 1)[1].split("\n## ", 1)[0]
+    files = [line.split("`")[1] for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert 0 < len(files) <= 20
+    assert [f for f in files if not (ROOT / f).is_file()] == []

@@ -30,6 +30,7 @@ from .hf_folder import TOKENIZER_FILES, HFFolder, inside, resolve_model_path, to
 from .loading import check_hf_weights, init_fresh_weights, load_hf_weights
 from .mappings import WeightMapping
 from .safetensors_io import DTYPE_NAMES, parse_size, read_tensor
+from ..parallel.dims import from_rank0
 from ..parallel.gather import full_parameters, parameter_inventory
 
 if TYPE_CHECKING:
@@ -227,10 +228,9 @@ class HFBridge:
         import torch.distributed as dist
 
         # Agree up front on whether rank 0 may write, so no rank is left waiting in a gather.
-        refusal = [busy_message(Path(out_dir)) if dims.rank == 0 and not overwrite else None]
-        dist.broadcast_object_list(refusal, src=0)
-        if refusal[0] is not None:
-            raise FileExistsError(refusal[0])
+        refusal = from_rank0(busy_message(Path(out_dir)) if dims.rank == 0 and not overwrite else None)
+        if refusal is not None:
+            raise FileExistsError(refusal)
         if dims.rank == 0:
             self.write_hf_folder(out_dir, entries, tensor_of, max_shard_size, overwrite, progress, tokenizer)
         else:

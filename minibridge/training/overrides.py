@@ -223,7 +223,14 @@ def parse_overrides(items: list[str]) -> list[tuple[str, tuple[str, ...], object
 
 def apply_overrides(container: ConfigContainer, items: list[str]) -> ConfigContainer:
     """Apply `key=value` overrides in place (all or nothing) and return the container."""
-    parsed = parse_overrides(list(items))
+    return apply_values(container, [(key, value) for key, _, value in parse_overrides(list(items))])
+
+
+def apply_values(container: ConfigContainer, changes: list[tuple[str, object]]) -> ConfigContainer:
+    """Set typed values of dotted keys (any spelling `key=value` takes) in place, all or nothing; the one
+    function that changes a configuration, for recipes and command lines alike."""
+    keys = valid_keys()
+    parsed = [(key, resolve_key(key, keys)[0], value) for key, value in changes]
     new = copy.deepcopy(container)
     # `peft=...` first, so `peft.dim=8 peft=dora` keeps the 8 whatever the order.
     parsed.sort(key=lambda p: p[1] != ("peft",))

@@ -9,8 +9,7 @@ the LAST entry of a repeated step. TensorBoard goes to `<log_dir>/tb_logs` when 
 installed (`tensorboard_dir="auto"`, the default), or to a folder given explicitly.
 Non-finite numbers are written as `null` so the file stays strict JSON (jq, pandas read it).
 
-`finish()` draws `<log_dir>/loss_curve.png` (`loss_curve.py`: matplotlib when it imports, else a small
-dependency-free PNG writer).
+`finish()` draws `<log_dir>/loss_curve.png` with matplotlib when it is installed (`loss_curve.py`).
 """
 
 from __future__ import annotations
@@ -268,7 +267,8 @@ class TrainingLogger:
             self._wandb.log({f"val/{key}": value for key, value in values.items()}, step=step)
 
     def finish(self) -> Path | None:
-        """Close every sink and draw `<log_dir>/loss_curve.png`; returns its path (None off rank 0)."""
+        """Close every sink and draw `<log_dir>/loss_curve.png`; returns its path (None off rank 0 or without
+        matplotlib)."""
         if self._finished or self.rank != 0:
             return None
         self._finished = True

@@ -4,7 +4,6 @@ import math
 import json
 import pickle
 import struct
-import zlib
 
 import pytest
 import torch
@@ -206,46 +205,30 @@ def test_wandb_without_api_key_warns(tmp_path, monkeypatch, caplog):
     assert [r.getMessage() for r in caplog.records if "WANDB_API_KEY" in r.getMessage()]
 
 
-def parse_png(path):
-    """Check signature, chunk CRCs and IHDR; return (width, height, decompressed IDAT)."""
+def png_size(path) -> tuple[int, int]:
+    """(width, height) of a PNG file, after checking its signature."""
     data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(tag + body) & 0xFFFFFFFF
-        chunks[tag] = chunks.get(tag, b"") + body
-        pos += 12 + length
-    assert list(chunks)[0] == b"IHDR" and b"IEND" in chunks
-    width, height, depth, color_type = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, color_type) == (8, 2)
-    return width, height, zlib.decompress(chunks[b"IDAT"])
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
 
 
-def test_loss_curve_png_without_matplotlib(tmp_path, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import matplotlib -> ImportError
+def test_loss_curve_png(tmp_path):
     with TrainingLogger(tmp_path, total_iters=300) as logger:
         for step in range(1, 301):
             logger.log_step(step, metrics(loss=2.0 + 8.0 / step))
         logger.log_validation(150, 2.3)
-        logger.log_validation(300, 2.1)
-    width, height, raw = parse_png(tmp_path / "loss_curve.png")
-    assert width >= 400 and height >= 300
-    assert len(raw) == height * (1 + 3 * width)
-    rows = [raw[y * (1 + 3 * width) + 1 : (y + 1) * (1 + 3 * width)] for y in range(height)]
-    pixels = {bytes(row[i : i + 3]) for row in rows for i in range(0, len(row), 3)}
-    assert bytes((31, 119, 180)) in pixels and bytes((255, 127, 14)) in pixels  # loss line, val points
-    assert bytes((0, 0, 0)) in pixels  # axes
+    assert png_size(tmp_path / "loss_curve.png") == (800, 500)
+    assert plot_loss_curve(tmp_path / "missing.jsonl", tmp_path / "empty.png") == tmp_path / "empty.png"
 
 
-def test_builtin_plot_handles_empty_and_flat_histories(tmp_path):
-    plot_loss_curve(tmp_path / "missing.jsonl", tmp_path / "empty.png", use_matplotlib=False)
-    (tmp_path / "flat.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (5, 5)))
-    plot_loss_curve(tmp_path / "flat.jsonl", tmp_path / "flat.png", use_matplotlib=False)
-    for name in ("empty.png", "flat.png"):
-        assert parse_png(tmp_path / name)[0] > 0
+def test_no_loss_curve_without_matplotlib_only_a_hint(tmp_path, monkeypatch, caplog):
+    for name in ("matplotlib", "matplotlib.backends.backend_agg", "matplotlib.figure"):
+        monkeypatch.setitem(__import__("sys").modules, name, None)  # import -> ImportError, even once imported
+    with caplog.at_level("WARNING", logger="minibridge.training"):
+        with TrainingLogger(tmp_path, total_iters=3) as logger:
+            logger.log_step(1, metrics())
+    assert not (tmp_path / "loss_curve.png").exists() and (tmp_path / "metrics.jsonl").exists()
+    assert [r for r in caplog.records if "pip install 'minibridge[matplotlib]'" in r.getMessage()]
 
 
 def test_check_finite():

@@ -13,7 +13,7 @@ import torch
 from minibridge.bridge.hf_config import config_from_hf
 from minibridge.models import parameter_count
 from minibridge.recipes import ALIASES, RECIPES, build_config, gemma, get_recipe, list_recipes, llama
-from minibridge.recipes.common import HF_CONFIGS, architecture, tokenizer_vocab_size
+from minibridge.recipes.architectures import HF_CONFIGS, architecture, tokenizer_vocab_size
 from minibridge.training.config import ConfigError, PeftConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "data" / "hf_configs"
@@ -259,9 +259,9 @@ def test_build_config_from_cli_pieces():
 
 def test_recipes_need_no_test_data():
     """The built-in architectures live in the package, not in tests/."""
-    import minibridge.recipes.common as common
+    import minibridge.recipes.architectures as architectures
 
-    assert "tests" not in Path(common.__file__).parts and len(HF_CONFIGS) == len(ARCHITECTURES)
+    assert "tests" not in Path(architectures.__file__).parts and len(HF_CONFIGS) == len(ARCHITECTURES)
 
 
 @pytest.mark.parametrize("name", sorted(FINETUNE))

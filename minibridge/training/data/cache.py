@@ -20,6 +20,7 @@ import numpy as np
 import torch.distributed as dist
 
 from ...files import write_atomic
+from ...parallel.dims import from_rank0
 from .errors import DataError
 
 
@@ -83,17 +84,16 @@ def rank_zero_first(fn: Callable[[], object], name: str):
     fails; without torch.distributed (or on one rank) just fn()."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return fn()
-    result, status = None, [None]
+    result, failure = None, None
     if dist.get_rank() == 0:
         try:
             result = fn()
         except Exception as err:  # every rank must hear of it, or they wait forever
-            status = [str(err)]
-            dist.broadcast_object_list(status, src=0)
+            from_rank0(str(err))
             raise
-    dist.broadcast_object_list(status, src=0)
-    if status[0] is not None:
-        raise DataError(f"{name}: {status[0]}" if not status[0].startswith(name) else status[0])
+    failure = from_rank0(failure)
+    if failure is not None:
+        raise DataError(f"{name}: {failure}" if not failure.startswith(name) else failure)
     return result
 
 
