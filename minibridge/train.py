@@ -22,22 +22,21 @@ from .training.command_line import DATASETS, USAGE, choose_recipe, parse_run_rec
 
 
 def resolved_config(args):
-    """(recipe name, the validated ConfigContainer) of parsed command-line arguments."""
-    from minibridge.recipes import RECIPES, build_config
+    """(recipe name, the validated ConfigContainer) of parsed command-line arguments: the recipe built once, then
+    one ordered list of changes (run_recipe.py's order, a later one of a key winning) applied to it."""
+    from minibridge.recipes import RECIPES, recipe_config
 
-    from .training.hydra_grammar import read_yaml, resolve_items, yaml_items
-    from .training.overrides import apply_overrides
+    from .training.hydra_grammar import configure, read_yaml, yaml_items
 
     name, scheme = choose_recipe(args, RECIPES)
-    base = build_config(name, args.pretrained_checkpoint, scheme, validate=False)
-    items = list(DATASETS.get(args.dataset, []))
-    if args.config_file:
-        preset = apply_overrides(copy.deepcopy(base), items)
-        items += yaml_items(preset, read_yaml(args.config_file), source=args.config_file)
+    config, items = recipe_config(name, args.pretrained_checkpoint, scheme)
+    items += DATASETS.get(args.dataset, [])
+    if args.config_file:  # the file's values that differ from the configuration so far
+        so_far = configure(copy.deepcopy(config), items)
+        items += yaml_items(so_far, read_yaml(args.config_file), source=args.config_file)
     if args.deterministic:  # Megatron Bridge's apply_determinism_overrides; the loop applies it (training.loop)
-        items.append("model.deterministic_mode=true")
-    items += args.overrides
-    return name, build_config(name, args.pretrained_checkpoint, scheme, resolve_items(base, items))
+        items.append(("model.deterministic_mode", True))
+    return name, configure(config, [*items, *args.overrides]).validate()
 
 
 def _main(argv: list[str] | None) -> int:

@@ -12,13 +12,14 @@ Recipes only build dataclasses: nothing is downloaded or allocated, so even the 
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Callable
 
-from minibridge.training.config import ConfigContainer, ConfigError, PeftConfig
-from minibridge.training.overrides import apply_overrides
+from minibridge.training.config import ConfigContainer, ConfigError
+from minibridge.training.overrides import apply_values, parse_overrides
 
 from . import gemma, llama
-from .common import FINETUNE_DATASET, dataset_kind, summary as layout_summary
+from .common import summary as layout_summary
 
 _LLAMA = [
     "llama32_1b_pretrain_config", "llama32_3b_pretrain_config", "llama3_8b_pretrain_config",
@@ -44,16 +45,17 @@ ALIASES: dict[str, tuple[str, str]] = {
     **{f"{model}_peft_config": (f"{model}_finetune_config", "peft=peft_scheme")
        for model in _LLAMA_FINETUNED + ["gemma3_1b"]},
 }
-# Full fine-tuning recipes: those that take pretrained_checkpoint (and, but for sft, a PEFT scheme).
-FINETUNE_RECIPES = tuple(name for name in RECIPES if name.endswith(("_finetune_config", "_sft_config", "_peft_config")))
-
-
 def get_recipe(name: str) -> Callable[..., ConfigContainer]:
     if name in RECIPES:
         return RECIPES[name]
     close = difflib.get_close_matches(name, list(RECIPES), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; `python -m minibridge.train --list` shows them"
     raise ConfigError(f"unknown recipe {name!r}{hint}")
+
+
+def arguments(fn: Callable[..., ConfigContainer]) -> tuple[str, ...]:
+    """The keyword arguments recipe `fn` takes."""
+    return getattr(fn, "arguments", None) or tuple(inspect.signature(fn).parameters)
 
 
 def list_recipes() -> list[tuple[str, str]]:
@@ -66,7 +68,7 @@ def list_recipes() -> list[tuple[str, str]]:
         if name in ALIASES:
             target, argument = ALIASES[name]
             text = f"alias of {target}({argument}). {summary.split(':')[0]}. {layout_summary(fn())}"
-        elif name.endswith("finetune_config"):
+        elif "peft" in arguments(fn):
             aliases = [a for a, (t, _) in ALIASES.items() if t == name]
             known = f" (also named {' / '.join(aliases)})" if aliases else ""
             text = f"{summary}{known}. LoRA: {layout_summary(fn())}; full: {layout_summary(fn(peft=None))}"
@@ -78,40 +80,39 @@ def list_recipes() -> list[tuple[str, str]]:
 
 def build_config(name: str, pretrained_checkpoint: str | None = None, peft_scheme: str | None = None,
                  overrides: list[str] = (), validate: bool = True) -> ConfigContainer:
-    """Recipe `name`, given the command line's --pretrained-checkpoint / --peft_scheme and key=value overrides.
+    """Recipe `name` with the command line's --pretrained-checkpoint / --peft_scheme and `key=value` overrides
+    applied in order, then validate() (`python -m minibridge.train` takes Hydra's grammar too: train.py)."""
+    config, changes = recipe_config(name, pretrained_checkpoint, peft_scheme)
+    apply_values(config, [*changes, *parse_overrides(list(overrides))])
+    return config.validate() if validate else config
 
-    A finetune / sft / peft recipe gets both as its `pretrained_checkpoint` / `peft` (peft: `peft_scheme`)
-    arguments (so it reads the checkpoint's architecture and picks the layout and lr of LoRA or full training);
-    a pretrain recipe gets them set on the result (continued pretraining, or adapters on top of it). Overrides
-    come last, then validate(); a fine-tuning recipe given `dataset.data_paths` by them reads those (kind sft)
-    instead of its SQuAD default.
-    """
+
+def recipe_config(name: str, pretrained_checkpoint: str | None = None,
+                  peft_scheme: str | None = None) -> tuple[ConfigContainer, list[tuple[str, object]]]:
+    """(recipe `name` built once, the changes the command line's --pretrained-checkpoint / --peft_scheme make).
+
+    A recipe taking them as keyword arguments (fine-tuning: it reads the checkpoint's architecture and picks the
+    layout and lr of LoRA or full training) gets them so; for any other (pretraining: continued pretraining, or
+    adapters on top of it) they are changes to apply with the overrides."""
     fn = get_recipe(name)
-    kwargs = {}
-    if pretrained_checkpoint is not None and name in FINETUNE_RECIPES:
-        kwargs["pretrained_checkpoint"] = pretrained_checkpoint
-    if peft_scheme is not None and name.endswith("_sft_config") and peft_scheme != "none":
+    takes, kwargs, changes = arguments(fn), {}, []
+    if pretrained_checkpoint is not None:
+        if "pretrained_checkpoint" in takes:
+            kwargs["pretrained_checkpoint"] = pretrained_checkpoint
+        else:
+            changes.append(("checkpoint.pretrained_checkpoint", pretrained_checkpoint))
+    if peft_scheme is None:
+        pass
+    elif "peft" in takes:
+        kwargs["peft"] = None if peft_scheme == "none" else peft_scheme
+    elif "peft_scheme" in takes:
+        kwargs["peft_scheme"] = peft_scheme  # 'none' is refused there: that recipe trains adapters
+    elif "pretrained_checkpoint" in takes and peft_scheme != "none":  # full fine-tuning and nothing else
         raise ConfigError(f"--peft_scheme {peft_scheme} with {name}, which is full fine-tuning; use "
                           f"{name.replace('_sft_config', '_peft_config')} for adapters")
-    if peft_scheme is not None and name.endswith("_peft_config"):
-        kwargs["peft_scheme"] = peft_scheme  # 'none' is refused there: that recipe trains adapters
-    elif peft_scheme is not None and name.endswith("_finetune_config"):
-        kwargs["peft"] = None if peft_scheme == "none" else peft_scheme
-    cfg = fn(**kwargs)
-    if pretrained_checkpoint is not None and "pretrained_checkpoint" not in kwargs:
-        cfg.checkpoint.pretrained_checkpoint = pretrained_checkpoint
-    if peft_scheme is not None and name not in FINETUNE_RECIPES:
-        cfg.peft = None if peft_scheme == "none" else PeftConfig.default(peft_scheme)
-        cfg.optimizer.use_distributed_optimizer = cfg.peft is None
-    save, load = cfg.checkpoint.save, cfg.checkpoint.load
-    apply_overrides(cfg, list(overrides))
-    if load == save and cfg.checkpoint.load == load and cfg.checkpoint.save != save:
-        cfg.checkpoint.load = cfg.checkpoint.save  # recipes resume from where they save: keep it so
-    d = cfg.dataset
-    chosen = any(o.lstrip("+").startswith(("dataset.kind=", "dataset.preset=")) for o in overrides)
-    if d.kind == "hf" and d.preset == FINETUNE_DATASET and d.data_paths and not chosen:
-        d.kind, d.preset = dataset_kind(d.data_paths, finetune=True), None  # data given: not the SQuAD default
-    return cfg.validate() if validate else cfg
+    elif "pretrained_checkpoint" not in takes:
+        changes += [("peft", peft_scheme), ("optimizer.use_distributed_optimizer", peft_scheme == "none")]
+    return fn(**kwargs), changes
 
 
-__all__ = ["ALIASES", "FINETUNE_RECIPES", "RECIPES", "build_config", "get_recipe", "list_recipes"]
+__all__ = ["ALIASES", "RECIPES", "build_config", "get_recipe", "list_recipes", "recipe_config"]

@@ -82,6 +82,7 @@ def recipe(base, *changes: dict, **more) -> Callable[[Callable], Callable[..., C
 
         made.__name__ = made.__qualname__ = stub.__name__
         made.__doc__, made.__module__, made.settings = stub.__doc__, stub.__module__, settings
+        made.arguments = tuple(key for key in settings if "." not in key)  # the keyword arguments it takes
         return made
 
     return wrap
@@ -214,6 +215,7 @@ def sft_recipe(finetune: Callable[..., ConfigContainer], name: str) -> Callable[
     first = (finetune.__doc__ or "").strip().splitlines()[0].split(":")[0]
     made.__name__ = made.__qualname__ = name
     made.__doc__ = f"{first}, full (all weights): {finetune.__name__}(peft=None) under its Megatron Bridge 0.6 name."
+    made.arguments = tuple(key for key in finetune.arguments if key != "peft")
     return made
 
 
@@ -232,4 +234,5 @@ def peft_recipe(finetune: Callable[..., ConfigContainer], name: str) -> Callable
     made.__name__ = made.__qualname__ = name
     made.__doc__ = (f"{first}, LoRA (default) or DoRA adapters: {finetune.__name__}(peft=peft_scheme) under "
                     f"its Megatron Bridge 0.6 name.")
+    made.arguments = (*(key for key in finetune.arguments if key != "peft"), "peft_scheme")
     return made

@@ -82,11 +82,12 @@ _VALUE_FLAGS = {
 _SWITCHES = {"--dry-run": "dry_run", "--dry_run": "dry_run", "--deterministic": "deterministic",
              "--list": "list_recipes", "-h": "help", "--help": "help"}
 MODES = ("pretrain", "sft", "lora", "dora")
-# --dataset presets of Megatron Bridge (recipes/utils/dataset_utils.py DATASET_PRESETS) -> overrides here.
-DATASETS = {"mock": ["dataset.kind=mock", "dataset.data_paths=[]"], "megatron-indexed": ["dataset.kind=indexed"],
-            "local-jsonl": ["dataset.kind=sft"],
-            **{name: ["dataset.kind=hf", f"dataset.preset={name}", "dataset.data_paths=[]", "dataset.hf_path=null",
-                      "dataset.hf_split=null", "dataset.hf_subset=null"] for name in PRESETS}}
+# --dataset presets of Megatron Bridge (recipes/utils/dataset_utils.py DATASET_PRESETS) -> typed changes here.
+_HF = (("dataset.kind", "hf"), ("dataset.data_paths", []), ("dataset.hf_path", None), ("dataset.hf_split", None),
+       ("dataset.hf_subset", None))
+DATASETS = {"mock": [("dataset.kind", "mock"), ("dataset.data_paths", [])],
+            "megatron-indexed": [("dataset.kind", "indexed")], "local-jsonl": [("dataset.kind", "sft")],
+            **{name: [*_HF, ("dataset.preset", name)] for name in PRESETS}}
 VISION_DATASETS = ("local-vlm", "cord-v2", "llava-video-178k", "medpix", "raven", "rdr")
 
 

@@ -9,9 +9,9 @@
                   may hold several, `${checkpoint.save}/logs`; a value that is one `${a.b}` keeps its type);
                   ${oc.env:NAME} / ${oc.env:NAME,default} read an environment variable; `\\${` is a literal `${`
 
-`resolve_items(base, items)` turns such items into plain `key=value` strings, which `apply_overrides`
-(or `recipes.build_config`) then applies all at once. A YAML file (`yaml_items`) becomes the same items,
-nested sections flattened into dotted keys; values equal to the recipe's are left out, so the
+`hydra_changes(base, items)` translates such items into the one ordered list of typed (key, value) changes
+that `overrides.apply_values` applies (`configure` does both). A YAML file (`yaml_items`) becomes the same
+items, nested sections flattened into dotted keys; values equal to the recipe's are left out, so the
 `run_config.yaml` of a checkpoint reads back into the same recipe.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..models.config import ModelConfig
 from .config import SECTIONS, ConfigContainer, ConfigError, PeftConfig
-from .overrides import apply_overrides, parse_value, resolve_key, valid_keys
+from .overrides import apply_values, parse_item, parse_value, resolve_key, valid_keys
 
 _INTERPOLATION = re.compile(r"(?<!\\)\$\{([^${}]*)\}")
 
@@ -46,19 +46,6 @@ def value_text(value) -> str:
     return str(value)
 
 
-def _split(item: str) -> tuple[str, str, str | None]:
-    """(op, key, raw value or None) of one override: op is '=', '~' (delete) and '+'/'++' count as '='."""
-    text = item.strip()
-    if text.startswith("~"):
-        key, sep, raw = text[1:].partition("=")
-        return "~", key.strip(), raw if sep else None
-    key, sep, raw = text.lstrip("+").partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {item!r}: expected key=value, +key=value, ++key=value or ~key "
-                          f"(e.g. train.train_iters=1000)")
-    return "=", key.strip(), raw
-
-
 def current_value(container: ConfigContainer, key: str):
     """The value `key` (any accepted spelling) has in `container`."""
     path, _ = resolve_key(key)
@@ -68,15 +55,15 @@ def current_value(container: ConfigContainer, key: str):
     return value
 
 
-def default_value(container: ConfigContainer, key: str):
-    """What `~key` resets `key` to: its dataclass default; peft fields take the current scheme's defaults."""
+def default_value(key: str, scheme: str | None):
+    """What `~key` resets `key` to: its dataclass default; peft fields take the defaults of `scheme`."""
     path, _ = resolve_key(key)
     if path == ("peft",):
         return "none"
     if path == ("mixed_precision",):
         return ConfigContainer.__dataclass_fields__["mixed_precision"].default
-    if path[0] == "peft" and container.peft is not None:
-        return getattr(PeftConfig.default(container.peft.scheme), path[1])
+    if path[0] == "peft" and scheme not in (None, "none"):
+        return getattr(PeftConfig.default(scheme), path[1])
     owner = ModelConfig if path[:2] == ("model", "config") else SECTIONS[path[0]]
     name = path[2] if owner is ModelConfig else path[1]
     if len(path) == 4 or owner is ModelConfig and path[2] in ("rope", "rope_local"):
@@ -87,29 +74,54 @@ def default_value(container: ConfigContainer, key: str):
     return field.default if field.default is not dataclasses.MISSING else field.default_factory()
 
 
-def _plain(base: ConfigContainer, items: list[str]) -> list[tuple[str, str]]:
-    """[(key, raw)] with deletions turned into their default values; raw may still hold ${...}."""
-    out, errors = [], []
-    for item in items:
+def _delete(text: str, done: list, base: ConfigContainer, keys: dict) -> tuple[str, object]:
+    """(key, default) of `~key` or `~key=value`, given the changes `done` before it."""
+    key, sep, raw = text[1:].partition("=")
+    key = key.strip()
+
+    def before(spelling: str):  # the value after the changes before this one
+        path = resolve_key(spelling, keys)[0]
+        have = [value for k, value in done if resolve_key(k, keys)[0] == path]
+        value = have[-1] if have else current_value(base, spelling)
+        return value.scheme if isinstance(value, PeftConfig) else value
+
+    hint = resolve_key(key, keys)[1]
+    if sep and parse_value(key, raw, hint) != before(key):
+        raise ConfigError(f"~{key}={raw}: the value of {key} is {value_text(before(key))}, not {raw}; "
+                          f"nothing was deleted")
+    return key, default_value(key, before("peft"))
+
+
+def hydra_changes(base: ConfigContainer, items) -> list[tuple[str, object]]:
+    """The ordered typed (key, value) changes of `items` to `base`: Hydra-grammar strings (`key=value`,
+    `+key=value`, `~key`, `${...}`) or (key, value) pairs, taken as they are. `apply_values` applies them."""
+    keys, done, pending, errors = valid_keys(), {}, {}, []
+    for index, item in enumerate(items):
         try:
-            op, key, raw = _split(item)
-            if op == "~":
-                resolve_key(key)
-                if raw is not None:
-                    _, hint = resolve_key(key)
-                    wanted, have = parse_value(key, raw, hint), current_value(base, key)
-                    if isinstance(have, PeftConfig):
-                        have = have.scheme
-                    if wanted != have:
-                        raise ConfigError(f"~{key}={raw}: the value of {key} is {value_text(have)}, not {raw}; "
-                                          f"nothing was deleted")
-                raw = value_text(default_value(base, key))
-            out.append((key, raw))
+            text = item.strip() if isinstance(item, str) else None
+            if text is None:
+                done[index] = item
+            elif text.startswith("~"):
+                done[index] = _delete(text, [done[i] for i in sorted(done)], base, keys)
+            elif _INTERPOLATION.search(text.partition("=")[2]):
+                key, _, raw = text.lstrip("+").partition("=")
+                pending[index] = key.strip(), raw
+            else:
+                done[index] = parse_item(text.replace("\\${", "${"), keys)
         except ConfigError as err:
             errors.append(str(err))
     if errors:
         raise ConfigError("\n".join(errors))
-    return out
+    if pending:
+        preview = apply_values(copy.deepcopy(base), [done[i] for i in sorted(done)])
+        for index, text in _interpolate(preview, pending, {**done, **pending}, keys).items():
+            done[index] = parse_item(text, keys)
+    return [done[index] for index in range(len(items))]
+
+
+def configure(base: ConfigContainer, items) -> ConfigContainer:
+    """`base` with `items` (Hydra-grammar strings or typed pairs, in order) applied in place."""
+    return apply_values(base, hydra_changes(base, items))
 
 
 def _env(spec: str, where: str) -> str:
@@ -123,20 +135,15 @@ def _env(spec: str, where: str) -> str:
     return value
 
 
-def resolve_items(base: ConfigContainer, items: list[str]) -> list[str]:
-    """Plain `key=value` overrides from Hydra-grammar `items`, interpolations resolved against `base`
-    with every plain override applied (the last override of a key wins, as it does when applied)."""
-    pairs = _plain(base, list(items))
-    keys = valid_keys()
+def _interpolate(preview: ConfigContainer, pending: dict, entries: dict, keys: dict) -> dict[int, str]:
+    """`key=text` of each pending item, its `${...}` replaced by final values: those of `preview` (the
+    configuration with every other change applied), or of another pending item (the last of a key wins)."""
     canonical = {}
-    for index, (key, _) in enumerate(pairs):
+    for index in sorted(entries):
         try:
-            canonical[resolve_key(key, keys)[0]] = index  # the override that decides each field
+            canonical[resolve_key(entries[index][0], keys)[0]] = index  # the change that decides each field
         except ConfigError:
-            pass  # reported with the others by apply_overrides below
-    pending = {i for i, (_, raw) in enumerate(pairs) if _INTERPOLATION.search(raw)}
-    applied = copy.deepcopy(base)
-    apply_overrides(applied, [f"{k}={raw}" for i, (k, raw) in enumerate(pairs) if i not in pending])
+            pass  # reported when the item is parsed
     resolved: dict[int, str] = {}
 
     def lookup(ref: str, where: str, chain: tuple[int, ...]) -> str:
@@ -150,17 +157,17 @@ def resolve_items(base: ConfigContainer, items: list[str]) -> list[str]:
         if index in pending:
             return resolve(index, chain)
         try:
-            return value_text(current_value(applied, ref))
+            return value_text(current_value(preview, ref))
         except ConfigError as err:
             raise ConfigError(f"{where}: ${{{ref}}}: {err}") from None
 
     def resolve(index: int, chain: tuple[int, ...] = ()) -> str:
         if index in resolved:
             return resolved[index]
-        key, raw = pairs[index]
+        key, raw = pending[index]
         where = f"{key}={raw}"
         if index in chain:
-            cycle = " -> ".join(pairs[i][0] for i in (*chain, index))
+            cycle = " -> ".join(pending[i][0] for i in (*chain, index))
             raise ConfigError(f"{where}: the interpolations form a cycle ({cycle})")
         whole = _INTERPOLATION.fullmatch(raw.strip())
         if whole:
@@ -170,10 +177,7 @@ def resolve_items(base: ConfigContainer, items: list[str]) -> list[str]:
         resolved[index] = text.replace("\\${", "${")
         return resolved[index]
 
-    out = []
-    for index, (key, raw) in enumerate(pairs):
-        out.append(f"{key}={resolve(index) if index in pending else raw.replace(chr(92) + '${', '${')}")
-    return out
+    return {index: f"{pending[index][0]}={resolve(index)}" for index in pending}
 
 
 # ------------------------------------------------------------------------------------------ YAML

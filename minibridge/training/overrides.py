@@ -203,17 +203,22 @@ def parse_value(key: str, raw: str, hint):
 # ---------------------------------------------------------------------------------------------------
 
 
-def parse_overrides(items: list[str]) -> list[tuple[str, tuple[str, ...], object]]:
-    """[(key, path, value)] for `key=value` items; all errors together in one ConfigError."""
+def parse_item(item: str, keys: dict | None = None) -> tuple[str, object]:
+    """(key, typed value) of one `key=value` (Hydra's `+key=value` and `++key=value` mean the same here)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip().lstrip("+")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected key=value, +key=value, ++key=value or ~key "
+                          f"(e.g. train.train_iters=1000)")
+    return key, parse_value(key, raw, resolve_key(key, keys)[1])
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, object]]:
+    """[(key, typed value)] of `key=value` items; all errors together in one ConfigError."""
     keys, parsed, errors = valid_keys(), [], []
     for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().lstrip("+")  # Hydra's "+key=value" means the same here
         try:
-            if not sep or not key:
-                raise ConfigError(f"override {item!r}: expected key=value, e.g. train.train_iters=1000")
-            path, hint = resolve_key(key, keys)
-            parsed.append((key, path, parse_value(key, raw, hint)))
+            parsed.append(parse_item(item, keys))
         except ConfigError as err:
             errors.append(str(err))
     if errors:
@@ -223,20 +228,19 @@ def parse_overrides(items: list[str]) -> list[tuple[str, tuple[str, ...], object
 
 def apply_overrides(container: ConfigContainer, items: list[str]) -> ConfigContainer:
     """Apply `key=value` overrides in place (all or nothing) and return the container."""
-    return apply_values(container, [(key, value) for key, _, value in parse_overrides(list(items))])
+    return apply_values(container, parse_overrides(list(items)))
 
 
 def apply_values(container: ConfigContainer, changes: list[tuple[str, object]]) -> ConfigContainer:
     """Set typed values of dotted keys (any spelling `key=value` takes) in place, all or nothing; the one
-    function that changes a configuration, for recipes and command lines alike."""
+    function that changes a configuration, for recipes, command lines and files alike."""
     keys = valid_keys()
     parsed = [(key, resolve_key(key, keys)[0], value) for key, value in changes]
     new = copy.deepcopy(container)
     # `peft=...` first, so `peft.dim=8 peft=dora` keeps the 8 whatever the order.
     parsed.sort(key=lambda p: p[1] != ("peft",))
-    arch, rope, touched = {}, {}, set()
+    arch, rope = {}, {}
     for key, path, value in parsed:
-        touched.add(path)
         if path == ("peft",):
             new.peft = None if value == "none" else PeftConfig.default(value)
         elif path == ("mixed_precision",):
@@ -253,13 +257,27 @@ def apply_values(container: ConfigContainer, changes: list[tuple[str, object]]) 
             setattr(section, path[1], value)
     if arch or rope:
         new.model.config = update_model_config(new.model.config, **arch, **rope)
+    _follow(container, new, {path for _, path, _ in parsed})
+    container.__dict__.update(new.__dict__)
+    return container
+
+
+def _follow(old: ConfigContainer, new: ConfigContainer, touched: set) -> None:
+    """Settings that follow another one unless they are set themselves."""
     # model.seq_length and dataset.seq_length are one setting in two places.
     if ("model", "seq_length") in touched and ("dataset", "seq_length") not in touched:
         new.dataset.seq_length = new.model.seq_length
     elif ("dataset", "seq_length") in touched and ("model", "seq_length") not in touched:
         new.model.seq_length = new.dataset.seq_length
-    container.__dict__.update(new.__dict__)
-    return container
+    # A run that resumes from where it saves (every recipe) keeps doing so when checkpoint.save moves.
+    ck = old.checkpoint
+    if ("checkpoint", "save") in touched and ("checkpoint", "load") not in touched and ck.load and ck.load == ck.save:
+        new.checkpoint.load = new.checkpoint.save
+    # Data files given to a preset of Hugging Face data (a fine-tuning recipe's SQuAD) are read instead of it.
+    d = new.dataset
+    chosen = {("dataset", "kind"), ("dataset", "preset")} & touched
+    if ("dataset", "data_paths") in touched and not chosen and d.kind == "hf" and d.preset and d.data_paths:
+        d.kind, d.preset = "sft", None
 
 
 # ---------------------------------------------------------------------------------------------------

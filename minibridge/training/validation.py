@@ -132,8 +132,9 @@ def _validate_optimizer(c: ConfigContainer) -> None:
     validate_optimizer(c.optimizer, c.scheduler, c.lr_decay_iters, where)
     precision = c.optimizer.state_precision()
     if precision is not None and c.dist.use_torch_fsdp2 and precision.main_grads_dtype != "fp32":
-        raise ConfigError(f"optimizer.main_grads_dtype={c.optimizer.main_grads_dtype!r} with dist.use_torch_fsdp2=true: "
-                          f"FSDP2 reduces gradients into its fp32 parameter shards; set main_grads_dtype=fp32")
+        raise ConfigError(f"optimizer.main_grads_dtype={c.optimizer.main_grads_dtype!r} with "
+                          f"dist.use_torch_fsdp2=true: FSDP2 reduces gradients into its fp32 parameter shards; "
+                          f"set main_grads_dtype=fp32")
     _positive("ddp.bucket_size", c.ddp.bucket_size, allow_none=True)
     if not isinstance(c.ddp.overlap_grad_reduce, bool):
         raise ConfigError(f"ddp.overlap_grad_reduce={c.ddp.overlap_grad_reduce!r}: expected true or false")

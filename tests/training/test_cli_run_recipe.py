@@ -229,3 +229,26 @@ def test_each_checkpoint_holds_run_config_yaml(capsys, tmp_path):
     assert yaml.safe_load((folder / "run_config.yaml").read_text()) == stored
     capsys.readouterr()
     assert dry_run(capsys, *argv) == stored  # what --dry-run printed is what the checkpoint records
+
+
+# ------------------------------------------------------------------------------- one override path
+
+
+def test_the_recipe_is_built_once_and_every_source_is_one_list_of_typed_changes(capsys, tmp_path, monkeypatch):
+    from minibridge import recipes
+    from minibridge.training.hydra_grammar import hydra_changes
+
+    real, calls = recipes.RECIPES["llama3_debug_pretrain_config"], []
+    monkeypatch.setitem(recipes.RECIPES, "llama3_debug_pretrain_config", lambda **kw: calls.append(kw) or real(**kw))
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  train_iters: 11\n")
+    cfg = dry_run(capsys, *DEBUG, "--config-file", str(path), "--dataset", "mock", "--deterministic",
+                  "logger.log_dir=${checkpoint.save}/logs", "--peft_scheme", "dora",
+                  "--pretrained-checkpoint", str(tmp_path))
+    assert len(calls) == 1 and cfg["train"]["train_iters"] == 11 and cfg["peft"]["scheme"] == "dora"
+    base = real()
+    changes = hydra_changes(base, ["+train.train_iters=7", "train.seed=9", "~train.seed", "peft=dora", "~peft.alpha",
+                                   "logger.log_dir=${checkpoint.save}/x", ("model.deterministic_mode", True)])
+    assert changes == [("train.train_iters", 7), ("train.seed", 9), ("train.seed", 1234), ("peft", "dora"),
+                       ("peft.alpha", 64), ("logger.log_dir", f"{base.checkpoint.save}/x"),
+                       ("model.deterministic_mode", True)]
