@@ -84,6 +84,22 @@ def _cross_entropy_part_(low, targets, scratch, need_grad: bool, all_valid: bool
     return loss
 
 
+WEIGHT_GRAD_ROWS = 16384  # vocabulary rows of d weight per product
+
+
+def _add_weight_grad_(grad_weight, low, h, first: bool) -> None:
+    """grad_weight (+)= low^T @ h, a block of vocabulary rows at a time. One (vocab x hidden) product
+    in bf16 on a CPU without native bf16 matmuls (AVX2) goes through an fp32 result of the whole
+    output (1 GB for Llama's 128k x 2048) before rounding into `out`; blocks of rows bound that at
+    WEIGHT_GRAD_ROWS x hidden, and each row of the result is the same dot products (bit-identical)."""
+    for row in range(0, grad_weight.shape[0], WEIGHT_GRAD_ROWS):
+        rows = slice(row, row + WEIGHT_GRAD_ROWS)
+        if first:
+            torch.mm(low[:, rows].t(), h, out=grad_weight[rows])
+        else:
+            grad_weight[rows].addmm_(low[:, rows].t(), h)
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """Sum of token losses of softmax(hidden @ W^T); gradients computed chunk by chunk in forward.
 
@@ -124,10 +140,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 torch.mm(low, weight, out=rows_grad)
             else:
                 rows_grad.copy_(low @ weight)
-            if need_weight and start == 0:
-                torch.mm(low.t(), h, out=grad_weight)
-            elif need_weight:
-                grad_weight.addmm_(low.t(), h)
+            if need_weight:
+                _add_weight_grad_(grad_weight, low, h, first=start == 0)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.main_grad = getattr(weight, "main_grad", None) if need_weight else None
         return total
@@ -141,8 +155,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         if grad_weight is not None:
             grad_weight = grad_weight.mul_(grad_total.to(grad_weight.dtype))
             if ctx.main_grad is not None:
-                ctx.main_grad.add_(grad_weight)
-                grad_weight = None
+                for row in range(0, grad_weight.shape[0], WEIGHT_GRAD_ROWS):  # fp32 += bf16 converts
+                    ctx.main_grad[row : row + WEIGHT_GRAD_ROWS].add_(grad_weight[row : row + WEIGHT_GRAD_ROWS])
+                grad_weight = None  # (its whole operand to fp32 first: 1 GB for Llama's output layer)
         ctx.main_grad = None
         return grad_hidden.mul_(grad_total.to(grad_hidden.dtype)), grad_weight, None, None, None
 
