@@ -116,16 +116,16 @@ AOT_TOO_LARGE = textwrap.dedent("""
     import kernels_aot  # sets the environment for compiling before minibridge is imported
     from minibridge.kernels import attention_triton
 
-    attention_triton.block_sizes = lambda D, kernel, dtype=None, arch=None: (64, 256, 8, 3)
-    sys.exit(kernels_aot.main(["--arch", "80", "--only", "attention_fwd", "--shapes", "llama-3.1-8b",
+    attention_triton.block_sizes = lambda D, kernel, dtype=None, arch=None: (128, 256, 8, 4)
+    sys.exit(kernels_aot.main(["--arch", "80", "--only", "attention_fwd", "--shapes", "llama-3.2-1b",
                                "--no-report", "--jobs", "1"]))
 """)
 
 
-@pytest.mark.slow
 def test_aot_check_fails_when_a_block_is_too_large():
-    """The AOT check compiles for sm_80 what the host code chooses: 256 keys of head_dim 128 a block, K and
-    V double-buffered, need more shared memory than an A100 block may have; the check must say so, exit 1."""
+    """The AOT check compiles for sm_80 what the host code chooses: 128 queries and 256 keys of head_dim 64 a
+    block, K and V in 4 pipeline stages (217,088 B), need more shared memory than an A100 block may have; the
+    check must say so, exit 1. (Llama-3.2-1B's bf16 alone: one compile of seconds, not the fp32 one of 8B.)"""
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", AOT_TOO_LARGE], capture_output=True, text=True, timeout=900, cwd=root)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
