@@ -32,11 +32,9 @@ LOW_PRECISION = {
     "bf16_with_nvfp4_mixed": (10, 0),
 }
 PRECISIONS = MIXED_PRECISION + tuple(LOW_PRECISION)
-# LoRA/DoRA targets: Megatron's names of the four linear layers of a block, or ours / HF's short names
-# (wildcards also allowed); the defaults are minibridge.peft's.
-PEFT_TARGETS = DEFAULT_TARGETS
-PEFT_MODULES = tuple(MEGATRON_NAMES)
-
+# LoRA/DoRA targets: Megatron's names of the four linear layers of a block (minibridge.peft's defaults) or HF's
+# (q_proj, ...); wildcards also allowed.
+PEFT_TARGETS = DEFAULT_TARGETS + tuple(MEGATRON_NAMES)
 
 
 def _positive(key: str, value, allow_none: bool = False) -> None:
@@ -78,7 +76,7 @@ def validate(c) -> None:
     if d.seq_length != m.seq_length:
         raise ConfigError(f"dataset.seq_length={d.seq_length} differs from model.seq_length={m.seq_length}; set one "
                           f"(an override of either sets both)")
-    _validate_layout(m)
+    m.validate_layout()  # the layout against the model and seq_length (a LayoutError is a ConfigError)
     for key in ("use_torch_fsdp2", "reshard_after_forward"):
         if not isinstance(getattr(c.dist, key), bool):
             raise ConfigError(f"dist.{key}={getattr(c.dist, key)!r}: expected true or false")
@@ -117,13 +115,6 @@ def _check_context_length(m: ModelSettings) -> None:
             f"model.seq_length={m.seq_length} exceeds the model's max_position_embeddings={limit}; to extend the "
             f"context, raise model.max_position_embeddings together with a RoPE scaling (model.rope.rope_type="
             f"linear with model.rope.factor={-(-m.seq_length // limit)}, or llama3 scaling), or lower model.seq_length")
-
-
-def _validate_layout(m: ModelSettings) -> None:
-    """The layout against the model and seq_length (a LayoutError is a ConfigError): parallel/dims.py."""
-    for key in ("pipeline_model_parallel_size", "tensor_model_parallel_size"):
-        _positive(f"model.{key}", getattr(m, key))
-    m.parallel_config().validate(m.config, m.seq_length)
 
 
 def _validate_optimizer(c: ConfigContainer) -> None:
@@ -182,8 +173,8 @@ def _validate_peft(p: PeftConfig, ck: CheckpointConfig) -> None:
     if not p.target_modules:
         raise ConfigError("peft.target_modules is empty: nothing would be trained")
     for name in p.target_modules + p.exclude_modules:
-        if name not in PEFT_TARGETS + PEFT_MODULES and "*" not in name and "." not in name:
-            raise ConfigError(choice_message("peft.target_modules entry", name, PEFT_TARGETS + PEFT_MODULES,
+        if name not in PEFT_TARGETS and "*" not in name and "." not in name:
+            raise ConfigError(choice_message("peft.target_modules entry", name, PEFT_TARGETS,
                                               extra=" (or a wildcard pattern such as '*.layers.0.*.linear_qkv')"))
     if not ck.pretrained_checkpoint:
         raise ConfigError(f"peft.scheme={p.scheme!r} trains adapters on frozen weights, so it needs "
