@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         help="sections as in run_config.yaml (model:, train:, ...), merged before the flags and overrides")
     add = parser.add_argument_group("convenience overrides (the key they set)").add_argument
     for flags, key in CONVENIENCE.items():
-        add(*flags, dest=key, metavar="N", help=key)
+        add(*flags, dest=key, metavar={"--lr": "X", "--min_lr": "X"}.get(flags[-1], "DIR" if flags[-1].endswith("_dir") else "N"),
+            help=key)
     add = parser.add_argument_group("runtime").add_argument
     add("--dry-run", "--dry_run", dest="dry_run", action="store_true",
         help="print the resolved configuration (YAML, as run_config.yaml) and exit")
