@@ -119,15 +119,15 @@ def tokenizer_vocab_size(folder: str) -> int:
     return max(ids) + 1
 
 
-def debug_architecture(base, tokenizer: str | None, vocab_size: int | None):
-    """`base` with the vocabulary of `vocab_size`, else of `tokenizer` (an HF folder), else its own."""
-    vocab = vocab_size or (tokenizer_vocab_size(tokenizer) if tokenizer else base.vocab_size)
-    return dataclasses.replace(base, vocab_size=vocab)
-
-
 def debug_vocabulary(base: ModelConfig):
-    """A debug recipe's `recipe.architecture`: `base` with the vocabulary of its `vocab_size` / `tokenizer`."""
-    return lambda s: debug_architecture(base, s["tokenizer"], s["vocab_size"])
+    """A debug recipe's `recipe.architecture`: `base` with the vocabulary of its `vocab_size`, else of its
+    `tokenizer` (an HF folder), else its own."""
+
+    def choose(s: dict) -> ModelConfig:
+        vocab = s["vocab_size"] or (tokenizer_vocab_size(s["tokenizer"]) if s["tokenizer"] else base.vocab_size)
+        return dataclasses.replace(base, vocab_size=vocab)
+
+    return choose
 
 
 def checkpoint_or(base: ModelConfig, other_recipe: str):

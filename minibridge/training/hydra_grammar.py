@@ -169,11 +169,7 @@ def _interpolate(preview: ConfigContainer, pending: dict, entries: dict, keys: d
         if index in chain:
             cycle = " -> ".join(pending[i][0] for i in (*chain, index))
             raise ConfigError(f"{where}: the interpolations form a cycle ({cycle})")
-        whole = _INTERPOLATION.fullmatch(raw.strip())
-        if whole:
-            text = lookup(whole.group(1).strip(), where, (*chain, index))
-        else:
-            text = _INTERPOLATION.sub(lambda m: lookup(m.group(1).strip(), where, (*chain, index)), raw)
+        text = _INTERPOLATION.sub(lambda m: lookup(m.group(1).strip(), where, (*chain, index)), raw)
         resolved[index] = text.replace("\\${", "${")
         return resolved[index]
 
