@@ -65,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         help="sections as in run_config.yaml (model:, train:, ...), merged before the flags and overrides")
     add = parser.add_argument_group("convenience overrides (the key they set)").add_argument
     for flags, key in CONVENIENCE.items():
-        add(*flags, dest=key, metavar={"--lr": "X", "--min_lr": "X"}.get(flags[-1], "DIR" if flags[-1].endswith("_dir") else "N"),
-            help=key)
+        metavar = "DIR" if flags[-1].endswith("_dir") else "X" if flags[-1].endswith("lr") else "N"
+        add(*flags, dest=key, metavar=metavar, help=key)
     add = parser.add_argument_group("runtime").add_argument
     add("--dry-run", "--dry_run", dest="dry_run", action="store_true",
         help="print the resolved configuration (YAML, as run_config.yaml) and exit")
@@ -177,18 +177,19 @@ def choose_recipe(args: argparse.Namespace, names) -> tuple[str, str | None]:
         return args.recipe, scheme
     recipe = args.recipe
     implied = recipe_mode(recipe) if recipe else None
-    if recipe and implied == "pretrain" and mode == "pretrain":
-        return recipe, scheme
-    if recipe and implied is None and mode == "pretrain" and recipe.endswith("_finetune_config"):
-        raise ConfigError(f"--mode pretrain is incompatible with recipe {recipe!r} (a fine-tuning recipe); use "
-                          f"{model_stem(recipe)}_pretrain_config")
-    if recipe and implied in ("sft", "lora") and mode == "pretrain":
-        raise ConfigError(f"--mode pretrain is incompatible with recipe {recipe!r} (a fine-tuning recipe)")
-    if recipe and implied in ("sft", "lora") and (implied == "sft") != (mode == "sft"):
+    if recipe and mode == "pretrain":
+        if implied == "pretrain":
+            return recipe, scheme
+        if implied in ("sft", "lora"):
+            raise ConfigError(f"--mode pretrain is incompatible with recipe {recipe!r} (a fine-tuning recipe)")
+        if recipe.endswith("_finetune_config"):
+            raise ConfigError(f"--mode pretrain is incompatible with recipe {recipe!r} (a fine-tuning recipe); use "
+                              f"{model_stem(recipe)}_pretrain_config")
+    elif recipe and implied in ("sft", "lora") and (implied == "sft") != (mode == "sft"):
         other = f"{model_stem(recipe)}_{'sft' if mode == 'sft' else 'peft'}_config"
         raise ConfigError(f"--mode {mode} is incompatible with recipe {recipe!r} (Megatron Bridge refuses it too); "
                           f"use {other} or --model {model_stem(recipe)}")
-    if recipe and implied != "pretrain" and mode != "pretrain":
+    elif recipe and implied != "pretrain":
         return recipe, wanted  # a fine-tuning recipe: the mode picks full or adapters (lora or dora)
     stem = model_stem(recipe) if recipe else args.model
     candidates = ([f"{stem}_pretrain_config"] if mode == "pretrain" else

@@ -173,22 +173,16 @@ def parse_value(key: str, raw: str, hint):
         if text.lower() in _TRUE + _FALSE:
             return text.lower() in _TRUE
         raise bad
-    if hint is int:
+    if hint in (int, float):
         try:
-            return int(text)
-        except ValueError:
-            try:  # 1e5 and 2.0 are fine as long as they are whole numbers
-                number = float(text)
-            except ValueError:
-                raise bad from None
-            if number.is_integer():
-                return int(number)
-            raise bad from None
-    if hint is float:
-        try:
-            return float(text)
+            number = float(text)
         except ValueError:
             raise bad from None
+        if hint is float:
+            return number
+        if not number.is_integer():  # 1e5 and 2.0 are fine for an int, as long as they are whole numbers
+            raise bad
+        return int(text) if text.lstrip("+-").isdigit() else int(number)  # int(text): exact past 2**53
     if hint is str:
         return text
     raise ConfigError(f"{key}: fields of type {describe(hint)} cannot be set from the command line")
