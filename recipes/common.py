@@ -113,8 +113,7 @@ def build(settings: dict, kwargs: dict, name: str) -> ConfigContainer:
         s = {**s, **s["recipe.full" if full else "recipe.lora"], **kwargs}
         if s["finetune_lr"] is None:
             s["finetune_lr"] = s["recipe.lr"][0 if full else 1]
-        peft = s["peft"]
-        s["peft"] = peft_config(peft, **s["recipe.peft"]) if isinstance(peft, str) else peft_config(peft)
+        s["peft"] = peft_config(s["peft"], **s["recipe.peft"])  # (the changes apply to a scheme's name only)
     return container(s)
 
 
@@ -168,20 +167,20 @@ def checkpoint_dir(dir: str | None, name: str) -> str:
 def split_blend(data_paths: list[str] | None) -> tuple[list[str], list[float] | None]:
     """Megatron's blend list: ["a", "b"] or weights interleaved, ["0.3", "a", "0.7", "b"]."""
     paths = [str(p) for p in data_paths or []]
-
-    def is_number(text: str) -> bool:
-        try:
-            float(text)
-            return True
-        except ValueError:
-            return False
-
-    if not paths or not is_number(paths[0]):
+    if not paths or not _is_number(paths[0]):
         return paths, None
-    if len(paths) % 2 or not all(is_number(w) for w in paths[::2]):
+    if len(paths) % 2 or not all(_is_number(w) for w in paths[::2]):
         raise ConfigError(f"data_paths={paths}: a weighted blend alternates weight and path, "
                           f"e.g. ['0.3', 'a', '0.7', 'b']")
     return paths[1::2], [float(w) for w in paths[::2]]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def dataset_kind(paths: list[str], finetune: bool) -> str:
