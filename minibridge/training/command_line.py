@@ -15,6 +15,7 @@ from typing import NamedTuple
 from .config import ConfigError
 from .validation import choice_message
 from .data.presets import PRESETS
+from .hydra_grammar import GRAMMAR
 
 # Megatron Bridge run_recipe.py's COMMON_OVERRIDE_FIELDS (its -ep / -etp have no meaning without experts): the
 # flags, in the order their changes apply, and the key each one sets.
@@ -37,10 +38,7 @@ DATASETS = {"mock": [("dataset.kind", "mock"), ("dataset.data_paths", [])],
             "megatron-indexed": [("dataset.kind", "indexed")], "local-jsonl": [("dataset.kind", "sft")],
             **{name: [*_HF, ("dataset.preset", name)] for name in PRESETS}}
 VISION_DATASETS = ("local-vlm", "cord-v2", "llava-video-178k", "medpix", "raven", "rdr")
-GRAMMAR = """overrides (Hydra's grammar; after the flags, whose keys they may set again):
-  key=value, +key=value, ++key=value   set a field: train.train_iters=1000 optimizer.lr=3e-4 peft=dora
-  ~key, ~key=value                      reset a field to its default (~peft: full training)
-  ${section.key}                        another setting's final value: logger.log_dir=${checkpoint.save}/logs"""
+
 
 
 def _parser() -> argparse.ArgumentParser:
