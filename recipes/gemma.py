@@ -1,14 +1,8 @@
 """Gemma 3 recipes, with the names, keyword arguments and defaults of Megatron Bridge's
-`megatron/bridge/recipes/gemma/gemma3.py` (keyword-argument version with `_gemma3_common` /
-`_gemma3_finetune_common`) and the table of its docs/models/llm/gemma3.md:
-
-    gemma3_1b_pretrain_config   TP=1 PP=1 CP=1 SP=off  seq 32768, global batch 512, lr 3e-4 -> 3e-5, 2000 warmup
-    gemma3_1b_finetune_config   TP=1 PP=1 CP=1 SP=off  packed sequences of 4096 (2048 unpacked), global batch 32,
-                                100 iterations, lr 1e-4 (LoRA/DoRA dim 8 alpha 16) or 5e-6 (full), 10 warmup,
-                                save every 100; also named gemma3_1b_sft_config (full) and gemma3_1b_peft_config
-                                (peft_scheme="lora"|"dora"), Megatron Bridge 0.6's names
-
-All: Adam eps 1e-8, weight decay 0.033 (the scheduler's constant start/end_weight_decay).
+`megatron/bridge/recipes/gemma/gemma3.py` (`_gemma3_common` / `_gemma3_finetune_common`) and the table of its
+docs/models/llm/gemma3.md: TP=PP=CP=1. Pretraining: 32k sequences, global batch 512, lr 3e-4 -> 3e-5 after 2000
+warmup. Finetuning: packed sequences of 4096 (2048 unpacked), global batch 32, 100 iterations, lr 1e-4 (LoRA/DoRA
+dim 8 alpha 16) or 5e-6 (full), 10 warmup, save every 100; Adam eps 1e-8, weight decay 0.033 (the scheduler's).
 
 Without `data_paths` finetuning trains on SQuAD, as Megatron Bridge's (recipes/common.py). The debug recipes
 at the end are CPU-sized and keep Gemma's features: sliding windows (5 local : 1 global), MQA-style GQA,
