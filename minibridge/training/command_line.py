@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 from typing import NamedTuple
 
 from .config import ConfigError
@@ -155,10 +156,7 @@ def recipe_mode(name: str) -> str | None:
 
 
 def model_stem(name: str) -> str:
-    for suffix in ("_pretrain_config", "_finetune_config", "_sft_config", "_peft_config"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return re.sub(r"_(pretrain|finetune|sft|peft)_config$", "", name)
 
 
 def choose_recipe(args: argparse.Namespace, names) -> tuple[str, str | None]:
