@@ -16,35 +16,19 @@ import inspect
 from typing import Callable
 
 from minibridge.training.config import ConfigContainer, ConfigError
-from minibridge.training.overrides import apply_values, parse_overrides
+from minibridge.training.hydra_grammar import configure
 
 from . import gemma, llama
 from .common import summary as layout_summary
 
-_LLAMA = [
-    "llama32_1b_pretrain_config", "llama32_3b_pretrain_config", "llama3_8b_pretrain_config",
-    "llama3_8b_16k_pretrain_config", "llama3_8b_64k_pretrain_config", "llama3_8b_128k_pretrain_config",
-    "llama3_8b_low_precision_pretrain_config", "llama3_70b_pretrain_config", "llama3_70b_pretrain_deterministic_config",
-    "llama3_70b_16k_pretrain_config", "llama3_70b_64k_pretrain_config", "llama31_8b_pretrain_config",
-    "llama31_70b_pretrain_config", "llama31_405b_pretrain_config", "llama31_405b_pretrain_deterministic_config",
-]
-_LLAMA_FINETUNED = ["llama32_1b", "llama32_3b", "llama3_8b", "llama31_8b", "llama3_70b", "llama31_70b", "llama31_405b"]
-_LLAMA += [f"{model}_{kind}_config" for model in _LLAMA_FINETUNED for kind in ("finetune", "sft", "peft")]
-_LLAMA += ["llama3_debug_pretrain_config", "llama3_debug_finetune_config"]
-_GEMMA = ["gemma3_1b_pretrain_config", "gemma3_1b_finetune_config", "gemma3_1b_sft_config", "gemma3_1b_peft_config",
-          "gemma3_debug_pretrain_config", "gemma3_debug_finetune_config"]
-
+# Every recipe, in the order its module defines it (`--list` prints them so).
 RECIPES: dict[str, Callable[..., ConfigContainer]] = {
-    **{name: getattr(llama, name) for name in _LLAMA},
-    **{name: getattr(gemma, name) for name in _GEMMA},
+    name: fn for module in (llama, gemma) for name, fn in vars(module).items() if name.endswith("_config")
 }
-
 # Megatron Bridge 0.6's names -> (the recipe they are, the argument they fix): one recipe, one set of defaults.
-ALIASES: dict[str, tuple[str, str]] = {
-    **{f"{model}_sft_config": (f"{model}_finetune_config", "peft=None") for model in _LLAMA_FINETUNED + ["gemma3_1b"]},
-    **{f"{model}_peft_config": (f"{model}_finetune_config", "peft=peft_scheme")
-       for model in _LLAMA_FINETUNED + ["gemma3_1b"]},
-}
+ALIASES: dict[str, tuple[str, str]] = {name: fn.alias_of for name, fn in RECIPES.items() if hasattr(fn, "alias_of")}
+
+
 def get_recipe(name: str) -> Callable[..., ConfigContainer]:
     if name in RECIPES:
         return RECIPES[name]
@@ -80,10 +64,10 @@ def list_recipes() -> list[tuple[str, str]]:
 
 def build_config(name: str, pretrained_checkpoint: str | None = None, peft_scheme: str | None = None,
                  overrides: list[str] = (), validate: bool = True) -> ConfigContainer:
-    """Recipe `name` with the command line's --pretrained-checkpoint / --peft_scheme and `key=value` overrides
-    applied in order, then validate() (`python -m minibridge.train` takes Hydra's grammar too: train.py)."""
+    """Recipe `name` with the command line's --pretrained-checkpoint / --peft_scheme and overrides (Hydra's grammar
+    as `python -m minibridge.train` takes it: `key=value`, `~key`, `${a.b}`) applied in order, then validate()."""
     config, changes = recipe_config(name, pretrained_checkpoint, peft_scheme)
-    apply_values(config, [*changes, *parse_overrides(list(overrides))])
+    configure(config, [*changes, *overrides])
     return config.validate() if validate else config
 
 

@@ -24,6 +24,8 @@ _LLAMA3 = dict(
 _LLAMA31 = dict(max_position_embeddings=131072, rope_scaling=dict(
     rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
     original_max_position_embeddings=8192))
+_LLAMA32 = {**_LLAMA3, **_LLAMA31, "rope_scaling": {**_LLAMA31["rope_scaling"], "factor": 32.0},
+            "intermediate_size": 8192, "num_key_value_heads": 8, "tie_word_embeddings": True}
 _8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
            num_key_value_heads=8)
 _70B = dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
@@ -31,14 +33,10 @@ _70B = dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num
 
 # Keyed by the hub id Megatron Bridge's recipes pass to AutoBridge.from_hf_pretrained.
 HF_CONFIGS = {
-    "meta-llama/Llama-3.2-1B": {**_LLAMA3, **_LLAMA31, "rope_scaling": {**_LLAMA31["rope_scaling"], "factor": 32.0},
-                                "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-                                "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
-                                "tie_word_embeddings": True},
-    "meta-llama/Llama-3.2-3B": {**_LLAMA3, **_LLAMA31, "rope_scaling": {**_LLAMA31["rope_scaling"], "factor": 32.0},
-                                "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
-                                "num_attention_heads": 24, "num_key_value_heads": 8, "head_dim": 128,
-                                "tie_word_embeddings": True},
+    "meta-llama/Llama-3.2-1B": {**_LLAMA32, "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
+                                "head_dim": 64},
+    "meta-llama/Llama-3.2-3B": {**_LLAMA32, "hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 24,
+                                "head_dim": 128},
     "meta-llama/Meta-Llama-3-8B": {**_LLAMA3, **_8B},
     "meta-llama/Meta-Llama-3-70B": {**_LLAMA3, **_70B},
     "meta-llama/Meta-Llama-3.1-8B": {**_LLAMA3, **_LLAMA31, **_8B},
@@ -119,15 +117,15 @@ def tokenizer_vocab_size(folder: str) -> int:
     return max(ids) + 1
 
 
-def debug_architecture(base, tokenizer: str | None, vocab_size: int | None):
-    """`base` with the vocabulary of `vocab_size`, else of `tokenizer` (an HF folder), else its own."""
-    vocab = vocab_size or (tokenizer_vocab_size(tokenizer) if tokenizer else base.vocab_size)
-    return dataclasses.replace(base, vocab_size=vocab)
-
-
 def debug_vocabulary(base: ModelConfig):
-    """A debug recipe's `recipe.architecture`: `base` with the vocabulary of its `vocab_size` / `tokenizer`."""
-    return lambda s: debug_architecture(base, s["tokenizer"], s["vocab_size"])
+    """A debug recipe's `recipe.architecture`: `base` with the vocabulary of its `vocab_size`, else of its
+    `tokenizer` (an HF folder), else its own."""
+
+    def choose(s: dict) -> ModelConfig:
+        vocab = s["vocab_size"] or (tokenizer_vocab_size(s["tokenizer"]) if s["tokenizer"] else base.vocab_size)
+        return dataclasses.replace(base, vocab_size=vocab)
+
+    return choose
 
 
 def checkpoint_or(base: ModelConfig, other_recipe: str):

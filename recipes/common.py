@@ -18,19 +18,18 @@ import dataclasses
 import os
 from typing import Callable
 
+from minibridge.models.config import ModelConfig
 from minibridge.training.config import ConfigContainer, ConfigError, ModelSettings, PeftConfig
 from minibridge.training.overrides import apply_values
 
-from .architectures import architecture, checkpoint_tokenizer, finetune_architecture
+from .architectures import architecture, checkpoint_or, checkpoint_tokenizer, debug_vocabulary, finetune_architecture
 
 FINETUNE_DATASET = "squad"  # what a fine-tuning recipe trains on without data_paths, as Megatron Bridge's
 _LAYOUT = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "virtual_pipeline_model_parallel_size",
            "context_parallel_size", "sequence_parallel")
 # Keyword arguments that are one configuration key each.
 KWARGS = {
-    **{name: f"model.{name}" for name in _LAYOUT}, "seq_length": "model.seq_length",
-    "account_for_embedding_in_pipeline_split": "model.account_for_embedding_in_pipeline_split",
-    "account_for_loss_in_pipeline_split": "model.account_for_loss_in_pipeline_split",
+    **{f.name: f"model.{f.name}" for f in dataclasses.fields(ModelSettings) if f.name != "config"},
     **{name: f"train.{name}" for name in ("train_iters", "global_batch_size", "micro_batch_size", "eval_interval")},
     **{name: f"optimizer.{name}" for name in ("lr", "min_lr", "adam_eps")},
     **{name: f"scheduler.{name}" for name in ("lr_warmup_iters", "lr_decay_iters")},
@@ -65,8 +64,23 @@ FINETUNE = {**_COMMON, **layout(), "pretrained_checkpoint": None, "peft": "lora"
             "recipe.lr": (5e-6, 1e-4),  # finetune_lr of full and of adapter training
             "recipe.peft": {},  # LoRA / DoRA settings besides minibridge.peft's defaults
             "recipe.global_batch_size": (128, 8)}  # unpacked, packed
+# What every CPU-sized debug recipe sets on top of its family's: fp32 (exact comparisons), short runs, small batches.
 DEBUG = {"model.make_vocab_size_divisible_by": 1, "dataset.num_workers": 0, "train.eval_iters": 2,
-         "logger.log_interval": 1}  # what every CPU-sized debug recipe sets on top of its family's
+         "logger.log_interval": 1, "train_iters": 20, "global_batch_size": 8, "micro_batch_size": 2, "seq_length": 256,
+         "lr_warmup_iters": 2, "eval_interval": 10, "save_interval": 10, "precision_config": "fp32"}
+
+
+def debug_pretrain(arch: ModelConfig, name: str) -> dict:
+    """A debug pretraining recipe: `arch` with the vocabulary of `vocab_size`, else of `tokenizer`, else its own."""
+    return {**DEBUG, "recipe.architecture": debug_vocabulary(arch), "name": name, "vocab_size": None, "lr": 1e-3,
+            "min_lr": 1e-4}
+
+
+def debug_finetune(arch: ModelConfig, name: str, other_recipe: str) -> dict:
+    """A debug fine-tuning recipe: the architecture of `pretrained_checkpoint` when that is an HF folder or a Megatron
+    checkpoint of `arch`'s family (any size; another family: use `other_recipe`), else `arch`."""
+    return {**DEBUG, "recipe.architecture": checkpoint_or(arch, other_recipe), "recipe.lr": (1e-4, 1e-3),
+            "name": name, "packed_sequence": False}
 
 
 def recipe(base, *changes: dict, **more) -> Callable[[Callable], Callable[..., ConfigContainer]]:
@@ -99,8 +113,7 @@ def build(settings: dict, kwargs: dict, name: str) -> ConfigContainer:
         s = {**s, **s["recipe.full" if full else "recipe.lora"], **kwargs}
         if s["finetune_lr"] is None:
             s["finetune_lr"] = s["recipe.lr"][0 if full else 1]
-        peft = s["peft"]
-        s["peft"] = peft_config(peft, **s["recipe.peft"]) if isinstance(peft, str) else peft_config(peft)
+        s["peft"] = peft_config(s["peft"], **s["recipe.peft"])  # (the changes apply to a scheme's name only)
     return container(s)
 
 
@@ -154,20 +167,20 @@ def checkpoint_dir(dir: str | None, name: str) -> str:
 def split_blend(data_paths: list[str] | None) -> tuple[list[str], list[float] | None]:
     """Megatron's blend list: ["a", "b"] or weights interleaved, ["0.3", "a", "0.7", "b"]."""
     paths = [str(p) for p in data_paths or []]
-
-    def is_number(text: str) -> bool:
-        try:
-            float(text)
-            return True
-        except ValueError:
-            return False
-
-    if not paths or not is_number(paths[0]):
+    if not paths or not _is_number(paths[0]):
         return paths, None
-    if len(paths) % 2 or not all(is_number(w) for w in paths[::2]):
+    if len(paths) % 2 or not all(_is_number(w) for w in paths[::2]):
         raise ConfigError(f"data_paths={paths}: a weighted blend alternates weight and path, "
                           f"e.g. ['0.3', 'a', '0.7', 'b']")
     return paths[1::2], [float(w) for w in paths[::2]]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def dataset_kind(paths: list[str], finetune: bool) -> str:
@@ -203,36 +216,31 @@ def summary(c: ConfigContainer) -> str:
             f"SP={'on' if m.sequence_parallel else 'off'} seq={m.seq_length} gbs={c.train.global_batch_size}")
 
 
-def sft_recipe(finetune: Callable[..., ConfigContainer], name: str) -> Callable[..., ConfigContainer]:
-    """Megatron Bridge 0.6's `<model>_sft_config`: the finetune recipe with full training (peft=None)."""
+def aliases(finetune: Callable[..., ConfigContainer]) -> tuple[Callable[..., ConfigContainer], ...]:
+    """Megatron Bridge 0.6's names of `<model>_finetune_config`: `<model>_sft_config` (full training: peft=None)
+    and `<model>_peft_config(peft_scheme="lora"|"dora")` (adapters). One recipe, three names, the same defaults."""
+    stem = finetune.__name__.removesuffix("_finetune_config")
+    sft, peft, takes = f"{stem}_sft_config", f"{stem}_peft_config", tuple(k for k in finetune.arguments if k != "peft")
 
-    def made(**user_kwargs) -> ConfigContainer:
-        if "peft" in user_kwargs or "peft_scheme" in user_kwargs:
-            raise ConfigError(f"{name} is full fine-tuning and takes no peft / peft_scheme; for adapters use "
-                              f"{name.replace('_sft_config', '_peft_config')}(peft_scheme='lora')")
-        return finetune(**user_kwargs, peft=None)
+    def sft_config(**kwargs) -> ConfigContainer:
+        if "peft" in kwargs or "peft_scheme" in kwargs:
+            raise ConfigError(f"{sft} is full fine-tuning and takes no peft / peft_scheme; for adapters use "
+                              f"{peft}(peft_scheme='lora')")
+        return finetune(**kwargs, peft=None)
 
-    first = (finetune.__doc__ or "").strip().splitlines()[0].split(":")[0]
-    made.__name__ = made.__qualname__ = name
-    made.__doc__ = f"{first}, full (all weights): {finetune.__name__}(peft=None) under its Megatron Bridge 0.6 name."
-    made.arguments = tuple(key for key in finetune.arguments if key != "peft")
-    return made
-
-
-def peft_recipe(finetune: Callable[..., ConfigContainer], name: str) -> Callable[..., ConfigContainer]:
-    """Megatron Bridge 0.6's `<model>_peft_config(peft_scheme="lora"|"dora")`: the finetune recipe with adapters."""
-
-    def made(peft_scheme="lora", **user_kwargs) -> ConfigContainer:
-        if "peft" in user_kwargs:
-            raise ConfigError(f"{name} takes peft_scheme= ('lora', 'dora' or a PeftConfig), not peft=")
+    def peft_config(peft_scheme="lora", **kwargs) -> ConfigContainer:
+        if "peft" in kwargs:
+            raise ConfigError(f"{peft} takes peft_scheme= ('lora', 'dora' or a PeftConfig), not peft=")
         if is_full_sft(peft_scheme):
-            raise ConfigError(f"{name}(peft_scheme={peft_scheme!r}): expected 'lora', 'dora' or a PeftConfig; "
-                              f"for full fine-tuning use {name.replace('_peft_config', '_sft_config')}")
-        return finetune(**user_kwargs, peft=peft_scheme)
+            raise ConfigError(f"{peft}(peft_scheme={peft_scheme!r}): expected 'lora', 'dora' or a PeftConfig; "
+                              f"for full fine-tuning use {sft}")
+        return finetune(**kwargs, peft=peft_scheme)
 
     first = (finetune.__doc__ or "").strip().splitlines()[0].split(":")[0]
-    made.__name__ = made.__qualname__ = name
-    made.__doc__ = (f"{first}, LoRA (default) or DoRA adapters: {finetune.__name__}(peft=peft_scheme) under "
-                    f"its Megatron Bridge 0.6 name.")
-    made.arguments = (*(key for key in finetune.arguments if key != "peft"), "peft_scheme")
-    return made
+    for made, name, argument, trains, arguments in (
+            (sft_config, sft, "peft=None", "full (all weights)", takes),
+            (peft_config, peft, "peft=peft_scheme", "LoRA (default) or DoRA adapters", (*takes, "peft_scheme"))):
+        made.__name__ = made.__qualname__ = name
+        made.__doc__ = f"{first}, {trains}: {finetune.__name__}({argument}) under its Megatron Bridge 0.6 name."
+        made.arguments, made.alias_of = arguments, (finetune.__name__, argument)
+    return sft_config, peft_config

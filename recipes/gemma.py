@@ -1,14 +1,8 @@
 """Gemma 3 recipes, with the names, keyword arguments and defaults of Megatron Bridge's
-`megatron/bridge/recipes/gemma/gemma3.py` (keyword-argument version with `_gemma3_common` /
-`_gemma3_finetune_common`) and the table of its docs/models/llm/gemma3.md:
-
-    gemma3_1b_pretrain_config   TP=1 PP=1 CP=1 SP=off  seq 32768, global batch 512, lr 3e-4 -> 3e-5, 2000 warmup
-    gemma3_1b_finetune_config   TP=1 PP=1 CP=1 SP=off  packed sequences of 4096 (2048 unpacked), global batch 32,
-                                100 iterations, lr 1e-4 (LoRA/DoRA dim 8 alpha 16) or 5e-6 (full), 10 warmup,
-                                save every 100; also named gemma3_1b_sft_config (full) and gemma3_1b_peft_config
-                                (peft_scheme="lora"|"dora"), Megatron Bridge 0.6's names
-
-All: Adam eps 1e-8, weight decay 0.033 (the scheduler's constant start/end_weight_decay).
+`megatron/bridge/recipes/gemma/gemma3.py` (`_gemma3_common` / `_gemma3_finetune_common`) and the table of its
+docs/models/llm/gemma3.md: TP=PP=CP=1. Pretraining: 32k sequences, global batch 512, lr 3e-4 -> 3e-5 after 2000
+warmup. Finetuning: packed sequences of 4096 (2048 unpacked), global batch 32, 100 iterations, lr 1e-4 (LoRA/DoRA
+dim 8 alpha 16) or 5e-6 (full), 10 warmup, save every 100; Adam eps 1e-8, weight decay 0.033 (the scheduler's).
 
 Without `data_paths` finetuning trains on SQuAD, as Megatron Bridge's (recipes/common.py). The debug recipes
 at the end are CPU-sized and keep Gemma's features: sliding windows (5 local : 1 global), MQA-style GQA,
@@ -20,8 +14,8 @@ from __future__ import annotations
 from minibridge.bridge.hf_config import config_from_hf
 from minibridge.training.config import ConfigContainer
 
-from .architectures import HF_CONFIGS, checkpoint_or, debug_vocabulary
-from .common import DEBUG, FINETUNE, PRETRAIN, peft_recipe, recipe, sft_recipe
+from .architectures import HF_CONFIGS
+from .common import FINETUNE, PRETRAIN, aliases, debug_finetune, debug_pretrain, recipe
 
 SEQUENCE_LENGTH_32K = 32768
 SEQUENCE_LENGTH_128K = 131072
@@ -50,8 +44,7 @@ def gemma3_1b_finetune_config(**kwargs) -> ConfigContainer:
     Adapters: dim 8, alpha 16 (Megatron Bridge's Gemma values)."""
 
 
-gemma3_1b_sft_config = sft_recipe(gemma3_1b_finetune_config, "gemma3_1b_sft_config")
-gemma3_1b_peft_config = peft_recipe(gemma3_1b_finetune_config, "gemma3_1b_peft_config")
+gemma3_1b_sft_config, gemma3_1b_peft_config = aliases(gemma3_1b_finetune_config)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -64,20 +57,16 @@ DEBUG_ARCH = config_from_hf({
     "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
     "query_pre_attn_scalar": 32, "sliding_window": 64,
 }, source="gemma3 debug architecture")
-_DEBUG = dict(DEBUG, train_iters=20, global_batch_size=8, micro_batch_size=2, seq_length=256,
-              lr_warmup_iters=2, eval_interval=10, save_interval=10, precision_config="fp32")
 
 
-@recipe(GEMMA3_PRETRAIN, _DEBUG, {"recipe.architecture": debug_vocabulary(DEBUG_ARCH)}, name="gemma3_debug",
-        vocab_size=None, lr=1e-3, min_lr=1e-4)
+@recipe(GEMMA3_PRETRAIN, debug_pretrain(DEBUG_ARCH, "gemma3_debug"))
 def gemma3_debug_pretrain_config(**kwargs) -> ConfigContainer:
     """Tiny Gemma 3 pretraining on CPU (hidden 128, 6 layers, sliding window 64).
 
     The vocabulary is `vocab_size`, else the size of `tokenizer` (an HF folder), else 1024 for mock tokens."""
 
 
-@recipe(GEMMA3_FINETUNE, _DEBUG, {"recipe.architecture": checkpoint_or(DEBUG_ARCH, "llama3_debug_finetune_config"),
-                                  "recipe.lr": (1e-4, 1e-3)}, name="gemma3_debug_finetune", packed_sequence=False)
+@recipe(GEMMA3_FINETUNE, debug_finetune(DEBUG_ARCH, "gemma3_debug_finetune", "llama3_debug_finetune_config"))
 def gemma3_debug_finetune_config(**kwargs) -> ConfigContainer:
     """Tiny Gemma 3 finetuning on CPU: LoRA (default), DoRA or full (peft=None).
 

@@ -1,30 +1,14 @@
 """Llama 3 / 3.1 / 3.2 recipes, with the names, keyword arguments, defaults and parallel layouts of
-Megatron Bridge's `megatron/bridge/recipes/llama/llama3.py` (the keyword-argument version with
-`_llama3_common` / `_llama3_finetune_common`) and the tables of its docs/models/llm/llama3.md:
-
-    pretrain                 TP  PP  VP  CP  SP   seq      finetune (LoRA | full)  TP  PP  VP  SP
-    llama32_1b / 3b           1   1   -   1  off  8192     llama32_1b / 3b          1 | 1
-    llama3_8b                 1   1   -   2  off  8192     llama3_8b, llama31_8b    1 | 2
-    llama3_8b_16k             4   2   -   2  on   16384    llama3_70b, llama31_70b  8 | 8   - | 4
-    llama3_8b_64k             4   2   -   4  on   65536    llama31_405b             4 | 8   8 | 16  8 | -  on
-    llama3_8b_128k            4   2   -   8  on   131072
-    llama3_70b                4   4   5   2  on   8192
-    llama3_70b_16k            8   2   -   2  on   16384
-    llama3_70b_64k            8   4   -   8  on   65536
-    llama31_8b                1   1   -   2  off  8192
-    llama31_70b               4   4   5   2  on   131072
-    llama31_405b              8   8   2   4  on   131072
+Megatron Bridge's `megatron/bridge/recipes/llama/llama3.py` (`_llama3_common` / `_llama3_finetune_common`) and
+the tables of its docs/models/llm/llama3.md; `python -m minibridge.train --list` prints each recipe's layout.
 
 Pretraining (the code's defaults; the docs are silent): 1,168,251 iterations, global batch 512, micro 1,
 lr 3e-4 -> 3e-5 cosine after 2000 warmup, Adam (0.9, 0.95) eps 1e-8, weight decay 0.033 (the scheduler's
 constant start/end_weight_decay over the optimizer's 0.1), clip 1.0, eval every 2000, checkpoint every 500,
 bf16_mixed. Finetuning: 1000 iterations, packed sequences of 4096 (405B: 2048), global batch 8 (405B: 32 LoRA,
 16 full), lr 1e-4 (LoRA/DoRA) or 5e-6 (full), 50 warmup, beta2 0.98, save every 50; packed_sequence=False
-gives 2048-token rows and global batch 128.
-
-Names: Megatron Bridge 0.6's `<model>_sft_config` (full) and `<model>_peft_config(peft_scheme=...)` are
-`<model>_finetune_config` (the older name, LoRA by default) with peft=None / peft=peft_scheme: one recipe,
-three names, the same defaults. `*_pretrain_deterministic_config` adds model.deterministic_mode.
+gives 2048-token rows and global batch 128. Each `<model>_finetune_config` is also named `<model>_sft_config`
+(full) and `<model>_peft_config` (adapters), Megatron Bridge 0.6's names (common.aliases).
 
 A finetune recipe without `data_paths` trains on SQuAD, as Megatron Bridge's (dataset.kind=hf, preset squad: the
 hub, the HF cache, or dataset.hf_path=LOCAL_COPY); mock tokens only with dataset.kind=mock. The debug recipes at
@@ -36,8 +20,7 @@ from __future__ import annotations
 from minibridge.models.config import ModelConfig, RopeConfig
 from minibridge.training.config import ConfigContainer, ConfigError
 
-from .architectures import checkpoint_or, debug_vocabulary
-from .common import DEBUG, FINETUNE, PRETRAIN, build, layout, peft_recipe, recipe, sft_recipe
+from .common import FINETUNE, PRETRAIN, aliases, build, debug_finetune, debug_pretrain, layout, recipe
 
 SEQUENCE_LENGTH_16K = 16384
 SEQUENCE_LENGTH_64K = 65536
@@ -49,6 +32,11 @@ LLAMA31_8B, LLAMA31_70B, LLAMA31_405B = ("meta-llama/Meta-Llama-3.1-8B", "meta-l
                                          "meta-llama/Meta-Llama-3.1-405B")
 LLAMA3_FINETUNE = {**FINETUNE, "optimizer.adam_beta2": 0.98}  # _llama3_finetune_common's beta2
 PIPELINE_SPLIT = dict(account_for_embedding_in_pipeline_split=True, account_for_loss_in_pipeline_split=True)
+
+# Megatron Bridge's apply_determinism_overrides: model.deterministic_mode on (it also turns off the fused
+# cross-entropy and TP comm overlap, which minibridge does not have, and sets CUBLAS_WORKSPACE_CONFIG, which
+# training.loop sets in deterministic mode).
+DETERMINISTIC = {"model.deterministic_mode": True}
 
 
 @recipe(PRETRAIN, hf_path=LLAMA32_1B)
@@ -107,6 +95,11 @@ def llama3_70b_pretrain_config(**kwargs) -> ConfigContainer:
     """Llama 3 70B pretraining, 8k context."""
 
 
+@recipe(llama3_70b_pretrain_config, DETERMINISTIC)
+def llama3_70b_pretrain_deterministic_config(**kwargs) -> ConfigContainer:
+    """Llama 3 70B pretraining, 8k context, bit-exact reruns (llama3_70b_pretrain_config + model.deterministic_mode)."""
+
+
 @recipe(PRETRAIN, hf_path=LLAMA3_70B, **layout(8, 2, cp=2, sp=True), seq_length=SEQUENCE_LENGTH_16K)
 def llama3_70b_16k_pretrain_config(**kwargs) -> ConfigContainer:
     """Llama 3 70B pretraining, 16k context."""
@@ -133,17 +126,6 @@ def llama31_405b_pretrain_config(**kwargs) -> ConfigContainer:
     """Llama 3.1 405B pretraining, 128k context."""
 
 
-# Megatron Bridge's apply_determinism_overrides: model.deterministic_mode on (it also turns off the fused
-# cross-entropy and TP comm overlap, which minibridge does not have, and sets CUBLAS_WORKSPACE_CONFIG, which
-# training.loop sets in deterministic mode).
-DETERMINISTIC = {"model.deterministic_mode": True}
-
-
-@recipe(llama3_70b_pretrain_config, DETERMINISTIC)
-def llama3_70b_pretrain_deterministic_config(**kwargs) -> ConfigContainer:
-    """Llama 3 70B pretraining, 8k context, bit-exact reruns (llama3_70b_pretrain_config + model.deterministic_mode)."""
-
-
 @recipe(llama31_405b_pretrain_config, DETERMINISTIC)
 def llama31_405b_pretrain_deterministic_config(**kwargs) -> ConfigContainer:
     """Llama 3.1 405B pretraining, 128k context, bit-exact reruns
@@ -163,9 +145,15 @@ def llama32_1b_finetune_config(**kwargs) -> ConfigContainer:
     """Llama 3.2 1B finetuning: LoRA (default), DoRA or full (peft=None)."""
 
 
+llama32_1b_sft_config, llama32_1b_peft_config = aliases(llama32_1b_finetune_config)
+
+
 @recipe(LLAMA3_FINETUNE, hf_path=LLAMA32_3B)
 def llama32_3b_finetune_config(**kwargs) -> ConfigContainer:
     """Llama 3.2 3B finetuning: LoRA (default), DoRA or full (peft=None)."""
+
+
+llama32_3b_sft_config, llama32_3b_peft_config = aliases(llama32_3b_finetune_config)
 
 
 @recipe(LLAMA3_FINETUNE, _8B_ADAPTERS, hf_path=LLAMA3_8B)
@@ -175,11 +163,17 @@ def llama3_8b_finetune_config(**kwargs) -> ConfigContainer:
     Adapters: dim 8, alpha 16 (Megatron Bridge's values for 8B)."""
 
 
+llama3_8b_sft_config, llama3_8b_peft_config = aliases(llama3_8b_finetune_config)
+
+
 @recipe(LLAMA3_FINETUNE, _8B_ADAPTERS, hf_path=LLAMA31_8B)
 def llama31_8b_finetune_config(**kwargs) -> ConfigContainer:
     """Llama 3.1 8B finetuning: LoRA (default), DoRA or full (peft=None).
 
     Adapters: dim 8, alpha 16 (Megatron Bridge's values for 8B)."""
+
+
+llama31_8b_sft_config, llama31_8b_peft_config = aliases(llama31_8b_finetune_config)
 
 
 @recipe(LLAMA3_FINETUNE, _70B_ADAPTERS, hf_path=LLAMA3_70B)
@@ -189,11 +183,17 @@ def llama3_70b_finetune_config(**kwargs) -> ConfigContainer:
     Adapters: dim 16, alpha 32; LoRA fits one 8-GPU node."""
 
 
+llama3_70b_sft_config, llama3_70b_peft_config = aliases(llama3_70b_finetune_config)
+
+
 @recipe(LLAMA3_FINETUNE, _70B_ADAPTERS, hf_path=LLAMA31_70B)
 def llama31_70b_finetune_config(**kwargs) -> ConfigContainer:
     """Llama 3.1 70B finetuning: LoRA (default), DoRA or full (peft=None).
 
     Adapters: dim 16, alpha 32; LoRA fits one 8-GPU node."""
+
+
+llama31_70b_sft_config, llama31_70b_peft_config = aliases(llama31_70b_finetune_config)
 
 
 @recipe(LLAMA3_FINETUNE, {"recipe.lora": {**layout(4, 8, 8, sp=True), "global_batch_size": 32},
@@ -206,21 +206,7 @@ def llama31_405b_finetune_config(**kwargs) -> ConfigContainer:
     Adapters on linear_qkv only, dim 16, alpha 32; global batch 32 (LoRA) or 16 (full), seq 2048."""
 
 
-# Megatron Bridge 0.6's names of the same recipes: <model>_sft_config (full) and <model>_peft_config (adapters).
-llama32_1b_sft_config = sft_recipe(llama32_1b_finetune_config, "llama32_1b_sft_config")
-llama32_1b_peft_config = peft_recipe(llama32_1b_finetune_config, "llama32_1b_peft_config")
-llama32_3b_sft_config = sft_recipe(llama32_3b_finetune_config, "llama32_3b_sft_config")
-llama32_3b_peft_config = peft_recipe(llama32_3b_finetune_config, "llama32_3b_peft_config")
-llama3_8b_sft_config = sft_recipe(llama3_8b_finetune_config, "llama3_8b_sft_config")
-llama3_8b_peft_config = peft_recipe(llama3_8b_finetune_config, "llama3_8b_peft_config")
-llama31_8b_sft_config = sft_recipe(llama31_8b_finetune_config, "llama31_8b_sft_config")
-llama31_8b_peft_config = peft_recipe(llama31_8b_finetune_config, "llama31_8b_peft_config")
-llama3_70b_sft_config = sft_recipe(llama3_70b_finetune_config, "llama3_70b_sft_config")
-llama3_70b_peft_config = peft_recipe(llama3_70b_finetune_config, "llama3_70b_peft_config")
-llama31_70b_sft_config = sft_recipe(llama31_70b_finetune_config, "llama31_70b_sft_config")
-llama31_70b_peft_config = peft_recipe(llama31_70b_finetune_config, "llama31_70b_peft_config")
-llama31_405b_sft_config = sft_recipe(llama31_405b_finetune_config, "llama31_405b_sft_config")
-llama31_405b_peft_config = peft_recipe(llama31_405b_finetune_config, "llama31_405b_peft_config")
+llama31_405b_sft_config, llama31_405b_peft_config = aliases(llama31_405b_finetune_config)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -234,20 +220,16 @@ DEBUG_ARCH = ModelConfig(
     rope=RopeConfig(theta=500000.0, rope_type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                     original_max_position_embeddings=8192),
 )
-_DEBUG = dict(DEBUG, train_iters=20, global_batch_size=8, micro_batch_size=2, seq_length=256,
-              lr_warmup_iters=2, eval_interval=10, save_interval=10, precision_config="fp32")
 
 
-@recipe(PRETRAIN, _DEBUG, {"recipe.architecture": debug_vocabulary(DEBUG_ARCH)}, name="llama3_debug",
-        vocab_size=None, lr=1e-3, min_lr=1e-4)
+@recipe(PRETRAIN, debug_pretrain(DEBUG_ARCH, "llama3_debug"))
 def llama3_debug_pretrain_config(**kwargs) -> ConfigContainer:
     """Tiny Llama 3 pretraining on CPU (hidden 128, 4 layers, 4 heads, 2 KV heads).
 
     The vocabulary is `vocab_size`, else the size of `tokenizer` (an HF folder), else 1024 for mock tokens."""
 
 
-@recipe(LLAMA3_FINETUNE, _DEBUG, {"recipe.architecture": checkpoint_or(DEBUG_ARCH, "gemma3_debug_finetune_config"),
-                           "recipe.lr": (1e-4, 1e-3)}, name="llama3_debug_finetune", packed_sequence=False)
+@recipe(LLAMA3_FINETUNE, debug_finetune(DEBUG_ARCH, "llama3_debug_finetune", "gemma3_debug_finetune_config"))
 def llama3_debug_finetune_config(**kwargs) -> ConfigContainer:
     """Tiny Llama 3 finetuning on CPU: LoRA (default), DoRA or full (peft=None).
 

@@ -58,7 +58,7 @@ LAYERS: dict[str, set[str]] = {
     "minibridge.generation": PARALLEL,
     # recipes only build configs: never the training loop, parallel or kernels
     "minibridge.recipes": FOUNDATION | {"minibridge.models", "minibridge.bridge", "minibridge.training.config",
-                                        "minibridge.training.overrides"},
+                                        "minibridge.training.overrides", "minibridge.training.hydra_grammar"},
     # eval / compare logic: the trainer's forward and data (training) and checkpoint loading (conversion)
     "minibridge.evaluation": TRAINING | CONVERSION,
     "minibridge": CONVERSION,                  # the public API in minibridge/__init__.py

@@ -19,7 +19,7 @@ from ..checkpoint.names import MEGATRON_MARKER, RUN_CONFIG_FILE, iteration_folde
 from ..errors import ConfigError, UnsupportedModelError
 from ..models import ModelConfig
 from .hf_folder import tokenizer_files
-from ..models.config import FULL, SLIDING, RopeConfig
+from ..models.config import FULL, SLIDING, RopeConfig, pattern_layer_types
 
 TARGETS = {"llama": "megatron.bridge.models.gpt_provider.GPTModelProvider",
            "gemma3": "megatron.bridge.models.gemma.gemma3_provider.Gemma3ModelProvider"}
@@ -109,7 +109,7 @@ def _config(family: str, model: dict) -> ModelConfig:
     rope = RopeConfig(theta=float(theta), rope_type="linear", factor=factor) if factor != 1.0 else RopeConfig(float(theta))
     scale = model.get("softmax_scale")
     return ModelConfig(family=family, hidden_act="gelu_pytorch_tanh", rope=rope, rope_local=RopeConfig(float(local)),
-                       layer_types=tuple(SLIDING if (i + 1) % every else FULL for i in range(sizes["num_layers"])),
+                       layer_types=pattern_layer_types(every, sizes["num_layers"]),
                        sliding_window=int(model["window_size"]) if model.get("window_size") else None,
                        query_pre_attn_scalar=round(float(scale) ** -2, 6) if scale else sizes["head_dim"], **sizes)
 
@@ -148,7 +148,7 @@ def _llama_scaling(rope: RopeConfig) -> dict:
 def _gemma3(config: ModelConfig) -> dict:
     """Gemma3ModelProvider's fields that Gemma3Bridge sets; the layer pattern must be (k local, 1 global)."""
     every = config.layer_types.index(FULL) + 1 if FULL in config.layer_types else 0
-    pattern = tuple(SLIDING if (i + 1) % every else FULL for i in range(config.num_layers)) if every else ()
+    pattern = pattern_layer_types(every, config.num_layers) if every else ()
     if pattern != config.layer_types:
         raise UnsupportedModelError(f"layer_types {config.layer_types}: Megatron's Gemma 3 interleaves k sliding "
                                     f"layers with 1 global one (interleaved_attn_pattern); this pattern is not that")

@@ -13,33 +13,21 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..models import ModelConfig
-from ..parallel import ParallelConfig, current, initialize
+from ..parallel import MegatronLayout, current, initialize
 
 
 @dataclass
-class ModelProvider:
-    bridge: object = field(repr=False)
-    config: ModelConfig = None
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    virtual_pipeline_model_parallel_size: int | None = None
-    context_parallel_size: int = 1
-    sequence_parallel: bool = False
-    make_vocab_size_divisible_by: int = 128
-    pipeline_layout: list[int] | None = None
-    account_for_embedding_in_pipeline_split: bool = False
-    account_for_loss_in_pipeline_split: bool = False
-    seq_length: int | None = None
+class ModelProvider(MegatronLayout):
+    """The model (`config`) and its layout (MegatronLayout's fields: tensor_model_parallel_size, ...,
+    seq_length, recompute_granularity) of `bridge`'s checkpoint, made in `params_dtype`."""
+
+    bridge: object = field(default=None, repr=False)
     params_dtype: torch.dtype = torch.float32
     finalized: bool = False
 
-    def parallel_config(self) -> ParallelConfig:
-        return ParallelConfig.from_megatron(self)
-
     def finalize(self) -> "ModelProvider":
         """Validate the layout against the model (sizes, divisibility, supported features)."""
-        self.parallel_config().validate(self.config, self.seq_length)
+        self.validate_layout()
         self.finalized = True
         return self
 
@@ -55,7 +43,8 @@ class ModelProvider:
         dims = current()
         if dims is None or dims.config != wanted:
             dims = initialize(wanted)
-        model = self.bridge.to_model(parallel=dims, dtype=self.params_dtype, device=device)
+        model = self.bridge.to_model(parallel=dims, dtype=self.params_dtype, device=device,
+                                     recompute=self.recompute_granularity)
         if wrap_with_ddp and dims.dp > 1:
             from torch.nn.parallel import DistributedDataParallel
 

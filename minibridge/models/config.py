@@ -106,3 +106,20 @@ class ModelConfig:
                 data[key] = RopeConfig(**data[key])
         data["layer_types"] = tuple(data.get("layer_types") or ())
         return cls(**data)
+
+
+def layer_pattern(layer_types: tuple[str, ...]) -> int | None:
+    """The Gemma `sliding_window_pattern` p that generated `layer_types` (layer i global iff
+    (i + 1) % p == 0), 0 for all-global, None when the types follow no such pattern."""
+    if all(kind == FULL for kind in layer_types):
+        return 0
+    for p in range(2, len(layer_types) + 2):
+        if tuple(layer_types) == pattern_layer_types(p, len(layer_types)):
+            return p
+    return None
+
+
+def pattern_layer_types(pattern: int, num_layers: int) -> tuple[str, ...]:
+    if pattern == 0:
+        return (FULL,) * num_layers
+    return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(num_layers))

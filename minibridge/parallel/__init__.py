@@ -2,10 +2,10 @@
 
 from .collectives import count_communication
 from .data import finalize_grads
-from .dims import LayoutError, ParallelConfig, ParallelDims, current, initialize
+from .dims import LayoutError, MegatronLayout, ParallelConfig, ParallelDims, current, initialize
 from .plan import apply_tensor_parallel
 
 __all__ = [
-    "LayoutError", "ParallelConfig", "ParallelDims", "apply_tensor_parallel", "count_communication", "current",
-    "finalize_grads", "initialize",
+    "LayoutError", "MegatronLayout", "ParallelConfig", "ParallelDims", "apply_tensor_parallel", "count_communication",
+    "current", "finalize_grads", "initialize",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -46,20 +47,6 @@ class ParallelConfig:
         if self.vp > 1 and self.pp == 1:
             raise LayoutError(f"virtual pipeline stages (vp={self.vp}) need pipeline parallelism (pp > 1)")
 
-    @classmethod
-    def from_megatron(cls, settings) -> "ParallelConfig":
-        """The layout of an object with Megatron's field names (a recipe's `model` section, the provider):
-        the one translation of those names."""
-        layout = getattr(settings, "pipeline_layout", None)
-        return cls(
-            tp=settings.tensor_model_parallel_size, pp=settings.pipeline_model_parallel_size,
-            vp=settings.virtual_pipeline_model_parallel_size or 1, cp=settings.context_parallel_size,
-            sequence_parallel=settings.sequence_parallel, vocab_multiple=settings.make_vocab_size_divisible_by,
-            pipeline_layout=tuple(layout) if layout else None,
-            account_for_embedding=settings.account_for_embedding_in_pipeline_split,
-            account_for_loss=settings.account_for_loss_in_pipeline_split,
-        )
-
     def validate(self, model: ModelConfig, seq_length: int | None = None) -> "ParallelConfig":
         """Every check of this layout against `model` (and a sequence length), before anything is
         allocated: the one place layouts are validated (training config, provider, conversion)."""
@@ -76,6 +63,50 @@ class ParallelConfig:
                 raise LayoutError(f"sequence_parallel: seq_length / cp = {seq_length // self.cp} must be divisible "
                                   f"by tp={self.tp} (tensor_model_parallel_size)")
         return self
+
+
+@dataclass
+class MegatronLayout:
+    """A model and its layout over ranks under Megatron's names, declared once: the training configuration's
+    `model` section (training.config.ModelSettings) and the provider (bridge.provider.ModelProvider) extend it,
+    so `model.tensor_model_parallel_size=2` and `provider.tensor_model_parallel_size = 2` set the same field.
+    `parallel_config()` is the one translation to ParallelConfig's short names."""
+
+    config: ModelConfig
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: int | None = None
+    context_parallel_size: int = 1
+    sequence_parallel: bool = False
+    seq_length: int | None = None  # None: the layout is not checked against a sequence length
+    # Activation recomputation, a pass of parallelize.build_model (Megatron spells "none" None).
+    recompute_granularity: Literal["none", "selective", "full"] = "none"
+    # The vocabulary is padded to a multiple of this times TP (Megatron's default 128).
+    make_vocab_size_divisible_by: int = 128
+    # Count the embedding / the loss as one layer each when splitting layers over pipeline stages
+    # (the 405B recipes set both so 126 layers + 2 split evenly into 8 or 16 stages).
+    account_for_embedding_in_pipeline_split: bool = False
+    account_for_loss_in_pipeline_split: bool = False
+    pipeline_layout: list[int] | None = None  # layers per virtual stage; None: an even split
+
+    def __post_init__(self):
+        if self.recompute_granularity is None:
+            self.recompute_granularity = "none"
+
+    def parallel_config(self) -> ParallelConfig:
+        layout = self.pipeline_layout
+        return ParallelConfig(
+            tp=self.tensor_model_parallel_size, pp=self.pipeline_model_parallel_size,
+            vp=self.virtual_pipeline_model_parallel_size or 1, cp=self.context_parallel_size,
+            sequence_parallel=self.sequence_parallel, vocab_multiple=self.make_vocab_size_divisible_by,
+            pipeline_layout=tuple(layout) if layout else None,
+            account_for_embedding=self.account_for_embedding_in_pipeline_split,
+            account_for_loss=self.account_for_loss_in_pipeline_split,
+        )
+
+    def validate_layout(self) -> ParallelConfig:
+        """The layout checked against the model and seq_length (ParallelConfig.validate)."""
+        return self.parallel_config().validate(self.config, self.seq_length)
 
 
 @dataclass

@@ -8,79 +8,29 @@ later setting of the same key wins.
 
 from __future__ import annotations
 
+import argparse
 import difflib
+import re
 from typing import NamedTuple
 
 from .config import ConfigError
 from .validation import choice_message
 from .data.presets import PRESETS
+from .hydra_grammar import GRAMMAR
 
-USAGE = """usage: python -m minibridge.train (--recipe NAME | --model NAME) [--mode pretrain|sft|lora|dora]
-                               [--dataset NAME] [--config-file FILE.yaml]
-                               [--pretrained-checkpoint DIR] [--peft_scheme lora|dora|none]
-                               [-tp N] [-pp N] [-cp N] [-vp N] [-gb N] [-mb N] [-sl N] [-ms N]
-                               [--lr X] [--min_lr X] [--warmup_iters N]
-                               [--save_dir DIR] [--load_dir DIR] [--save_interval N]
-                               [--dry-run] [--deterministic] [key=value | +key=value | ++key=value | ~key ...]
-       python -m minibridge.train --list
-       torchrun --nproc-per-node=N -m minibridge.train ...
-
-selection:
-  --recipe NAME              a recipe function (--list shows them): llama32_1b_pretrain_config, ...
-  --model NAME               a model stem, with --mode: llama32_1b --mode lora -> its fine-tuning recipe
-  --mode MODE                pretrain, sft (full fine-tuning), lora or dora; default: the recipe's own
-  --peft_scheme SCHEME       lora, dora or none (full); the older spelling of --mode
-  --pretrained-checkpoint DIR
-                             HF folder or minibridge checkpoint to start from (also --pretrained_checkpoint)
-data:
-  --dataset NAME             squad, gsm8k, tulu3, openmathinstruct2, openmathinstruct2-thinking (Hugging Face
-                             datasets formatted as Megatron Bridge's; a local copy: dataset.hf_path=DIR),
-                             mock (random tokens), megatron-indexed (.bin/.idx: dataset.data_paths=[PREFIX,...]),
-                             local-jsonl (prompt/completion rows: dataset.data_paths=[FILE.jsonl]);
-                             any HF dataset: dataset.kind=hf dataset.hf_path=NAME_OR_DIR [dataset.hf_split=...]
-  --config-file FILE.yaml    sections as in run_config.yaml (model:, train:, ...), merged before the overrides
-convenience overrides (the key on the right; a trailing key=value of the same key wins):
-  -ms, --max_steps N         train.train_iters          -gb, --global_batch_size N  train.global_batch_size
-  -mb, --micro_batch_size N  train.micro_batch_size     -sl, --seq_length N         dataset.seq_length
-  -tp N                      model.tensor_model_parallel_size
-  -pp N                      model.pipeline_model_parallel_size
-  -cp N                      model.context_parallel_size
-  -vp N                      model.virtual_pipeline_model_parallel_size
-  --lr X                     optimizer.lr               --min_lr X                  optimizer.min_lr
-  --warmup_iters N           scheduler.lr_warmup_iters  --save_interval N           checkpoint.save_interval
-  --save_dir DIR             checkpoint.save            --load_dir DIR              checkpoint.load
-runtime:
-  --dry-run                  print the resolved configuration (YAML, as run_config.yaml) and exit
-  --deterministic            model.deterministic_mode=true: deterministic kernels, fixed cuBLAS workspace
-  --list                     the recipes, one per line; -h, --help: this text
-overrides (Hydra's grammar):
-  key=value, +key=value, ++key=value   set a field: train.train_iters=1000 optimizer.lr=3e-4 peft=dora
-  ~key, ~key=value                      reset a field to its default (~peft: full training)
-  ${section.key}                        another setting's final value: logger.log_dir=${checkpoint.save}/logs"""
-
-# Megatron Bridge run_recipe.py's COMMON_OVERRIDE_FIELDS (its -ep / -etp have no meaning without experts).
-COMMON_OVERRIDES = {
-    "max_steps": "train.train_iters", "global_batch_size": "train.global_batch_size",
-    "micro_batch_size": "train.micro_batch_size", "seq_length": "dataset.seq_length",
-    "tensor_model_parallel_size": "model.tensor_model_parallel_size",
-    "pipeline_model_parallel_size": "model.pipeline_model_parallel_size",
-    "context_parallel_size": "model.context_parallel_size",
-    "virtual_pipeline_model_parallel_size": "model.virtual_pipeline_model_parallel_size",
-    "lr": "optimizer.lr", "min_lr": "optimizer.min_lr", "warmup_iters": "scheduler.lr_warmup_iters",
-    "save_dir": "checkpoint.save", "load_dir": "checkpoint.load", "save_interval": "checkpoint.save_interval",
+# Megatron Bridge run_recipe.py's COMMON_OVERRIDE_FIELDS (its -ep / -etp have no meaning without experts): the
+# flags, in the order their changes apply, and the key each one sets.
+CONVENIENCE = {
+    ("-ms", "--max_steps"): "train.train_iters", ("-gb", "--global_batch_size"): "train.global_batch_size",
+    ("-mb", "--micro_batch_size"): "train.micro_batch_size", ("-sl", "--seq_length"): "dataset.seq_length",
+    ("-tp", "--tensor_model_parallel_size"): "model.tensor_model_parallel_size",
+    ("-pp", "--pipeline_model_parallel_size"): "model.pipeline_model_parallel_size",
+    ("-cp", "--context_parallel_size"): "model.context_parallel_size",
+    ("-vp", "--virtual_pipeline_model_parallel_size"): "model.virtual_pipeline_model_parallel_size",
+    ("--lr",): "optimizer.lr", ("--min_lr",): "optimizer.min_lr", ("--warmup_iters",): "scheduler.lr_warmup_iters",
+    ("--save_dir",): "checkpoint.save", ("--load_dir",): "checkpoint.load",
+    ("--save_interval",): "checkpoint.save_interval",
 }
-_SHORT = {"-ms": "max_steps", "-gb": "global_batch_size", "-mb": "micro_batch_size", "-sl": "seq_length",
-          "-tp": "tensor_model_parallel_size", "-pp": "pipeline_model_parallel_size",
-          "-cp": "context_parallel_size", "-vp": "virtual_pipeline_model_parallel_size"}
-_VALUE_FLAGS = {
-    **{f"--{name}": name for name in COMMON_OVERRIDES}, **_SHORT,
-    "--recipe": "recipe", "--model": "model", "--mode": "mode", "--dataset": "dataset",
-    "--pretrained-checkpoint": "pretrained_checkpoint", "--pretrained_checkpoint": "pretrained_checkpoint",
-    "--peft_scheme": "peft_scheme", "--peft-scheme": "peft_scheme",
-    "--config-file": "config_file", "--config_file": "config_file",
-}
-_SWITCHES = {"--dry-run": "dry_run", "--dry_run": "dry_run", "--deterministic": "deterministic",
-             "--list": "list_recipes", "-h": "help", "--help": "help"}
 MODES = ("pretrain", "sft", "lora", "dora")
 # --dataset presets of Megatron Bridge (recipes/utils/dataset_utils.py DATASET_PRESETS) -> typed changes here.
 _HF = (("dataset.kind", "hf"), ("dataset.data_paths", []), ("dataset.hf_path", None), ("dataset.hf_split", None),
@@ -89,6 +39,46 @@ DATASETS = {"mock": [("dataset.kind", "mock"), ("dataset.data_paths", [])],
             "megatron-indexed": [("dataset.kind", "indexed")], "local-jsonl": [("dataset.kind", "sft")],
             **{name: [*_HF, ("dataset.preset", name)] for name in PRESETS}}
 VISION_DATASETS = ("local-vlm", "cord-v2", "llava-video-178k", "medpix", "raven", "rdr")
+
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m minibridge.train", add_help=False, allow_abbrev=False, exit_on_error=False, epilog=GRAMMAR,
+        usage="%(prog)s (--recipe NAME | --model NAME --mode MODE) [flags] [key=value | ~key ...]\n"
+              "       %(prog)s --list\n       torchrun --nproc-per-node=N -m minibridge.train ...",
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=34, width=118))
+    add = parser.add_argument_group("selection").add_argument
+    add("--recipe", metavar="NAME", help="a recipe function (--list shows them): llama32_1b_pretrain_config, ...")
+    add("--model", metavar="NAME", help="a model stem, with --mode: llama32_1b --mode lora -> its fine-tuning recipe")
+    add("--mode", help=f"{', '.join(MODES)} (sft: full fine-tuning); default: the recipe's own")
+    add("--peft_scheme", "--peft-scheme", metavar="SCHEME", help="lora, dora or none (full); the older --mode")
+    add("--pretrained-checkpoint", "--pretrained_checkpoint", dest="pretrained_checkpoint", metavar="DIR",
+        help="HF folder, minibridge or Megatron checkpoint to start from")
+    add = parser.add_argument_group("data").add_argument
+    add("--dataset", metavar="NAME", help=f"{', '.join(PRESETS)} (Hugging Face datasets formatted as Megatron "
+        "Bridge's; a local copy: dataset.hf_path=DIR), mock (random tokens), megatron-indexed (.bin/.idx: "
+        "dataset.data_paths=[PREFIX,...]), local-jsonl (prompt/completion rows: dataset.data_paths=[FILE.jsonl]); "
+        "any HF dataset: dataset.kind=hf dataset.hf_path=NAME_OR_DIR [dataset.hf_split=...]")
+    add("--config-file", "--config_file", dest="config_file", metavar="FILE.yaml",
+        help="sections as in run_config.yaml (model:, train:, ...), merged before the flags and overrides")
+    add = parser.add_argument_group("convenience overrides (the key they set)").add_argument
+    for flags, key in CONVENIENCE.items():
+        metavar = "DIR" if flags[-1].endswith("_dir") else "X" if flags[-1].endswith("lr") else "N"
+        add(*flags, dest=key, metavar=metavar, help=key)
+    add = parser.add_argument_group("runtime").add_argument
+    add("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+        help="print the resolved configuration (YAML, as run_config.yaml) and exit")
+    add("--deterministic", action="store_true",
+        help="model.deterministic_mode=true: deterministic kernels, fixed cuBLAS workspace")
+    add("--list", dest="list_recipes", action="store_true", help="the recipes, one per line")
+    add("-h", "--help", dest="help", action="store_true", help="this text")
+    return parser
+
+
+PARSER = _parser()
+USAGE = PARSER.format_help().strip()
+FLAGS = [flag for action in PARSER._actions for flag in action.option_strings]
 
 
 class CliArgs(NamedTuple):
@@ -101,90 +91,47 @@ class CliArgs(NamedTuple):
     list_recipes: bool
 
 
-class RunRecipeArgs(NamedTuple):
-    """Everything run_recipe.py takes (`parse_run_recipe`)."""
-
-    recipe: str | None
-    pretrained_checkpoint: str | None
-    peft_scheme: str | None
-    overrides: list[str]  # the convenience flags' overrides, then the trailing ones, in Hydra's grammar
-    list_recipes: bool
-    model: str | None = None
-    mode: str | None = None
-    dataset: str | None = None
-    config_file: str | None = None
-    dry_run: bool = False
-    deterministic: bool = False
-    help: bool = False
-
-
-def _unknown_flag(flag: str) -> ConfigError:
-    close = difflib.get_close_matches(flag, [*_VALUE_FLAGS, *_SWITCHES], n=2, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    return ConfigError(f"unknown flag {flag!r}{hint} (python -m minibridge.train --help shows them)")
-
-
 def parse_cli(argv: list[str]) -> CliArgs:
     """(recipe, pretrained_checkpoint, peft_scheme, overrides, list_flag) of `parse_run_recipe`."""
-    return CliArgs(*parse_run_recipe(argv)[:5])
+    a = parse_run_recipe(argv)
+    return CliArgs(a.recipe, a.pretrained_checkpoint, a.peft_scheme, a.overrides, a.list_recipes)
 
 
-def parse_run_recipe(argv: list[str]) -> RunRecipeArgs:
-    """The arguments after the program name. Flags take `--flag VALUE` or `--flag=VALUE`; an unknown flag,
-    a missing value or a bad choice raises ConfigError naming it."""
-    values: dict = {name: None for name in _VALUE_FLAGS.values()}
-    switches = {name: False for name in _SWITCHES.values()}
-    trailing, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if arg in _SWITCHES:
-            switches[_SWITCHES[arg]] = True
-        elif arg.startswith("-") and not arg.startswith("--") and len(arg) > 1 and arg[1].isdigit():
-            raise ConfigError(f"unexpected argument {arg!r}: expected a --flag or a key=value override")
-        elif arg.startswith("-"):
-            flag, sep, value = arg.partition("=")
-            if flag in _SWITCHES:
-                raise ConfigError(f"{flag} takes no value (found {arg!r})")
-            if flag not in _VALUE_FLAGS:
-                raise _unknown_flag(flag)
-            if not sep:
-                if i >= len(argv) or (argv[i].startswith("-") and not _is_number(argv[i])):
-                    raise ConfigError(f"{flag} needs a value\n{USAGE}")
-                value, i = argv[i], i + 1
-            values[_VALUE_FLAGS[flag]] = value
-        elif "=" in arg or arg.startswith("~"):
-            trailing.append(arg)
-        else:
-            raise ConfigError(f"unexpected argument {arg!r}: expected a --flag or a key=value override\n{USAGE}")
-    scheme = values["peft_scheme"]
-    if scheme is not None:
-        scheme = scheme.lower()
-        if scheme not in ("lora", "dora", "none"):
-            raise ConfigError(choice_message("--peft_scheme", scheme, ("lora", "dora", "none")))
-    mode = values["mode"]
-    if mode is not None and mode not in MODES:
-        raise ConfigError(choice_message("--mode", mode, MODES))
-    if values["dataset"] is not None:
-        check_dataset(values["dataset"])
-    if values["recipe"] and values["model"]:
-        raise ConfigError("give --recipe NAME or --model NAME, not both")
-    if values["model"] and mode is None:
-        raise ConfigError(f"--model {values['model']} needs --mode (one of {', '.join(MODES)})")
-    if not (switches["list_recipes"] or switches["help"]) and not (values["recipe"] or values["model"]):
-        raise ConfigError(f"--recipe NAME is required, or --model NAME --mode MODE (see --list)\n{USAGE}")
-    flagged = [f"{key}={values[name]}" for name, key in COMMON_OVERRIDES.items() if values[name] is not None]
-    return RunRecipeArgs(values["recipe"], values["pretrained_checkpoint"], scheme, flagged + trailing,
-                   switches["list_recipes"], values["model"], mode, values["dataset"], values["config_file"],
-                   switches["dry_run"], switches["deterministic"], switches["help"])
-
-
-def _is_number(text: str) -> bool:
+def parse_run_recipe(argv: list[str]) -> argparse.Namespace:
+    """The arguments after the program name (argparse: `--flag VALUE` or `--flag=VALUE`, the last one wins);
+    `overrides` are the convenience flags' changes, then the trailing overrides, in Hydra's grammar. An unknown
+    flag, a missing value or a bad choice raises ConfigError naming it."""
     try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+        args, rest = PARSER.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        if err.message == "expected one argument":
+            raise ConfigError(f"{err.argument_name} needs a value\n{USAGE}") from None
+        raise ConfigError(f"{err.argument_name} takes no value ({err.message})") from None
+    for arg in rest:
+        if arg.startswith("-") and len(arg) > 1 and not arg[1].isdigit():
+            close = difflib.get_close_matches(arg.partition("=")[0], FLAGS, n=2, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown flag {arg.partition('=')[0]!r}{hint} (python -m minibridge.train --help "
+                              f"shows them)")
+        if "=" not in arg and not arg.startswith("~"):
+            raise ConfigError(f"unexpected argument {arg!r}: expected a --flag or a key=value override\n{USAGE}")
+    if args.peft_scheme is not None:
+        args.peft_scheme = args.peft_scheme.lower()
+        if args.peft_scheme not in ("lora", "dora", "none"):
+            raise ConfigError(choice_message("--peft_scheme", args.peft_scheme, ("lora", "dora", "none")))
+    if args.mode is not None and args.mode not in MODES:
+        raise ConfigError(choice_message("--mode", args.mode, MODES))
+    if args.dataset is not None:
+        check_dataset(args.dataset)
+    if args.recipe and args.model:
+        raise ConfigError("give --recipe NAME or --model NAME, not both")
+    if args.model and args.mode is None:
+        raise ConfigError(f"--model {args.model} needs --mode (one of {', '.join(MODES)})")
+    if not (args.list_recipes or args.help or args.recipe or args.model):
+        raise ConfigError(f"--recipe NAME is required, or --model NAME --mode MODE (see --list)\n{USAGE}")
+    args.overrides = [f"{key}={vars(args)[key]}" for key in CONVENIENCE.values() if vars(args)[key] is not None]
+    args.overrides += rest
+    return args
 
 
 def check_dataset(name: str) -> None:
@@ -209,13 +156,10 @@ def recipe_mode(name: str) -> str | None:
 
 
 def model_stem(name: str) -> str:
-    for suffix in ("_pretrain_config", "_finetune_config", "_sft_config", "_peft_config"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return re.sub(r"_(pretrain|finetune|sft|peft)_config$", "", name)
 
 
-def choose_recipe(args: RunRecipeArgs, names) -> tuple[str, str | None]:
+def choose_recipe(args: argparse.Namespace, names) -> tuple[str, str | None]:
     """(recipe name, peft scheme for build_config) from --recipe / --model, --mode and --peft_scheme.
 
     --mode sft|lora|dora maps a model to its fine-tuning recipe: `<model>_sft_config` / `<model>_peft_config`
@@ -229,18 +173,19 @@ def choose_recipe(args: RunRecipeArgs, names) -> tuple[str, str | None]:
         return args.recipe, scheme
     recipe = args.recipe
     implied = recipe_mode(recipe) if recipe else None
-    if recipe and implied == "pretrain" and mode == "pretrain":
-        return recipe, scheme
-    if recipe and implied is None and mode == "pretrain" and recipe.endswith("_finetune_config"):
-        raise ConfigError(f"--mode pretrain is incompatible with recipe {recipe!r} (a fine-tuning recipe); use "
-                          f"{model_stem(recipe)}_pretrain_config")
-    if recipe and implied in ("sft", "lora") and mode == "pretrain":
-        raise ConfigError(f"--mode pretrain is incompatible with recipe {recipe!r} (a fine-tuning recipe)")
-    if recipe and implied in ("sft", "lora") and (implied == "sft") != (mode == "sft"):
+    if recipe and mode == "pretrain":
+        if implied == "pretrain":
+            return recipe, scheme
+        if implied in ("sft", "lora"):
+            raise ConfigError(f"--mode pretrain is incompatible with recipe {recipe!r} (a fine-tuning recipe)")
+        if recipe.endswith("_finetune_config"):
+            raise ConfigError(f"--mode pretrain is incompatible with recipe {recipe!r} (a fine-tuning recipe); use "
+                              f"{model_stem(recipe)}_pretrain_config")
+    elif recipe and implied in ("sft", "lora") and (implied == "sft") != (mode == "sft"):
         other = f"{model_stem(recipe)}_{'sft' if mode == 'sft' else 'peft'}_config"
         raise ConfigError(f"--mode {mode} is incompatible with recipe {recipe!r} (Megatron Bridge refuses it too); "
                           f"use {other} or --model {model_stem(recipe)}")
-    if recipe and implied != "pretrain" and mode != "pretrain":
+    elif recipe and implied != "pretrain":
         return recipe, wanted  # a fine-tuning recipe: the mode picks full or adapters (lora or dora)
     stem = model_stem(recipe) if recipe else args.model
     candidates = ([f"{stem}_pretrain_config"] if mode == "pretrain" else

@@ -26,6 +26,7 @@ from typing import Literal
 
 from ..errors import ConfigError, reject_unknown_keys
 from ..models.config import ModelConfig
+from ..parallel.dims import MegatronLayout
 from ..peft.apply import DEFAULT_ALPHA, DEFAULT_RANK, DEFAULT_TARGETS, SCHEMES
 from .optimizer_config import (  # sections re-exported here
     DistributedDataParallelConfig, OptimizerConfig, SchedulerConfig,
@@ -33,22 +34,11 @@ from .optimizer_config import (  # sections re-exported here
 from .validation import validate
 
 @dataclass
-class ModelSettings:
-    config: ModelConfig
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    virtual_pipeline_model_parallel_size: int | None = None
-    context_parallel_size: int = 1
-    sequence_parallel: bool = False
-    seq_length: int = 8192
-    recompute_granularity: Literal["none", "selective", "full"] = "none"
-    # The vocabulary is padded to a multiple of this times TP (Megatron's default 128).
-    make_vocab_size_divisible_by: int = 128
-    # Count the embedding / the loss as one layer each when splitting layers over pipeline stages
-    # (Megatron's knobs; the 405B recipes set both so 126 layers + 2 split evenly into 8 or 16 stages).
-    account_for_embedding_in_pipeline_split: bool = False
-    account_for_loss_in_pipeline_split: bool = False
-    pipeline_layout: list[int] | None = None  # layers per virtual stage; None: an even split
+class ModelSettings(MegatronLayout):
+    """The architecture (`config`), its parallel layout (MegatronLayout's fields, in minibridge.parallel) and
+    how it trains; `parallel_config()` gives the layout as ParallelConfig."""
+
+    seq_length: int = 8192  # (MegatronLayout's field, here with Megatron Bridge's recipe default)
     compile: bool = False  # torch.compile each block (minibridge.parallel.parallelize)
     # Megatron's deterministic_mode: torch.use_deterministic_algorithms + a fixed cuBLAS workspace (training.loop).
     deterministic_mode: bool = False
@@ -58,16 +48,6 @@ class ModelSettings:
     # loss token of the global batch weighs the same (sum over it / its token count). The two agree when
     # every micro-batch holds as many loss tokens (pretraining); on SFT data they do not. training.loop.
     calculate_per_token_loss: bool = False
-
-    def __post_init__(self):
-        if self.recompute_granularity is None:  # Megatron spells "no recomputation" None
-            self.recompute_granularity = "none"
-
-    def parallel_config(self):
-        """The `minibridge.parallel.ParallelConfig` of this layout."""
-        from ..parallel import ParallelConfig
-
-        return ParallelConfig.from_megatron(self)
 
 
 @dataclass
@@ -220,17 +200,11 @@ class ConfigContainer:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ConfigContainer":
-        data = dict(data)
         reject_unknown_keys("", data, [f.name for f in fields(cls)])
-        kwargs = {}
-        for name, section in SECTIONS.items():
-            if name in data and data[name] is not None:
-                kwargs[name] = _section_from_dict(name, section, data[name])
-        if "model" not in kwargs:
+        if data.get("model") is None:
             raise ConfigError("from_dict: the 'model' section is missing; expected the output of to_dict()")
-        if "mixed_precision" in data:
-            kwargs["mixed_precision"] = data["mixed_precision"]
-        return cls(**kwargs)
+        return cls(**{name: _section_from_dict(name, SECTIONS[name], value) if name in SECTIONS else value
+                      for name, value in data.items() if value is not None})
 
 
 def _section_from_dict(name: str, section: type, data: dict):

@@ -1,13 +1,5 @@
-"""Hydra's override grammar and `--config-file` YAML on top of the typed `key=value` overrides (overrides.py).
-
-    key=value     set a field (it must exist: every field of the configuration does, so unknown keys fail)
-    +key=value    Hydra's "add": the same as key=value here, since the typed configuration has no free keys
-    ++key=value   Hydra's "add or override": the same
-    ~key          reset the field to its dataclass default (`~peft`: no adapters, i.e. peft=none)
-    ~key=value    the same, only when the recipe's value is `value` (else an error, as Hydra)
-    ${a.b}        the value of key a.b once every override is applied (OmegaConf interpolation: a string
-                  may hold several, `${checkpoint.save}/logs`; a value that is one `${a.b}` keeps its type);
-                  ${oc.env:NAME} / ${oc.env:NAME,default} read an environment variable; `\\${` is a literal `${`
+"""Hydra's override grammar (GRAMMAR, also the end of `python -m minibridge.train --help`) and `--config-file`
+YAML on top of the typed `key=value` overrides (overrides.py).
 
 `hydra_changes(base, items)` translates such items into the one ordered list of typed (key, value) changes
 that `overrides.apply_values` applies (`configure` does both). A YAML file (`yaml_items`) becomes the same
@@ -28,6 +20,15 @@ from ..models.config import ModelConfig
 from .config import SECTIONS, ConfigContainer, ConfigError, PeftConfig
 from .overrides import apply_values, parse_item, parse_value, resolve_key, valid_keys
 
+GRAMMAR = r"""overrides (Hydra's grammar; after the flags, whose keys they may set again):
+  key=value     set a field (it must exist: every field of the configuration does, so unknown keys fail)
+  +key=value    Hydra's "add": the same as key=value here, since the typed configuration has no free keys
+  ++key=value   Hydra's "add or override": the same
+  ~key          reset the field to its dataclass default (~peft: no adapters, i.e. peft=none)
+  ~key=value    the same, only when the recipe's value is `value` (else an error, as Hydra)
+  ${section.key} the value of that key once every override is applied (OmegaConf interpolation: a string may hold
+                several, logger.log_dir=${checkpoint.save}/logs); ${oc.env:NAME} / ${oc.env:NAME,default} read
+                an environment variable; \${ is a literal ${"""
 _INTERPOLATION = re.compile(r"(?<!\\)\$\{([^${}]*)\}")
 
 
@@ -169,11 +170,7 @@ def _interpolate(preview: ConfigContainer, pending: dict, entries: dict, keys: d
         if index in chain:
             cycle = " -> ".join(pending[i][0] for i in (*chain, index))
             raise ConfigError(f"{where}: the interpolations form a cycle ({cycle})")
-        whole = _INTERPOLATION.fullmatch(raw.strip())
-        if whole:
-            text = lookup(whole.group(1).strip(), where, (*chain, index))
-        else:
-            text = _INTERPOLATION.sub(lambda m: lookup(m.group(1).strip(), where, (*chain, index)), raw)
+        text = _INTERPOLATION.sub(lambda m: lookup(m.group(1).strip(), where, (*chain, index)), raw)
         resolved[index] = text.replace("\\${", "${")
         return resolved[index]
 

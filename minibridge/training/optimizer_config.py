@@ -1,16 +1,10 @@
-"""The optimizer and scheduler sections of the training configuration, and their checks.
+"""The optimizer, scheduler and ddp sections of the training configuration, and their checks.
 
 Field names and defaults are Megatron Bridge's (megatron/bridge/training/config.py, whose SchedulerConfig
-extends Megatron-LM's): `python -m minibridge.train optimizer.adam_eps=1e-8 scheduler.end_weight_decay=0.1`
-works as it does there. `minibridge.training.config` re-exports both classes, which is where to import them.
-
-Weight decay is scheduled as Megatron's OptimizerParamScheduler does it: the optimizer's `weight_decay` is
-only the value the param groups are built with; at every step the scheduler overwrites it, in the groups
-that take weight decay, with a value that goes from `scheduler.start_weight_decay` to
-`scheduler.end_weight_decay` over train.train_iters ("constant", "linear" or "cosine"; see
-minibridge.training.scheduler.WeightDecaySchedule). Left None, both are the optimizer's `weight_decay`
-(Megatron-LM's argument defaults). Megatron Bridge's recipes set both to 0.033, so its runs decay with
-0.033, not the 0.1 their optimizer sections show.
+extends Megatron-LM's), so `optimizer.adam_eps=1e-8 scheduler.end_weight_decay=0.1` work as there; import them
+from `minibridge.training.config`. Weight decay is scheduled as Megatron's OptimizerParamScheduler does it: at
+every step the scheduler overwrites the optimizer's `weight_decay` with a value going from start_weight_decay to
+end_weight_decay (training.scheduler.WeightDecaySchedule): Megatron Bridge's recipes decay with their 0.033.
 """
 
 from __future__ import annotations
@@ -137,10 +131,10 @@ def _validate_weight_decay(o: OptimizerConfig, s: SchedulerConfig) -> None:
     if s.weight_decay_incr_style not in WEIGHT_DECAY_STYLES:
         raise ConfigError(f"scheduler.weight_decay_incr_style={s.weight_decay_incr_style!r}: expected one of "
                           f"{', '.join(WEIGHT_DECAY_STYLES)}")
-    for key in ("start_weight_decay", "end_weight_decay"):
-        value = getattr(s, key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise ConfigError(f"scheduler.{key}={value!r}: expected a number >= 0 (or null: optimizer.weight_decay)")
+    for key in ("start_weight_decay", "end_weight_decay"):  # (numbers: validate_optimizer checked)
+        if (getattr(s, key) or 0) < 0:
+            raise ConfigError(f"scheduler.{key}={getattr(s, key)!r}: expected a number >= 0 (or null: "
+                              f"optimizer.weight_decay)")
     start, end = s.weight_decay_range(o)
     if end < start:
         raise ConfigError(f"scheduler.end_weight_decay={end} is below scheduler.start_weight_decay={start}: "

@@ -21,7 +21,7 @@ import types
 import typing
 from typing import Literal, Union
 
-from ..models.config import FULL, SLIDING, ModelConfig, RopeConfig
+from ..models.config import FULL, SLIDING, ModelConfig, RopeConfig, layer_pattern, pattern_layer_types
 from .config import SECTIONS, ConfigContainer, ConfigError, PeftConfig
 from .validation import PRECISIONS, choice_message
 
@@ -43,15 +43,11 @@ _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 # ---------------------------------------------------------------------------------------------------
 
 
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
 def _model_targets() -> dict[str, tuple[tuple[str, ...], object]]:
     """`model.X` -> (path under the container, type) for architecture fields, rope sub-fields and aliases."""
     out = {}
-    arch = _hints(ModelConfig)
-    rope = _hints(RopeConfig)
+    arch = typing.get_type_hints(ModelConfig)
+    rope = typing.get_type_hints(RopeConfig)
     for name, hint in arch.items():
         if name in ("rope", "rope_local"):
             for sub, sub_hint in rope.items():
@@ -68,7 +64,7 @@ def valid_keys() -> dict[str, tuple[tuple[str, ...], object]]:
     """Every accepted dotted key -> (path, type)."""
     keys = {name: ((name,), hint) for name, hint in TOP_LEVEL.items()}
     for section, cls in SECTIONS.items():
-        for name, hint in _hints(cls).items():
+        for name, hint in typing.get_type_hints(cls).items():
             if not (section == "model" and name == "config"):
                 keys[f"{section}.{name}"] = ((section, name), hint)
     for name, target in _model_targets().items():
@@ -177,22 +173,16 @@ def parse_value(key: str, raw: str, hint):
         if text.lower() in _TRUE + _FALSE:
             return text.lower() in _TRUE
         raise bad
-    if hint is int:
+    if hint in (int, float):
         try:
-            return int(text)
-        except ValueError:
-            try:  # 1e5 and 2.0 are fine as long as they are whole numbers
-                number = float(text)
-            except ValueError:
-                raise bad from None
-            if number.is_integer():
-                return int(number)
-            raise bad from None
-    if hint is float:
-        try:
-            return float(text)
+            number = float(text)
         except ValueError:
             raise bad from None
+        if hint is float:
+            return number
+        if not number.is_integer():  # 1e5 and 2.0 are fine for an int, as long as they are whole numbers
+            raise bad
+        return int(text) if text.lstrip("+-").isdigit() else int(number)  # int(text): exact past 2**53
     if hint is str:
         return text
     raise ConfigError(f"{key}: fields of type {describe(hint)} cannot be set from the command line")
@@ -213,29 +203,19 @@ def parse_item(item: str, keys: dict | None = None) -> tuple[str, object]:
     return key, parse_value(key, raw, resolve_key(key, keys)[1])
 
 
-def parse_overrides(items: list[str]) -> list[tuple[str, object]]:
-    """[(key, typed value)] of `key=value` items; all errors together in one ConfigError."""
+def apply_values(container: ConfigContainer, changes: list) -> ConfigContainer:
+    """Set dotted keys (any spelling) in place, all or nothing: typed (key, value) pairs, or `key=value` text
+    parsed by the field's type (every bad item named in one ConfigError). The one function that changes a
+    configuration, for recipes, command lines and files alike (Hydra's `~`, `${}`: hydra_grammar.configure)."""
     keys, parsed, errors = valid_keys(), [], []
-    for item in items:
+    for change in changes:
         try:
-            parsed.append(parse_item(item, keys))
+            key, value = parse_item(change, keys) if isinstance(change, str) else change
+            parsed.append((key, resolve_key(key, keys)[0], value))
         except ConfigError as err:
             errors.append(str(err))
     if errors:
         raise ConfigError("\n".join(errors))
-    return parsed
-
-
-def apply_overrides(container: ConfigContainer, items: list[str]) -> ConfigContainer:
-    """Apply `key=value` overrides in place (all or nothing) and return the container."""
-    return apply_values(container, parse_overrides(list(items)))
-
-
-def apply_values(container: ConfigContainer, changes: list[tuple[str, object]]) -> ConfigContainer:
-    """Set typed values of dotted keys (any spelling `key=value` takes) in place, all or nothing; the one
-    function that changes a configuration, for recipes, command lines and files alike."""
-    keys = valid_keys()
-    parsed = [(key, resolve_key(key, keys)[0], value) for key, value in changes]
     new = copy.deepcopy(container)
     # `peft=...` first, so `peft.dim=8 peft=dora` keeps the 8 whatever the order.
     parsed.sort(key=lambda p: p[1] != ("peft",))
@@ -262,6 +242,9 @@ def apply_values(container: ConfigContainer, changes: list[tuple[str, object]]) 
     return container
 
 
+apply_overrides = apply_values  # `key=value` items (the name of the seed documents' API)
+
+
 def _follow(old: ConfigContainer, new: ConfigContainer, touched: set) -> None:
     """Settings that follow another one unless they are set themselves."""
     # model.seq_length and dataset.seq_length are one setting in two places.
@@ -283,23 +266,6 @@ def _follow(old: ConfigContainer, new: ConfigContainer, touched: set) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Keeping the architecture consistent when an override changes it
 # ---------------------------------------------------------------------------------------------------
-
-
-def layer_pattern(layer_types: tuple[str, ...]) -> int | None:
-    """The Gemma `sliding_window_pattern` p that generated `layer_types` (layer i global iff
-    (i + 1) % p == 0), 0 for all-global, None when the types follow no such pattern."""
-    if all(kind == FULL for kind in layer_types):
-        return 0
-    for p in range(2, len(layer_types) + 2):
-        if tuple(layer_types) == pattern_layer_types(p, len(layer_types)):
-            return p
-    return None
-
-
-def pattern_layer_types(pattern: int, num_layers: int) -> tuple[str, ...]:
-    if pattern == 0:
-        return (FULL,) * num_layers
-    return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(num_layers))
 
 
 def update_model_config(config: ModelConfig, **changes) -> ModelConfig:

@@ -32,41 +32,43 @@ LOW_PRECISION = {
     "bf16_with_nvfp4_mixed": (10, 0),
 }
 PRECISIONS = MIXED_PRECISION + tuple(LOW_PRECISION)
-# LoRA/DoRA targets: Megatron's names of the four linear layers of a block, or ours / HF's short names
-# (wildcards also allowed); the defaults are minibridge.peft's.
-PEFT_TARGETS = DEFAULT_TARGETS
-PEFT_MODULES = tuple(MEGATRON_NAMES)
+# LoRA/DoRA targets: Megatron's names of the four linear layers of a block (minibridge.peft's defaults) or HF's
+# (q_proj, ...); wildcards also allowed.
+PEFT_TARGETS = DEFAULT_TARGETS + tuple(MEGATRON_NAMES)
 
 
+# Settings that are positive integers, checked first (layout arithmetic divides by them); model.X of the architecture.
+POSITIVE = (
+    "model.tensor_model_parallel_size", "model.pipeline_model_parallel_size", "model.context_parallel_size",
+    "model.seq_length", "model.make_vocab_size_divisible_by", "model.vocab_size", "model.hidden_size",
+    "model.intermediate_size", "model.num_layers", "model.num_heads", "model.num_kv_heads", "model.head_dim",
+    "train.train_iters", "train.global_batch_size", "train.micro_batch_size", "train.eval_iters",
+    "checkpoint.save_interval", "logger.log_interval", "dataset.seq_length", "peft.dim",
+)
+POSITIVE_OR_NONE = ("model.virtual_pipeline_model_parallel_size", "train.eval_interval", "train.exit_interval",
+                    "checkpoint.keep_last", "scheduler.lr_decay_iters", "ddp.bucket_size")
 
-def _positive(key: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r}: expected a positive integer")
+
+def _check_positive(c) -> None:
+    for key in POSITIVE + POSITIVE_OR_NONE:
+        section, name = key.split(".")
+        owner = getattr(c, section)  # None: the peft section of full training
+        owner = owner.config if section == "model" and not hasattr(owner, name) else owner
+        value = None if owner is None else getattr(owner, name)
+        if value is None and (owner is None or key in POSITIVE_OR_NONE):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value!r}: expected a positive integer")
 
 
 def validate(c) -> None:
     """Every check of a ConfigContainer `c`."""
     m, t, d, ck = c.model, c.train, c.dataset, c.checkpoint
-    for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
-                "seq_length", "make_vocab_size_divisible_by"):
-        _positive(f"model.{key}", getattr(m, key))
-    _positive("model.virtual_pipeline_model_parallel_size", m.virtual_pipeline_model_parallel_size, allow_none=True)
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-                "head_dim"):  # the architecture, before any layout arithmetic divides by it
-        _positive(f"model.{key}", getattr(m.config, key))
-    for key in ("train_iters", "global_batch_size", "micro_batch_size", "eval_iters"):
-        _positive(f"train.{key}", getattr(t, key))
-    _positive("train.eval_interval", t.eval_interval, allow_none=True)
-    _positive("train.exit_interval", t.exit_interval, allow_none=True)
+    _check_positive(c)
     minutes = t.exit_duration_in_mins
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
                                 or not 0 < minutes < math.inf):
         raise ConfigError(f"train.exit_duration_in_mins={minutes!r}: expected a positive number of minutes (or null)")
-    _positive("checkpoint.save_interval", ck.save_interval)
-    _positive("checkpoint.keep_last", ck.keep_last, allow_none=True)
-    _positive("logger.log_interval", c.logger.log_interval)
     if isinstance(t.max_skipped_steps, bool) or not isinstance(t.max_skipped_steps, int) or t.max_skipped_steps < 0:
         raise ConfigError(f"train.max_skipped_steps={t.max_skipped_steps!r}: expected an integer >= 0")
     _check_context_length(m)
@@ -78,7 +80,7 @@ def validate(c) -> None:
     if d.seq_length != m.seq_length:
         raise ConfigError(f"dataset.seq_length={d.seq_length} differs from model.seq_length={m.seq_length}; set one "
                           f"(an override of either sets both)")
-    _validate_layout(m)
+    m.validate_layout()  # the layout against the model and seq_length (a LayoutError is a ConfigError)
     for key in ("use_torch_fsdp2", "reshard_after_forward"):
         if not isinstance(getattr(c.dist, key), bool):
             raise ConfigError(f"dist.{key}={getattr(c.dist, key)!r}: expected true or false")
@@ -119,15 +121,7 @@ def _check_context_length(m: ModelSettings) -> None:
             f"linear with model.rope.factor={-(-m.seq_length // limit)}, or llama3 scaling), or lower model.seq_length")
 
 
-def _validate_layout(m: ModelSettings) -> None:
-    """The layout against the model and seq_length (a LayoutError is a ConfigError): parallel/dims.py."""
-    for key in ("pipeline_model_parallel_size", "tensor_model_parallel_size"):
-        _positive(f"model.{key}", getattr(m, key))
-    m.parallel_config().validate(m.config, m.seq_length)
-
-
 def _validate_optimizer(c: ConfigContainer) -> None:
-    _positive("scheduler.lr_decay_iters", c.scheduler.lr_decay_iters, allow_none=True)
     where = "scheduler.lr_decay_iters" if c.scheduler.lr_decay_iters else "train.train_iters"
     validate_optimizer(c.optimizer, c.scheduler, c.lr_decay_iters, where)
     precision = c.optimizer.state_precision()
@@ -135,13 +129,11 @@ def _validate_optimizer(c: ConfigContainer) -> None:
         raise ConfigError(f"optimizer.main_grads_dtype={c.optimizer.main_grads_dtype!r} with "
                           f"dist.use_torch_fsdp2=true: FSDP2 reduces gradients into its fp32 parameter shards; "
                           f"set main_grads_dtype=fp32")
-    _positive("ddp.bucket_size", c.ddp.bucket_size, allow_none=True)
     if not isinstance(c.ddp.overlap_grad_reduce, bool):
         raise ConfigError(f"ddp.overlap_grad_reduce={c.ddp.overlap_grad_reduce!r}: expected true or false")
 
 
 def _validate_data(d: DatasetConfig, ck: CheckpointConfig) -> None:
-    _positive("dataset.seq_length", d.seq_length)
     if d.num_workers < 0:
         raise ConfigError(f"dataset.num_workers={d.num_workers}: expected >= 0")
     _validate_hf(d) if d.kind == "hf" else None
@@ -172,7 +164,6 @@ def _validate_hf(d: DatasetConfig) -> None:
 
 
 def _validate_peft(p: PeftConfig, ck: CheckpointConfig) -> None:
-    _positive("peft.dim", p.dim)
     if p.alpha <= 0:
         raise ConfigError(f"peft.alpha={p.alpha}: expected a positive number")
     if not 0 <= p.dropout < 1:
@@ -182,8 +173,8 @@ def _validate_peft(p: PeftConfig, ck: CheckpointConfig) -> None:
     if not p.target_modules:
         raise ConfigError("peft.target_modules is empty: nothing would be trained")
     for name in p.target_modules + p.exclude_modules:
-        if name not in PEFT_TARGETS + PEFT_MODULES and "*" not in name and "." not in name:
-            raise ConfigError(choice_message("peft.target_modules entry", name, PEFT_TARGETS + PEFT_MODULES,
+        if name not in PEFT_TARGETS and "*" not in name and "." not in name:
+            raise ConfigError(choice_message("peft.target_modules entry", name, PEFT_TARGETS,
                                               extra=" (or a wildcard pattern such as '*.layers.0.*.linear_qkv')"))
     if not ck.pretrained_checkpoint:
         raise ConfigError(f"peft.scheme={p.scheme!r} trains adapters on frozen weights, so it needs "

@@ -129,6 +129,27 @@ def test_model_keys_route_to_layout_or_architecture(cfg):
     assert arch.rope.theta == 1e6 and arch.rope.rope_type == "llama3" and arch.rms_norm_eps == 1e-6
 
 
+def test_the_layout_is_declared_once(cfg):
+    """ModelSettings and the provider extend MegatronLayout: the same fields, first and in its order (so the
+    dry-run YAML keeps its order), and parallel_config() is the one translation to ParallelConfig."""
+    from dataclasses import fields
+
+    from minibridge.bridge.provider import ModelProvider
+    from minibridge.parallel import MegatronLayout, ParallelConfig
+    from minibridge.training.config import ModelSettings
+
+    layout = [f.name for f in fields(MegatronLayout)]
+    for cls in (ModelSettings, ModelProvider):
+        assert issubclass(cls, MegatronLayout) and [f.name for f in fields(cls)][:len(layout)] == layout
+    apply_overrides(cfg, ["model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=2",
+                          "model.virtual_pipeline_model_parallel_size=2", "model.pipeline_layout=[1,1,1,1]"])
+    assert cfg.model.parallel_config() == ParallelConfig(tp=2, pp=2, vp=2, vocab_multiple=1,
+                                                         pipeline_layout=(1, 1, 1, 1))
+    assert ModelSettings(config=cfg.model.config, recompute_granularity=None).recompute_granularity == "none"
+    provider = ModelProvider(config=cfg.model.config, tensor_model_parallel_size=2, seq_length=None)
+    assert provider.validate_layout() == ParallelConfig(tp=2, vocab_multiple=128)
+
+
 def test_num_layers_rederives_layer_types(cfg, gemma_cfg):
     apply_overrides(cfg, ["model.num_layers=2"])
     assert cfg.model.config.layer_types == (FULL, FULL)
