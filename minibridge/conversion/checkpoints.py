@@ -164,6 +164,9 @@ def _load_base(bridge, folder: Path, peft: dict, parallel, dtype, device, progre
     one recorded, else the recorded minibridge checkpoint when it is still there and unchanged."""
     base = peft.get("base_model") or {}
     wanted = base.get("fingerprint")
+    if bridge.source is None:  # (was a TypeError, or adapters merged into random weights)
+        raise CheckpointMismatchError(f"{folder} holds {peft['scheme']} adapters: loading them needs the weights of "
+                                      f"their base model {base.get('source')}: pass its HF folder")
     if wanted is None or weights_fingerprint(bridge.source)["fingerprint"] == wanted:
         progress = progress and (parallel is None or parallel.rank == 0)
         return build_hf_model(bridge.config, bridge.folder, parallel, dtype, device, progress, bridge.mapping)

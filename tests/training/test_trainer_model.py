@@ -8,6 +8,8 @@ import torch
 
 from minibridge import AutoBridge
 from minibridge.bridge import HFBridge
+from minibridge.conversion import load_megatron_model
+from minibridge.errors import CheckpointMismatchError
 from minibridge.recipes import build_config
 from minibridge.recipes.llama import DEBUG_ARCH
 from minibridge.training.loop import Trainer
@@ -42,3 +44,8 @@ def test_the_trainer_builds_and_trains_without_hfbridge(tmp_path, monkeypatch):
         assert all(torch.equal(p, expected[n]) for n, p in got.items()), key
         assert any(".lora_" in n for n, _ in trainer.model.named_parameters()) == (scheme == "lora")
         assert len(trainer.run().losses) == 2
+    monkeypatch.undo()  # the adapters of the LoRA run load onto their base (AutoBridge: the same loaders), no other
+    merged = load_megatron_model(AutoBridge.from_hf_pretrained(base), tmp_path / "lora", dtype=torch.float32)
+    assert merged[0].embed_tokens.weight.shape == public["embed_tokens.weight"].shape
+    with pytest.raises(CheckpointMismatchError, match="needs the weights of their base model"):
+        load_megatron_model(AutoBridge.from_config(bridge.config), tmp_path / "lora")
