@@ -104,7 +104,7 @@ def _layout(args, num_layers: int):
 
 def _main(argv: list[str] | None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    from .bridge import HFBridge
+    from .conversion import AutoBridge
     from .bridge.hf_folder import load_hf_tokenizer, resolve_model_path
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, None: None}[args.dtype]
@@ -112,7 +112,7 @@ def _main(argv: list[str] | None) -> int:
     do_sample, temperature, top_k, top_p = sampling_settings(wants_sampling, args.temperature, args.top_k,
                                                              args.top_p, args.max_new_tokens)
     folder = resolve_model_path(args.hf_model_path, args.hf_revision)
-    bridge = HFBridge.from_hf_pretrained(folder)
+    bridge = AutoBridge.from_hf_pretrained(folder)
     layout = _layout(args, bridge.config.num_layers)
     tokenizer = load_hf_tokenizer(bridge.source, "an export of a model trained on mock data gets one from "
                                                  "`minibridge.convert export --tokenizer DIR`")

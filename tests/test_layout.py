@@ -33,8 +33,9 @@ PARALLEL = MODELS | {"minibridge.parallel"}
 PEFT = PARALLEL | {"minibridge.peft"}
 BRIDGE = PEFT | {"minibridge.bridge"}
 CHECKPOINT = PARALLEL | {"minibridge.checkpoint"}
-TRAINING = BRIDGE | CHECKPOINT | {"minibridge.training"}
-CONVERSION = BRIDGE | CHECKPOINT | {"minibridge.conversion"}
+LOADING = BRIDGE | CHECKPOINT | {"minibridge.loading"}
+TRAINING = LOADING | {"minibridge.training"}
+CONVERSION = LOADING | {"minibridge.conversion"}
 PUBLIC = TRAINING | CONVERSION | {"minibridge", "minibridge.recipes"}
 EVALUATION = TRAINING | CONVERSION | {"minibridge.evaluation"}
 LAYERS: dict[str, set[str]] = {
@@ -49,11 +50,13 @@ LAYERS: dict[str, set[str]] = {
     "minibridge.bridge": PEFT | {"minibridge.checkpoint.names"},  # megatron_config: run_config.yaml of a folder
     "minibridge.checkpoint.names": FOUNDATION,  # folder and file names, no torch: bridge and recipes read them
     "minibridge.checkpoint": PARALLEL,         # the DCP format: below training and conversion, above models
-    "minibridge.training": BRIDGE | CHECKPOINT,
+    # filling a built model: one loader per source (HF folder, checkpoints, fresh), peers of one shape
+    "minibridge.loading": BRIDGE | CHECKPOINT,
+    "minibridge.training": LOADING,
     # the data pipeline stands alone below the loop (hf_folder.check_contained: path safety; dims.from_rank0:
     # rank 0's decisions reach every rank through the one helper)
     "minibridge.training.data": FOUNDATION | {"minibridge.bridge.hf_folder", "minibridge.parallel.dims"},
-    "minibridge.conversion": BRIDGE | CHECKPOINT,  # beside training, not above it
+    "minibridge.conversion": LOADING,          # beside training, not above it
     # the token loop, sampling, pipeline stages, streaming: runs built models, loads nothing
     "minibridge.generation": PARALLEL,
     # recipes only build configs: never the training loop, parallel or kernels
@@ -134,6 +137,17 @@ def test_layer_table_is_acyclic():
     mutual = sorted({tuple(sorted((a, b))) for a in LAYERS for b in LAYERS if a != b
                      and any(_covers(x, b) for x in allows[a]) and any(_covers(x, a) for x in allows[b])})
     assert not mutual, f"rows of LAYERS that allow each other: {mutual}"
+
+
+def test_the_trainer_and_the_loaders_never_name_the_hf_bridge():
+    """A model is made one way: build_model, then a loader of minibridge.loading (docs/architecture.md). The
+    trainer and the loaders never import HFBridge or AutoBridge, lazily or not."""
+    bridges = {"HFBridge", "AutoBridge"}
+    found = [f"{path.relative_to(ROOT)}:{node.lineno}: imports {alias.name}" for module, (path, _) in MODULES.items()
+             if module.startswith(("minibridge.training", "minibridge.loading"))
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, (ast.Import, ast.ImportFrom))
+             for alias in node.names if alias.name.rsplit(".", 1)[-1] in bridges]
+    assert not found, "\n".join(found)
 
 
 # ---- privacy -----------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_the_model_releases_freed_memory_at_the_end_of_its_backward(monkeypatch)
     import torch
 
     import minibridge.models.common as common
-    from minibridge.bridge.loading import init_fresh_weights
+    from minibridge.loading.fresh import initialize_fresh
     from minibridge.models import ModelConfig
     from minibridge.parallel.parallelize import build_model
 
@@ -93,7 +93,7 @@ def test_the_model_releases_freed_memory_at_the_end_of_its_backward(monkeypatch)
     config = ModelConfig(family="llama", vocab_size=32, hidden_size=8, intermediate_size=16, num_layers=2,
                          num_heads=2, num_kv_heads=1, head_dim=4)
     chunks = build_model(config)
-    init_fresh_weights(chunks, seed=0)
+    initialize_fresh(chunks, seed=0)
     ids = torch.randint(0, 32, (1, 6))
     chunks[0](ids, labels=ids).backward()
     assert calls == [1]

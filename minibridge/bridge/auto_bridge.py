@@ -1,7 +1,8 @@
-"""HFBridge: between Hugging Face folders and minibridge models (config, weights, adapters).
+"""HFBridge: between Hugging Face folders and minibridge models (config, name tables, export, adapters).
 
-`minibridge.AutoBridge`, the public entry point, is this class plus the checkpoint conversions of
-Megatron Bridge's API (`import_ckpt`, `export_ckpt`; minibridge/conversion/auto_bridge.py).
+`minibridge.AutoBridge`, the public entry point, is this class plus making the model (`to_model`: build_model
+and a loader of minibridge.loading) and the checkpoint conversions of Megatron Bridge's API (`import_ckpt`,
+`export_ckpt`; minibridge/conversion/auto_bridge.py). HFBridge itself makes no model.
 
     bridge = AutoBridge.from_hf_pretrained("path/to/hf_dir")
     model = bridge.to_model(dtype=torch.float32, device="cpu")
@@ -15,26 +16,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 
 from ..errors import ConfigError
 from ..files import busy_message
-from ..models import CausalLM, ModelChunks, ModelConfig
-from ..parallel.parallelize import build_model
+from ..models import ModelChunks, ModelConfig
 from .exporting import atomic_folder, copy_side_files, write_config, write_weights
 from .family import ARCHITECTURES, Architecture
 from .hf_config import architecture_of, config_from_hf, config_to_hf, read_config_json
 from .hf_folder import TOKENIZER_FILES, HFFolder, inside, resolve_model_path, tokenizer_files
-from .loading import check_hf_weights, init_fresh_weights, load_hf_weights
 from .mappings import WeightMapping
 from .safetensors_io import DTYPE_NAMES, parse_size, read_tensor
 from ..parallel.dims import from_rank0
 from ..parallel.gather import full_parameters, parameter_inventory
-
-if TYPE_CHECKING:
-    from .provider import ModelProvider
 
 HF_DEFAULT_MAX_SHARD_SIZE = "50GB"  # transformers 5.x save_pretrained's default
 
@@ -62,7 +58,7 @@ class HFBridge:
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "HFBridge":
-        """No checkpoint: `to_model` initialises fresh weights (pretraining)."""
+        """No checkpoint: `AutoBridge.to_model` initialises fresh weights (pretraining)."""
         return cls(config)
 
     @staticmethod
@@ -87,47 +83,6 @@ class HFBridge:
         text = self.hf_config.get("text_config") or {}
         name = self.hf_config.get("torch_dtype") or self.hf_config.get("dtype") or text.get("dtype")
         return getattr(torch, name) if isinstance(name, str) and hasattr(torch, name) else torch.float32
-
-    # ----------------------------------------------------------------- import
-
-    def to_model(self, parallel=None, dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                 progress: bool = True, seed: int = 1234, **options) -> CausalLM | ModelChunks:
-        """The model with the HF weights loaded (or freshly initialised from `seed` without a source,
-        identically whatever the parallel layout).
-
-        With `parallel` (the ParallelDims of `minibridge.parallel.initialize`), this rank's shard, read
-        slice by slice: under pipeline parallelism its stage, or its list of chunks (ModelChunks) with
-        virtual stages. `dtype` defaults to the checkpoint's, as transformers 5.x `from_pretrained`
-        does; `device` to the layout's device (CUDA under NCCL), else the CPU. `options` go to
-        `minibridge.parallel.parallelize.build_model` (recompute, loss_chunk_bytes, compile; fsdp: FSDP2 on
-        the meta model, the weights then read into each rank's dp shards; adapters: LoRA/DoRA modules
-        attached on meta, whose values `minibridge.peft.init_adapters` sets after this returns).
-        """
-        return self.to_model_chunks(parallel, dtype, device, progress, seed, **options).public()
-
-    def to_model_chunks(self, parallel=None, dtype: torch.dtype | None = None,
-                        device: torch.device | str | None = None, progress: bool = True, seed: int = 1234,
-                        **options) -> ModelChunks:
-        """`to_model`, always as this rank's ModelChunks (what the trainer and the tools use)."""
-        if isinstance(parallel, (torch.dtype, str, torch.device)):
-            raise TypeError("to_model's first argument is the parallel layout; pass dtype= and device= by name")
-        progress = progress and (parallel is None or parallel.rank == 0)
-        if self.source is not None:  # names, shapes and dtypes against the files, before allocating
-            check_hf_weights(build_model(self.config, parallel, meta=True), self.folder, self.mapping)
-        chunks = build_model(self.config, parallel, dtype or self.checkpoint_dtype(), device, **options)
-        if self.source is None:
-            init_fresh_weights(chunks, seed)
-        else:
-            self.passthrough = load_hf_weights(chunks, self.folder, self.mapping, progress=progress)
-        return chunks
-
-    def to_megatron_provider(self) -> "ModelProvider":
-        """The provider object of the Megatron Bridge docs (set sizes, `finalize()`, provide the model)."""
-        from .provider import ModelProvider
-
-        return ModelProvider(bridge=self, config=self.config, params_dtype=self.checkpoint_dtype())
-
-    to_provider = to_megatron_provider
 
     # ----------------------------------------------------------------- export
 
@@ -269,3 +224,20 @@ def _without_adapters(model) -> ModelChunks:
 
 
 DTYPE_NAMES_TORCH = {dtype: str(dtype).removeprefix("torch.") for dtype in DTYPE_NAMES}
+
+
+def export_hf_folder(model, out_dir: str | os.PathLike, source: str | os.PathLike | None = None, **options) -> Path:
+    """`HFBridge.save_hf_pretrained` of a model made by `build_model` and a loader (minibridge.loading):
+    `source` is the HF folder it was loaded from (its config, side files, tensor dtypes and a multimodal
+    checkpoint's vision tower go into the export), or None (a config.json of the model's own)."""
+    return _bridge_of(model, source).save_hf_pretrained(model, out_dir, **options)
+
+
+def export_hf_adapter(model, out_dir: str | os.PathLike, source: str | os.PathLike | None = None, **options) -> Path:
+    """`HFBridge.save_hf_adapter` of a model made by `build_model` and a loader, as `export_hf_folder`."""
+    return _bridge_of(model, source).save_hf_adapter(model, out_dir, **options)
+
+
+def _bridge_of(model, source) -> HFBridge:
+    return HFBridge.from_hf_pretrained(source) if source is not None else HFBridge.from_config(
+        ModelChunks.of(model).config)

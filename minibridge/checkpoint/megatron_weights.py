@@ -1,6 +1,7 @@
 """Megatron-Core `torch_dist` checkpoints as a source of minibridge parameters (megatron.py reads the
 folder safely; megatron_names.py says where each parameter sits). Conversion, training
-(`--pretrained-checkpoint`), generation and evaluation all read through `MegatronWeights.tensor`.
+(`--pretrained-checkpoint`, through `minibridge.loading.checkpoints.load_megatron`), generation and evaluation
+all read through `MegatronWeights.tensor`.
 
 `MegatronWeights(folder, config).tensor(name)` returns one minibridge parameter, full size, reading only
 the chunk of its layer: DCP reads the overlap of a block placed at offset (i, 0, ...) of the stacked key,
@@ -21,8 +22,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from .blocks import BlockLoadPlanner, ShardedBlock
-from .folder import load_checkpoint, resolve_checkpoint
-from .megatron import MegatronReader, checkpoint_kind
+from .megatron import MegatronReader
 from ..errors import CheckpointMismatchError, MissingTensorError
 from ..models import ModelChunks, ModelConfig, whole_model_shapes
 from ..parallel.fsdp import fill_local
@@ -121,17 +121,6 @@ def load_megatron_weights(chunks: ModelChunks, weights: MegatronWeights) -> None
     for chunk in chunks:
         for name, param in chunk.named_parameters():
             fill_local(param, weights.tensor(name), specs.get(name))
-
-
-def load_pretrained_weights(source, chunks: ModelChunks) -> None:
-    """The model weights of a checkpoint of either kind into `chunks` (`--pretrained-checkpoint`): ours, or a
-    Megatron-Core one read layer slice by layer slice. Optimizer states are not read (a new run starts its
-    own; Megatron's distributed-optimizer buckets are not model weights)."""
-    folder, kind = checkpoint_kind(source)
-    if kind == "megatron":
-        load_megatron_weights(chunks, megatron_parameters(folder, chunks.config)[1])
-    else:
-        load_checkpoint(resolve_checkpoint(source), chunks, restore_rng=False)
 
 
 def megatron_parameters(folder, config: ModelConfig):

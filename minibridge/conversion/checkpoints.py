@@ -21,6 +21,7 @@ from ..checkpoint import load_checkpoint, read_checkpoint, read_run_info, resolv
 from ..checkpoint.names import RUN_CONFIG_FILE
 from ..checkpoint.megatron import checkpoint_kind
 from ..errors import CheckpointMismatchError, ConfigError
+from ..loading.hf import build_hf_model
 from ..models import ModelChunks, ModelConfig, whole_model_shapes
 from ..parallel.parallelize import build_model
 
@@ -163,8 +164,12 @@ def _load_base(bridge, folder: Path, peft: dict, parallel, dtype, device, progre
     one recorded, else the recorded minibridge checkpoint when it is still there and unchanged."""
     base = peft.get("base_model") or {}
     wanted = base.get("fingerprint")
+    if bridge.source is None:  # (was a TypeError, or adapters merged into random weights)
+        raise CheckpointMismatchError(f"{folder} holds {peft['scheme']} adapters: loading them needs the weights of "
+                                      f"their base model {base.get('source')}: pass its HF folder")
     if wanted is None or weights_fingerprint(bridge.source)["fingerprint"] == wanted:
-        return bridge.to_model_chunks(parallel, dtype, device, progress)
+        progress = progress and (parallel is None or parallel.rank == 0)
+        return build_hf_model(bridge.config, bridge.folder, parallel, dtype, device, progress, bridge.mapping)
     recorded = Path(base.get("source", ""))
     if recorded.is_dir() and not (recorded / "config.json").is_file():
         try:

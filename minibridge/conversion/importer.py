@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..bridge import HFBridge
 from ..bridge.sharded_io import read_block
-from ..bridge.loading import check_hf_weights, warn_if_not_finite
+from ..loading.hf import check_hf_folder, warn_if_not_finite
 from ..checkpoint import LATEST, RUN_FILE, BlockSavePlanner, LazyBlock, iteration_dir
 from ..checkpoint.folder import RUN_CONFIG_FILE, run_config_yaml
 from ..checkpoint.integrity import write_checksums
@@ -60,7 +60,7 @@ def lazy_state(bridge: HFBridge, dims, dtype: torch.dtype | None, bar) -> dict:
     tensors = bridge.folder.tensors
     state = {}
     chunks = build_model(bridge.config, dims, meta=True)  # shapes and shard specs only
-    check_hf_weights(chunks, bridge.folder, bridge.mapping)  # every tensor of the folder: none dropped silently
+    check_hf_folder(chunks, bridge.folder, bridge.mapping)  # every tensor of the folder: none dropped silently
     specs = chunks.specs
     for name, param in chunks.named_parameters():
         hf_name = bridge.mapping.to_hf(name)

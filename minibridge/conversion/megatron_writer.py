@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..bridge import HFBridge
 from ..bridge.hf_folder import tokenizer_files
-from ..bridge.loading import check_hf_weights, warn_if_not_finite
+from ..loading.hf import check_hf_folder, warn_if_not_finite
 from ..bridge.safetensors_io import read_tensor
 from ..checkpoint import LATEST, BlockSavePlanner, LazyBlock, iteration_dir
 from ..checkpoint.blocks import LazyChunks
@@ -120,7 +120,7 @@ def write_megatron_checkpoint(hf_model, megatron_path, dtype: torch.dtype | None
     temporary name renamed into place when complete; returns the iteration folder. One dtype for every
     tensor, as a Megatron model has (params_dtype): `dtype`, else the HF config's."""
     bridge = HFBridge.from_hf_pretrained(hf_model)
-    check_hf_weights(build_model(bridge.config, None, meta=True), bridge.folder, bridge.mapping)
+    check_hf_folder(build_model(bridge.config, None, meta=True), bridge.folder, bridge.mapping)
     dtype = dtype or bridge.checkpoint_dtype()
     bar = tqdm(unit="B", unit_scale=True, desc="importing", disable=not progress)
     state = megatron_state(bridge, dtype, make_vocab_size_divisible_by, bar)

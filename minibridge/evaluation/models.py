@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..bridge import HFBridge
+from ..conversion import AutoBridge
 from ..bridge.hf_config import parse_dtype as dtype_from_name
 from ..bridge.hf_folder import resolve_model_path
 from ..conversion import load_megatron_model
@@ -27,17 +27,17 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     return dtype_from_name(name, "--dtype ")
 
 
-def model_bridge(hf_model: str | None, megatron_path: str | None, hf_revision: str | None = None) -> HFBridge:
+def model_bridge(hf_model: str | None, megatron_path: str | None, hf_revision: str | None = None) -> AutoBridge:
     """The bridge (config, name tables) of the model to evaluate."""
     if hf_model is None and megatron_path is None:
         raise ConfigError("give the model: --hf-model DIR (an HF folder) and/or --megatron-path CKPT "
                           "(a minibridge checkpoint)")
     if hf_model is not None:
-        return HFBridge.from_hf_pretrained(resolve_model_path(hf_model, hf_revision))
+        return AutoBridge.from_hf_pretrained(resolve_model_path(hf_model, hf_revision))
     return bridge_of_checkpoint(megatron_path)
 
 
-def load_model(bridge: HFBridge, megatron_path: str | None, dims, dtype: torch.dtype | None = None,
+def load_model(bridge: AutoBridge, megatron_path: str | None, dims, dtype: torch.dtype | None = None,
                device=None, progress: bool = True):
     """This rank's ModelChunks, in eval mode: the HF folder's weights, or the checkpoint's."""
     if megatron_path is not None:
@@ -50,7 +50,7 @@ def load_model(bridge: HFBridge, megatron_path: str | None, dims, dtype: torch.d
     return chunks
 
 
-def default_tokenizer(hf_model: str | None, megatron_path: str | None, bridge: HFBridge) -> str | None:
+def default_tokenizer(hf_model: str | None, megatron_path: str | None, bridge: AutoBridge) -> str | None:
     """The tokenizer of the model: its HF folder's (when it holds one), else the one the checkpoint's run
     trained with."""
     if hf_model is not None:

@@ -79,14 +79,14 @@ def load(pretrained=None, checkpoint=None, tokenizer=None, dtype=None, device=No
         model = _whole_model(pretrained)
         tok = load_tokenizer(tokenizer, add_bos_token)
         return Loaded(model, tok, generation_eos(None, tok), type(model).__name__)
-    from ..bridge import HFBridge
+    from ..conversion import AutoBridge
     from ..bridge.hf_folder import resolve_model_path
     from ..conversion import load_megatron_model
 
     folder = None
     if pretrained is not None:
         folder = resolve_model_path(pretrained, revision)
-        bridge = HFBridge.from_hf_pretrained(folder)
+        bridge = AutoBridge.from_hf_pretrained(folder)
     elif checkpoint is not None:
         from ..conversion.checkpoints import checkpoint_tokenizer
         from ..conversion.exporter import bridge_of_checkpoint

@@ -19,19 +19,19 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
-from ..bridge import HFBridge
+from ..bridge import export_hf_adapter, export_hf_folder
 from ..parallel import finalize_grads, initialize
 from ..parallel.dims import from_rank0
 from ..parallel.data import finalize_pipeline_grads
-from ..parallel.fsdp import FsdpSettings, unshard
+from ..parallel.fsdp import unshard
 from ..parallel.overlap import arm_chunk, grad_reducers
 from ..bridge.fingerprint import weights_fingerprint
-from ..checkpoint.megatron_weights import load_pretrained_weights
-from ..peft import adapters_hidden, attach_peft, count_parameters, init_adapters, merge_peft
+from ..peft import count_parameters, init_adapters, merge_peft
 from ..errors import ConfigError, MinibridgeError
 from .config import ConfigContainer
 from .data import DataError, DataIterator, HFSource, build_datasets, check_data, load_tokenizer
 from .forward import ModelForward
+from .model import build_trained_model, hf_source
 from .flops import mfu, model_flops_per_token, peak_flops
 from .progress import NonFiniteLossError, TrainingLogger, check_finite, memory_gb
 from .optimizer import MixedPrecisionAdamW
@@ -72,7 +72,11 @@ class Trainer:
         if m.deterministic_mode:  # bit-exact reruns; cuBLAS needs a fixed workspace for that (torch docs)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
-        self.bridge, self.chunks = self._build_model()
+        self.hf_source = hf_source(c)  # the HF folder the model comes from (exports copy its config), or None
+        self.chunks = build_trained_model(c, self.dims, self.dtype)  # minibridge.loading: build, then load
+        self.base_model = None  # PEFT: fingerprint of the frozen base the adapters belong to
+        if c.peft is not None:
+            self._init_adapters(c.checkpoint.pretrained_checkpoint)
         self.optimizer = MixedPrecisionAdamW(
             self.chunks, lr=c.optimizer.lr, weight_decay=c.optimizer.weight_decay,
             betas=(c.optimizer.adam_beta1, c.optimizer.adam_beta2), eps=c.optimizer.adam_eps,
@@ -122,38 +126,6 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
-
-    def _build_model(self):
-        c = self.config
-        source = c.checkpoint.pretrained_checkpoint
-        if source and (Path(source) / "config.json").exists():  # an HF folder
-            bridge = HFBridge.from_hf_pretrained(source)
-        else:
-            bridge = HFBridge.from_config(c.model.config)
-        # build -> parallelize (TP, CP, recomputation, compile, adapters, FSDP2) on meta -> allocate -> load,
-        # for this rank's pipeline chunks; under FSDP2 only this rank's dp shards are ever allocated and loaded
-        fsdp = FsdpSettings(self.dtype if self.dtype != torch.float32 else None,
-                            c.dist.reshard_after_forward) if c.dist.use_torch_fsdp2 else None
-        dtype = torch.float32 if fsdp is not None else self.dtype  # FSDP2: fp32 shards, self.dtype compute
-        adapters = partial(self._attach_adapters, bridge) if c.peft is not None else None
-        chunks = bridge.to_model_chunks(self.dims, dtype, seed=c.train.seed, progress=self.dims.rank == 0,
-                                        recompute=c.model.recompute_granularity, compile=c.model.compile,
-                                        fsdp=fsdp, adapters=adapters)
-        self.chunks = chunks
-        if source and not (Path(source) / "config.json").exists():  # a checkpoint: weights only
-            with adapters_hidden(chunks):  # the base model's weights; the adapters start fresh below
-                load_pretrained_weights(source, chunks)  # ours, or Megatron's (Megatron Bridge, Megatron-LM)
-        self.base_model = None  # PEFT: fingerprint of the frozen base the adapters belong to
-        if c.peft is not None:
-            self._init_adapters(bridge.source or source)  # a hub id resolves to its local folder
-        return bridge, chunks
-
-    def _attach_adapters(self, bridge, chunks):
-        """LoRA/DoRA modules on the meta chunks, before FSDP2 (build_model's `adapters` pass)."""
-        p = self.config.peft
-        attach_peft(chunks, p.scheme, rank=p.dim, alpha=p.alpha, dropout=p.dropout, targets=p.target_modules,
-                    exclude=p.exclude_modules, dropout_position=p.dropout_position, init=p.lora_A_init_method,
-                    seed=self.config.train.seed, hf_name=bridge.mapping.hf_module_name)
 
     def _init_adapters(self, source):
         """The adapters' values on the frozen pretrained model (identically under every layout)."""
@@ -363,10 +335,10 @@ class Trainer:
         adapter = None
         if self.config.peft is not None:
             adapter = Path(f"{target}_adapter")
-            self.bridge.save_hf_adapter(self.chunks, adapter, overwrite=True)
+            export_hf_adapter(self.chunks, adapter, self.hf_source, overwrite=True)
             merge_peft(self.chunks)  # the run is over: fold the adapters in for the full export
-        out = self.bridge.save_hf_pretrained(self.chunks, target, overwrite=True, progress=self.dims.rank == 0,
-                                             tokenizer=self.tokenizer_path)
+        out = export_hf_folder(self.chunks, target, self.hf_source, overwrite=True, progress=self.dims.rank == 0,
+                               tokenizer=self.tokenizer_path)
         if self.dims.rank == 0:
             where = f" (adapters merged; the adapters alone in HF PEFT format in {adapter})" if adapter else ""
             print(f"exported the final model in Hugging Face format to {out}{where}", flush=True)

@@ -14,7 +14,7 @@ from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, MetadataIndex
 from torch.serialization import _get_layout
 
-from minibridge.bridge.loading import init_fresh_weights
+from minibridge.loading.fresh import initialize_fresh
 from minibridge.models import ModelConfig
 from minibridge.parallel.parallelize import build_model
 from minibridge.errors import CorruptCheckpointError, UnsafeCheckpointError
@@ -30,7 +30,7 @@ TINY = ModelConfig(family="llama", vocab_size=16, hidden_size=8, intermediate_si
 
 def _model():
     chunks = build_model(TINY, dtype=torch.bfloat16)
-    init_fresh_weights(chunks, seed=0)
+    initialize_fresh(chunks, seed=0)
     return chunks[0]
 
 

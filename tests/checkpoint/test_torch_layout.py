@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from minibridge.bridge.loading import init_fresh_weights
+from minibridge.loading.fresh import initialize_fresh
 from minibridge.checkpoint import BlockSavePlanner, SafeFileSystemReader, load_checkpoint, save_checkpoint
 from minibridge.checkpoint.blocks import check_param_groups, legacy_key, torch_layout, training_state
 from minibridge.errors import CheckpointMismatchError
@@ -25,7 +25,7 @@ TINY = ModelConfig(family="llama", vocab_size=16, hidden_size=8, intermediate_si
 def _trained(seed: int):
     """A bf16 model and its optimizer after one step on random gradients (masters, moments, step)."""
     chunks = build_model(TINY, dtype=torch.bfloat16)
-    init_fresh_weights(chunks, seed=seed)
+    initialize_fresh(chunks, seed=seed)
     optimizer = MixedPrecisionAdamW(chunks[0], lr=1e-2)
     torch.manual_seed(seed)
     for p in chunks[0].parameters():
@@ -67,7 +67,7 @@ def test_torch_tools_read_the_optimizer(tmp_path):
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
     chunks = build_model(TINY, dtype=torch.float32)  # fp32: the parameters are their own masters, as in torch
-    init_fresh_weights(chunks, seed=3)
+    initialize_fresh(chunks, seed=3)
     model = chunks[0]
     ours = MixedPrecisionAdamW(model, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
     torch.manual_seed(3)

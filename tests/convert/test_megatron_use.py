@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minibridge.bridge import HFBridge
+from minibridge import AutoBridge
 from minibridge.conversion import load_megatron_model
 from minibridge.errors import CheckpointMismatchError
 from minibridge.train import main as train_main
@@ -34,11 +34,11 @@ def test_finetuning_starts_from_megatron_bridges_checkpoint(tmp_path):
 
 def test_loading_megatron_checkpoints_matches_the_hf_folder(tmp_path):
     for family in ("llama", "gemma3"):
-        bridge = HFBridge.from_hf_pretrained(DATA / family / "hf")
+        bridge = AutoBridge.from_hf_pretrained(DATA / family / "hf")
         ours = dict(bridge.to_model_chunks(None, torch.float32)[0].named_parameters())
         loaded = load_megatron_model(bridge, DATA / family / "mcore", dtype=torch.float32)[0]
         for name, param in loaded.named_parameters():
             assert torch.equal(param, ours[name]), (family, name)
-    other = HFBridge.from_hf_pretrained(DATA / "gemma3" / "hf")
+    other = AutoBridge.from_hf_pretrained(DATA / "gemma3" / "hf")
     with pytest.raises(CheckpointMismatchError, match="another model"):
         load_megatron_model(other, DATA / "llama" / "mcore")

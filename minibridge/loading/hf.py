@@ -1,37 +1,72 @@
-"""Step three of making a model from an HF folder: stream its tensors into the allocated chunks.
+"""The HF folder loader: stream a folder's tensors into chunks made by `build_model`.
 
-The chunks come from `minibridge.parallel.parallelize.build_model` (built on meta, parallelized,
-allocated once); each tensor is read from disk straight into its parameter, only this rank's block
-of it (or through one temporary tensor when it must be cast), so peak memory is about one copy of
-this rank's weights. Under FSDP2 a parameter is this rank's dp shard of the TP block, and only its rows
-are read. `init_fresh_weights` is the other way to fill them: pretraining from scratch. LoRA/DoRA
-adapters already attached (`build_model(adapters=...)`) are left to `minibridge.peft.init_adapters`.
+    check_hf_folder(build_model(config, dims, meta=True), folder)   # names, shapes, dtypes: nothing allocated
+    chunks = build_model(config, dims, dtype, device, ...)
+    load_hf_folder(chunks, folder)
+
+Each tensor is read from disk straight into its parameter, only this rank's block of it (or through one
+temporary tensor when it must be cast), so peak memory is about one copy of this rank's weights. Under
+FSDP2 a parameter is this rank's dp shard of the TP block, and only its rows are read. The names come from
+the bridge's mapping table for the folder's architecture; LoRA/DoRA adapters already attached
+(`build_model(adapters=...)`) are left to `minibridge.peft.init_adapters`.
 """
 
 from __future__ import annotations
 
 import warnings
-import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from ..bridge.hf_config import architecture_of, config_from_hf, config_to_hf, read_config_json
+from ..bridge.hf_folder import HFFolder
+from ..bridge.mappings import IGNORED_HF, WeightMapping
+from ..bridge.safetensors_io import READ_THREADS
+from ..bridge.sharded_io import read_block
 from ..errors import CheckpointMismatchError, MissingTensorError
-from ..models import CausalLM, ModelChunks, whole_model_shapes
-from ..models.common import RMSNorm
+from ..models import CausalLM, ModelChunks, ModelConfig, whole_model_shapes
 from ..parallel.fsdp import local_rows
-from ..parallel.sharding import take_block
-from ..peft import adapter_parameters
-from .hf_folder import HFFolder
-from .mappings import IGNORED_HF, WeightMapping
-from .safetensors_io import READ_THREADS
-from .sharded_io import read_block
+from ..parallel.parallelize import build_model
+from .fresh import base_parameters
 
 
-def load_hf_weights(chunks: ModelChunks, folder: HFFolder, mapping: WeightMapping, progress: bool = True) -> list[str]:
-    """Fill every parameter of this rank's `chunks` from `folder`. Returns the HF names left outside
+def hf_folder_config(folder: str | Path) -> ModelConfig:
+    """The model of an HF folder, from its config.json."""
+    return config_from_hf(read_config_json(folder), source=str(Path(folder) / "config.json"))
+
+
+def hf_mapping(config: ModelConfig, folder: str | Path | HFFolder | None = None) -> WeightMapping:
+    """The HF names of `config`'s parameters, spelled as `folder`'s tensors spell them (a multimodal Gemma
+    has two spellings); without a folder, as transformers saves the model of `config`."""
+    if folder is None:
+        return WeightMapping.detect(architecture_of(config_to_hf(config)), ())
+    folder = _folder(folder)
+    return WeightMapping.detect(architecture_of(read_config_json(folder.folder)), folder.tensors)
+
+
+def build_hf_model(config: ModelConfig, folder: str | Path | HFFolder, dims=None, dtype: torch.dtype = torch.float32,
+                   device=None, progress: bool = True, mapping: WeightMapping | None = None, **options) -> ModelChunks:
+    """The model of an HF folder, the three steps above in one call (`options` go to `build_model`)."""
+    folder = _folder(folder)
+    mapping = mapping or hf_mapping(config, folder)
+    check_hf_folder(build_model(config, dims, meta=True), folder, mapping)
+    chunks = build_model(config, dims, dtype, device, **options)
+    load_hf_folder(chunks, folder, mapping, progress=progress)
+    return chunks
+
+
+def _folder(folder: str | Path | HFFolder) -> HFFolder:
+    return folder if isinstance(folder, HFFolder) else HFFolder(folder)
+
+
+def load_hf_folder(chunks: ModelChunks, folder: str | Path | HFFolder, mapping: WeightMapping | None = None,
+                   progress: bool = True) -> list[str]:
+    """Fill every base parameter of this rank's `chunks` from `folder`. Returns the HF names left outside
     the text model (a multimodal checkpoint's vision tower), which an export passes through unchanged."""
+    folder = _folder(folder)
+    mapping = mapping or hf_mapping(chunks.config, folder)
     jobs = []  # names are all checked before any byte is read
     passthrough = []
     for chunk in chunks:
@@ -52,9 +87,12 @@ def load_hf_weights(chunks: ModelChunks, folder: HFFolder, mapping: WeightMappin
     return passthrough
 
 
-def check_hf_weights(chunks: ModelChunks, folder: HFFolder, mapping: WeightMapping) -> None:
+def check_hf_folder(chunks: ModelChunks, folder: str | Path | HFFolder,
+                    mapping: WeightMapping | None = None) -> None:
     """Every tensor of `folder` against `chunks` built on meta: names, shapes and dtypes, before a byte of the
     model is allocated (a config.json with hidden_size 10^9 is named here, not by a failed 1 TB allocation)."""
+    folder = _folder(folder)
+    mapping = mapping or hf_mapping(chunks.config, folder)
     for chunk in chunks:
         _chunk_jobs(chunk, folder, mapping, [])
 
@@ -77,7 +115,7 @@ def _check_dtype(info) -> None:
 
 def _chunk_jobs(model: CausalLM, folder: HFFolder, mapping: WeightMapping, passthrough: list[str]) -> list:
     """(tensor info, destination, shard spec, rows) of every parameter of one chunk, every name checked."""
-    params = _base_parameters(model)
+    params = base_parameters(model)
     whole = whole_model_shapes(model.config)  # every stage's parameters: a name outside it is unexpected
     sharding = model.sharding
     specs = sharding.specs if sharding is not None else {}
@@ -117,33 +155,3 @@ def _chunk_jobs(model: CausalLM, folder: HFFolder, mapping: WeightMapping, passt
         hf_names = [mapping.to_hf(n) for n in missing]
         raise MissingTensorError(f"{folder.folder}: missing tensors {hf_names[:8]}{' ...' if len(missing) > 8 else ''}")
     return jobs
-
-
-def _base_parameters(model: CausalLM) -> dict[str, torch.nn.Parameter]:
-    """name -> parameter of the model without its LoRA/DoRA adapters."""
-    adapters = adapter_parameters(model)
-    return {n: p for n, p in model.named_parameters() if n not in adapters}
-
-
-@torch.no_grad()
-def init_fresh_weights(chunks: ModelChunks, seed: int) -> None:
-    """Initialise for pretraining, identically under every parallel layout: each parameter's full
-    tensor comes from a generator seeded by (seed, name), and a rank keeps its block of it (its dp rows
-    under FSDP2; one full tensor in memory at a time, as Megatron's use_cpu_initialization)."""
-    specs = chunks.specs
-    config = chunks.config
-    for chunk in chunks:
-        for name, param in _base_parameters(chunk).items():
-            spec = specs.get(name)
-            shape = spec.full_shape if spec is not None else tuple(param.shape)
-            if param.ndim < 2:  # norms (Llama: 1, Gemma: 0 since it scales by 1 + w) and biases
-                module = chunk.get_submodule(name.rsplit(".", 1)[0])
-                unit = isinstance(module, RMSNorm) and not module.gemma
-                full = torch.ones(shape) if unit else torch.zeros(shape)
-            else:
-                generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
-                full = torch.randn(shape, generator=generator) * config.init_std
-                if name == "embed_tokens.weight" and config.pad_token_id is not None:
-                    full[config.pad_token_id] = 0
-            out, rows = local_rows(param)
-            out.copy_(take_block(full, spec, rows))
