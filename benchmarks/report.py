@@ -80,14 +80,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def train_step(step_fn, optimizer, ids, mark=None) -> torch.Tensor:
+    """One forward + backward + optimizer step; its loss. `mark(phase)` (if given) is called as each of
+    "forward", "backward", "optimizer" begins (estimate_train_memory attributes the peak to one)."""
+    mark = mark or (lambda phase: None)
+    mark("forward")
+    loss = step_fn(ids)
+    mark("backward")
+    loss.backward()
+    mark("optimizer")
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss
+
+
 def timed_step(step_fn, optimizer, ids) -> tuple[float, float]:
     """(seconds, loss) of one forward + backward + optimizer step, on the device of `ids`."""
     synchronize(ids.device)
     start = time.perf_counter()
-    loss = step_fn(ids)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
+    loss = train_step(step_fn, optimizer, ids)
     synchronize(ids.device)
     seconds = time.perf_counter() - start
     return seconds, float(loss.detach())

@@ -120,6 +120,11 @@ def round_stochastically(value: torch.Tensor, dtype: torch.dtype, generator: tor
     return upper.view(torch.bfloat16).view(value.shape)
 
 
+def slices(numel: int, size: int = SLICE) -> list[slice]:
+    """The pieces, `size` elements or fewer, that a flat tensor of `numel` elements is updated in."""
+    return [slice(start, min(start + size, numel)) for start in range(0, numel, size)]
+
+
 @dataclass
 class Slot:
     """One parameter's storage: its bf16/fp32 `param` (local tensor), the fp32 master or int16
@@ -155,8 +160,8 @@ def update_slot(slot: Slot, grad: torch.Tensor, hyper: dict, scale: float, preci
     generator = step = None
     if precision.moment_rounding == "stochastic":  # (reading the step synchronises a GPU: only here)
         generator, step = torch.Generator(device=p.device), int(slot.state["step"].item())
-    for start in range(0, p.numel(), SLICE):
-        piece = slice(start, start + SLICE)
+    for piece in slices(p.numel()):
+        start = piece.start
         if slot.remainder is not None:
             master = join_master(p[piece], slot.remainder.view(-1)[piece])
         else:
