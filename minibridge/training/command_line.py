@@ -146,12 +146,9 @@ def recipe_mode(name: str) -> str | None:
     """The mode a recipe name implies (Megatron Bridge's infer_recipe_mode): pretrain, sft, lora or None.
     Our `*_finetune_config` are LoRA by default, so they imply none and follow --mode."""
     padded = f"_{name.lower().strip('_')}_"
-    if "_pretrain_" in padded:
-        return "pretrain"
-    if "_sft_" in padded:
-        return "sft"
-    if "_peft_" in padded or "_lora_" in padded or "_dora_" in padded:
-        return "lora"
+    for mode, parts in (("pretrain", ("_pretrain_",)), ("sft", ("_sft_",)), ("lora", ("_peft_", "_lora_", "_dora_"))):
+        if any(part in padded for part in parts):
+            return mode
     return None
 
 
@@ -164,35 +161,27 @@ def choose_recipe(args: argparse.Namespace, names) -> tuple[str, str | None]:
 
     --mode sft|lora|dora maps a model to its fine-tuning recipe: `<model>_sft_config` / `<model>_peft_config`
     when they exist, else `<model>_finetune_config` with peft none / lora / dora."""
-    names = set(names)
-    mode, scheme = args.mode, args.peft_scheme
+    mode, recipe = args.mode, args.recipe
     wanted = {"sft": "none", "lora": "lora", "dora": "dora"}.get(mode)
-    if wanted and scheme and scheme != wanted:
-        raise ConfigError(f"--mode {mode} and --peft_scheme {scheme} disagree; give one of them")
-    if mode is None:
-        return args.recipe, scheme
-    recipe = args.recipe
-    implied = recipe_mode(recipe) if recipe else None
-    if recipe and mode == "pretrain":
-        if implied == "pretrain":
-            return recipe, scheme
-        if implied in ("sft", "lora"):
-            raise ConfigError(f"--mode pretrain is incompatible with recipe {recipe!r} (a fine-tuning recipe)")
-        if recipe.endswith("_finetune_config"):
+    if wanted and args.peft_scheme and args.peft_scheme != wanted:
+        raise ConfigError(f"--mode {mode} and --peft_scheme {args.peft_scheme} disagree; give one of them")
+    scheme, implied = args.peft_scheme or wanted, recipe_mode(recipe) if recipe else None
+    stem, tuned = model_stem(recipe) if recipe else args.model, "sft" if mode == "sft" else "peft"
+    if mode is None or recipe and implied == mode == "pretrain":
+        return recipe, scheme
+    if recipe and implied != "pretrain":  # a fine-tuning recipe: the mode picks full or adapters (lora or dora)
+        if mode == "pretrain":
             raise ConfigError(f"--mode pretrain is incompatible with recipe {recipe!r} (a fine-tuning recipe); use "
-                              f"{model_stem(recipe)}_pretrain_config")
-    elif recipe and implied in ("sft", "lora") and (implied == "sft") != (mode == "sft"):
-        other = f"{model_stem(recipe)}_{'sft' if mode == 'sft' else 'peft'}_config"
-        raise ConfigError(f"--mode {mode} is incompatible with recipe {recipe!r} (Megatron Bridge refuses it too); "
-                          f"use {other} or --model {model_stem(recipe)}")
-    elif recipe and implied != "pretrain":
-        return recipe, wanted  # a fine-tuning recipe: the mode picks full or adapters (lora or dora)
-    stem = model_stem(recipe) if recipe else args.model
-    candidates = ([f"{stem}_pretrain_config"] if mode == "pretrain" else
-                  [f"{stem}_{'sft' if mode == 'sft' else 'peft'}_config", f"{stem}_finetune_config"])
+                              f"{stem}_pretrain_config")
+        if implied and (implied == "sft") != (mode == "sft"):
+            raise ConfigError(f"--mode {mode} is incompatible with recipe {recipe!r} (Megatron Bridge refuses it "
+                              f"too); use {stem}_{tuned}_config or --model {stem}")
+        return recipe, scheme
+    candidates = [f"{stem}_pretrain_config"] if mode == "pretrain" else [f"{stem}_{tuned}_config",
+                                                                         f"{stem}_finetune_config"]
     for name in candidates:
         if name in names:
-            return name, None if mode == "pretrain" else wanted
+            return name, scheme
     close = difflib.get_close_matches(candidates[-1], sorted(names), n=2, cutoff=0.5)
     hint = f"; did you mean {' or '.join(close)}?" if close else "; --list shows the recipes"
     raise ConfigError(f"--mode {mode} for model {stem!r}: no recipe {' or '.join(candidates)}{hint}")
