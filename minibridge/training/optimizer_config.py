@@ -9,7 +9,6 @@ end_weight_decay (training.scheduler.WeightDecaySchedule): Megatron Bridge's rec
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,15 +82,8 @@ class SchedulerConfig:
 
 
 def validate_optimizer(o: OptimizerConfig, s: SchedulerConfig, decay_iters: int, decay_source: str) -> None:
-    """Checks of the two sections; `decay_iters` is the lr decay length, named `decay_source` in errors."""
-    for section, obj, keys in (("optimizer", o, ("lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps",
-                                                 "clip_grad")),
-                               ("scheduler", s, ("lr_warmup_init", "start_weight_decay", "end_weight_decay"))):
-        for key in keys:
-            value = getattr(obj, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value)):
-                raise ConfigError(f"{section}.{key}={value!r}: expected a finite number")
+    """Checks of the two sections (their types: validation.TYPED); `decay_iters` is the lr decay length, named
+    `decay_source` in errors."""
     if not (o.lr > 0 and 0 <= o.min_lr <= o.lr):
         raise ConfigError(f"optimizer.lr={o.lr}, optimizer.min_lr={o.min_lr}: expected 0 <= min_lr <= lr and lr > 0")
     for key in ("adam_beta1", "adam_beta2"):
@@ -102,8 +94,6 @@ def validate_optimizer(o: OptimizerConfig, s: SchedulerConfig, decay_iters: int,
             raise ConfigError(f"optimizer.{key}={getattr(o, key)}: expected a value >= 0")
     _validate_weight_decay(o, s)
     _validate_precision(o)
-    if s.lr_warmup_iters < 0:
-        raise ConfigError(f"scheduler.lr_warmup_iters={s.lr_warmup_iters}: expected >= 0")
     if not 0 <= s.lr_warmup_init <= o.lr:
         raise ConfigError(f"scheduler.lr_warmup_init={s.lr_warmup_init}: expected 0 <= lr_warmup_init <= "
                           f"optimizer.lr={o.lr} (warmup rises from it to lr)")
@@ -131,7 +121,7 @@ def _validate_weight_decay(o: OptimizerConfig, s: SchedulerConfig) -> None:
     if s.weight_decay_incr_style not in WEIGHT_DECAY_STYLES:
         raise ConfigError(f"scheduler.weight_decay_incr_style={s.weight_decay_incr_style!r}: expected one of "
                           f"{', '.join(WEIGHT_DECAY_STYLES)}")
-    for key in ("start_weight_decay", "end_weight_decay"):  # (numbers: validate_optimizer checked)
+    for key in ("start_weight_decay", "end_weight_decay"):  # (numbers: validation.TYPED checked)
         if (getattr(s, key) or 0) < 0:
             raise ConfigError(f"scheduler.{key}={getattr(s, key)!r}: expected a number >= 0 (or null: "
                               f"optimizer.weight_decay)")

@@ -37,40 +37,45 @@ PRECISIONS = MIXED_PRECISION + tuple(LOW_PRECISION)
 PEFT_TARGETS = DEFAULT_TARGETS + tuple(MEGATRON_NAMES)
 
 
-# Settings that are positive integers, checked first (layout arithmetic divides by them); model.X of the architecture.
-POSITIVE = (
-    "model.tensor_model_parallel_size", "model.pipeline_model_parallel_size", "model.context_parallel_size",
-    "model.seq_length", "model.make_vocab_size_divisible_by", "model.vocab_size", "model.hidden_size",
-    "model.intermediate_size", "model.num_layers", "model.num_heads", "model.num_kv_heads", "model.head_dim",
-    "train.train_iters", "train.global_batch_size", "train.micro_batch_size", "train.eval_iters",
-    "checkpoint.save_interval", "logger.log_interval", "dataset.seq_length", "peft.dim",
-)
-POSITIVE_OR_NONE = ("model.virtual_pipeline_model_parallel_size", "train.eval_interval", "train.exit_interval",
-                    "checkpoint.keep_last", "scheduler.lr_decay_iters", "ddp.bucket_size")
+# Settings of a type, checked first (the later checks compute with them); model.X of the architecture too.
+# A key ending in `?` may also be null.
+TYPED = {
+    "a positive integer": (
+        "model.tensor_model_parallel_size", "model.pipeline_model_parallel_size", "model.context_parallel_size",
+        "model.seq_length", "model.make_vocab_size_divisible_by", "model.vocab_size", "model.hidden_size",
+        "model.intermediate_size", "model.num_layers", "model.num_heads", "model.num_kv_heads", "model.head_dim",
+        "train.train_iters", "train.global_batch_size", "train.micro_batch_size", "train.eval_iters",
+        "checkpoint.save_interval", "logger.log_interval", "dataset.seq_length", "peft.dim",
+        "model.virtual_pipeline_model_parallel_size?", "train.eval_interval?", "train.exit_interval?",
+        "checkpoint.keep_last?", "scheduler.lr_decay_iters?", "ddp.bucket_size?"),
+    "an integer >= 0": ("train.max_skipped_steps", "dataset.num_workers", "scheduler.lr_warmup_iters"),
+    "a finite number": ("optimizer.lr", "optimizer.min_lr", "optimizer.weight_decay", "optimizer.adam_beta1",
+                        "optimizer.adam_beta2", "optimizer.adam_eps", "optimizer.clip_grad", "scheduler.lr_warmup_init",
+                        "scheduler.start_weight_decay?", "scheduler.end_weight_decay?"),
+    "a positive number": ("train.exit_duration_in_mins?",),
+    "true or false": ("dist.use_torch_fsdp2", "dist.reshard_after_forward", "ddp.overlap_grad_reduce"),
+}
+_IS = {"a positive integer": lambda v: type(v) is int and v >= 1,
+       "an integer >= 0": lambda v: type(v) is int and v >= 0, "a finite number": lambda v: type(v) in (int, float) and math.isfinite(v),
+       "a positive number": lambda v: type(v) in (int, float) and 0 < v < math.inf,
+       "true or false": lambda v: type(v) is bool}
 
 
-def _check_positive(c) -> None:
-    for key in POSITIVE + POSITIVE_OR_NONE:
-        section, name = key.split(".")
-        owner = getattr(c, section)  # None: the peft section of full training
-        owner = owner.config if section == "model" and not hasattr(owner, name) else owner
-        value = None if owner is None else getattr(owner, name)
-        if value is None and (owner is None or key in POSITIVE_OR_NONE):
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key}={value!r}: expected a positive integer")
+def _check_types(c) -> None:
+    for kind, keys in TYPED.items():
+        for key in keys:
+            section, name = key.rstrip("?").split(".")
+            owner = getattr(c, section)  # None: the peft section of full training
+            owner = owner.config if section == "model" and not hasattr(owner, name) else owner
+            value = None if owner is None else getattr(owner, name)
+            if not (value is None and (owner is None or key.endswith("?")) or _IS[kind](value)):
+                raise ConfigError(f"{key.rstrip('?')}={value!r}: expected {kind}")
 
 
 def validate(c) -> None:
     """Every check of a ConfigContainer `c`."""
     m, t, d, ck = c.model, c.train, c.dataset, c.checkpoint
-    _check_positive(c)
-    minutes = t.exit_duration_in_mins
-    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
-                                or not 0 < minutes < math.inf):
-        raise ConfigError(f"train.exit_duration_in_mins={minutes!r}: expected a positive number of minutes (or null)")
-    if isinstance(t.max_skipped_steps, bool) or not isinstance(t.max_skipped_steps, int) or t.max_skipped_steps < 0:
-        raise ConfigError(f"train.max_skipped_steps={t.max_skipped_steps!r}: expected an integer >= 0")
+    _check_types(c)
     _check_context_length(m)
     if t.global_batch_size % t.micro_batch_size:
         raise ConfigError(
@@ -81,9 +86,6 @@ def validate(c) -> None:
         raise ConfigError(f"dataset.seq_length={d.seq_length} differs from model.seq_length={m.seq_length}; set one "
                           f"(an override of either sets both)")
     m.validate_layout()  # the layout against the model and seq_length (a LayoutError is a ConfigError)
-    for key in ("use_torch_fsdp2", "reshard_after_forward"):
-        if not isinstance(getattr(c.dist, key), bool):
-            raise ConfigError(f"dist.{key}={getattr(c.dist, key)!r}: expected true or false")
     _validate_optimizer(c)
     _validate_data(d, ck)
     fine_tuning = d.kind == "sft" or (d.kind == "hf" and not d.text_column)  # answers only carry the loss
@@ -129,13 +131,9 @@ def _validate_optimizer(c: ConfigContainer) -> None:
         raise ConfigError(f"optimizer.main_grads_dtype={c.optimizer.main_grads_dtype!r} with "
                           f"dist.use_torch_fsdp2=true: FSDP2 reduces gradients into its fp32 parameter shards; "
                           f"set main_grads_dtype=fp32")
-    if not isinstance(c.ddp.overlap_grad_reduce, bool):
-        raise ConfigError(f"ddp.overlap_grad_reduce={c.ddp.overlap_grad_reduce!r}: expected true or false")
 
 
 def _validate_data(d: DatasetConfig, ck: CheckpointConfig) -> None:
-    if d.num_workers < 0:
-        raise ConfigError(f"dataset.num_workers={d.num_workers}: expected >= 0")
     _validate_hf(d) if d.kind == "hf" else None
     if d.kind not in ("mock", "hf") and not d.data_paths:
         raise ConfigError(f"dataset.kind={d.kind!r} needs dataset.data_paths (a list of files or prefixes); "
