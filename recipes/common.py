@@ -109,11 +109,10 @@ def build(settings: dict, kwargs: dict, name: str) -> ConfigContainer:
         raise TypeError(f"{name}() got an unexpected keyword argument {unknown[0]!r}")
     s = {**settings, **kwargs, "recipe.name": name}
     if "peft" in s:  # fine-tuning: full or adapter training, each with its layout and learning rate
-        full = is_full_sft(s["peft"])
-        s = {**s, **s["recipe.full" if full else "recipe.lora"], **kwargs}
+        peft = peft_config(s["peft"], **s["recipe.peft"])  # (the changes apply to a scheme's name only)
+        s = {**s, **s["recipe.lora" if peft else "recipe.full"], **kwargs, "peft": peft}
         if s["finetune_lr"] is None:
-            s["finetune_lr"] = s["recipe.lr"][0 if full else 1]
-        s["peft"] = peft_config(s["peft"], **s["recipe.peft"])  # (the changes apply to a scheme's name only)
+            s["finetune_lr"] = s["recipe.lr"][0 if peft is None else 1]
     return container(s)
 
 
@@ -204,10 +203,6 @@ def peft_config(peft, **changes) -> PeftConfig | None:
     return PeftConfig.default(peft, **changes)
 
 
-def is_full_sft(peft) -> bool:
-    return peft is None or (isinstance(peft, str) and peft.lower() == "none")
-
-
 def summary(c: ConfigContainer) -> str:
     """One line: TP/PP/VP/CP/SP, sequence length and global batch."""
     m = c.model
@@ -222,25 +217,25 @@ def aliases(finetune: Callable[..., ConfigContainer]) -> tuple[Callable[..., Con
     stem = finetune.__name__.removesuffix("_finetune_config")
     sft, peft, takes = f"{stem}_sft_config", f"{stem}_peft_config", tuple(k for k in finetune.arguments if k != "peft")
 
-    def sft_config(**kwargs) -> ConfigContainer:
+    def full(**kwargs) -> ConfigContainer:
         if "peft" in kwargs or "peft_scheme" in kwargs:
             raise ConfigError(f"{sft} is full fine-tuning and takes no peft / peft_scheme; for adapters use "
                               f"{peft}(peft_scheme='lora')")
         return finetune(**kwargs, peft=None)
 
-    def peft_config(peft_scheme="lora", **kwargs) -> ConfigContainer:
+    def adapters(peft_scheme="lora", **kwargs) -> ConfigContainer:
         if "peft" in kwargs:
             raise ConfigError(f"{peft} takes peft_scheme= ('lora', 'dora' or a PeftConfig), not peft=")
-        if is_full_sft(peft_scheme):
+        if peft_config(peft_scheme) is None:
             raise ConfigError(f"{peft}(peft_scheme={peft_scheme!r}): expected 'lora', 'dora' or a PeftConfig; "
                               f"for full fine-tuning use {sft}")
         return finetune(**kwargs, peft=peft_scheme)
 
     first = (finetune.__doc__ or "").strip().splitlines()[0].split(":")[0]
     for made, name, argument, trains, arguments in (
-            (sft_config, sft, "peft=None", "full (all weights)", takes),
-            (peft_config, peft, "peft=peft_scheme", "LoRA (default) or DoRA adapters", (*takes, "peft_scheme"))):
+            (full, sft, "peft=None", "full (all weights)", takes),
+            (adapters, peft, "peft=peft_scheme", "LoRA (default) or DoRA adapters", (*takes, "peft_scheme"))):
         made.__name__ = made.__qualname__ = name
         made.__doc__ = f"{first}, {trains}: {finetune.__name__}({argument}) under its Megatron Bridge 0.6 name."
         made.arguments, made.alias_of = arguments, (finetune.__name__, argument)
-    return sft_config, peft_config
+    return full, adapters
