@@ -1,10 +1,7 @@
 """Named training recipes (functions returning a ConfigContainer), installed as `minibridge.recipes`.
 
-    from minibridge.recipes.llama import llama3_8b_pretrain_config
     cfg = llama3_8b_pretrain_config(name="run1", dir="/results", train_iters=1000, global_batch_size=64)
-
-    from minibridge.recipes import build_config          # what `python -m minibridge.train` does
-    cfg = build_config("llama3_debug_pretrain_config", overrides=["train.train_iters=5"])
+    cfg = build_config("llama3_debug_pretrain_config", overrides=["train.train_iters=5"])  # as the command line
 
 Recipes only build dataclasses: nothing is downloaded or allocated, so even the 405B ones build on a laptop.
 """

@@ -1,10 +1,7 @@
-"""The optimizer, scheduler and ddp sections of the training configuration, and their checks.
-
-Field names and defaults are Megatron Bridge's (megatron/bridge/training/config.py, whose SchedulerConfig
-extends Megatron-LM's), so `optimizer.adam_eps=1e-8 scheduler.end_weight_decay=0.1` work as there; import them
-from `minibridge.training.config`. Weight decay is scheduled as Megatron's OptimizerParamScheduler does it: at
-every step the scheduler overwrites the optimizer's `weight_decay` with a value going from start_weight_decay to
-end_weight_decay (training.scheduler.WeightDecaySchedule): Megatron Bridge's recipes decay with their 0.033.
+"""The optimizer, scheduler and ddp sections of the training configuration (import them from
+`minibridge.training.config`), and their checks. Field names and defaults are Megatron Bridge's (its
+SchedulerConfig extends Megatron-LM's). Weight decay is scheduled as Megatron's OptimizerParamScheduler does:
+each step sets the optimizer's `weight_decay` from start_weight_decay to end_weight_decay (training.scheduler).
 """
 
 from __future__ import annotations

@@ -3,12 +3,10 @@
     apply_overrides(cfg, ["train.global_batch_size=64", "optimizer.lr=3e-4", "model.num_layers=4",
                           "dataset.data_paths=[a.jsonl,b.jsonl]", "mixed_precision=bf16_mixed", "peft=dora"])
 
-Values are parsed from the dataclass field types: int (also 1e3, 1_000), float (3e-4), bool
-(true/false/1/0/yes/no), str, none/null for optional fields, lists (JSON `["a","b"]`, `[a,b]` or `a,b`)
-and Literal choices. `model.<field>` goes to the layout settings when ModelSettings has that field, else to
-the architecture (ModelConfig, also under Megatron's names such as num_attention_heads or ffn_hidden_size).
-Every override is parsed before any is applied; errors are one ConfigError naming each bad key, its
-value, the expected type and the closest valid keys.
+Values are parsed by the field's type (parse_value). `model.<field>` goes to the layout settings when
+ModelSettings has that field, else to the architecture (ModelConfig, also under Megatron's names such as
+num_attention_heads). Every override is parsed before any is applied; errors are one ConfigError naming each bad
+key, its value, the expected type and the closest valid keys.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""`ConfigContainer.validate()`: the cross-checks of a training configuration that need no world size (that
-happens at launch), each raising a ConfigError that names the keys involved, and the tables of allowed
-values they check against. It reads the sections by attribute and imports nothing from config.py, which
-calls it.
+"""`ConfigContainer.validate()`: the checks of a training configuration that need no world size (that happens at
+launch), each raising a ConfigError that names the keys involved. It imports nothing from config.py, which calls it.
 """
 
 from __future__ import annotations
@@ -56,7 +54,8 @@ TYPED = {
     "true or false": ("dist.use_torch_fsdp2", "dist.reshard_after_forward", "ddp.overlap_grad_reduce"),
 }
 _IS = {"a positive integer": lambda v: type(v) is int and v >= 1,
-       "an integer >= 0": lambda v: type(v) is int and v >= 0, "a finite number": lambda v: type(v) in (int, float) and math.isfinite(v),
+       "an integer >= 0": lambda v: type(v) is int and v >= 0,
+       "a finite number": lambda v: type(v) in (int, float) and math.isfinite(v),
        "a positive number": lambda v: type(v) in (int, float) and 0 < v < math.inf,
        "true or false": lambda v: type(v) is bool}
 
