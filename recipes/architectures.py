@@ -91,9 +91,8 @@ def finetune_architecture(builtin: ModelConfig, pretrained_checkpoint: str | Non
     if found is None:
         return builtin
     shape = ("family", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
-    if any(getattr(found, k) != getattr(builtin, k) for k in shape):
-        have = {k: getattr(found, k) for k in shape}
-        want = {k: getattr(builtin, k) for k in shape}
+    have, want = ({k: getattr(model, k) for k in shape} for model in (found, builtin))
+    if have != want:
         raise ConfigError(f"{recipe}: pretrained checkpoint {pretrained_checkpoint} is {have}, but this recipe is for "
                           f"{want}; pick the recipe of that model size")
     return found

@@ -121,8 +121,10 @@ def parse_run_recipe(argv: list[str]) -> argparse.Namespace:
             raise ConfigError(choice_message("--peft_scheme", args.peft_scheme, ("lora", "dora", "none")))
     if args.mode is not None and args.mode not in MODES:
         raise ConfigError(choice_message("--mode", args.mode, MODES))
-    if args.dataset is not None:
-        check_dataset(args.dataset)
+    if args.dataset in VISION_DATASETS:
+        raise ConfigError(f"--dataset {args.dataset} is a vision-language dataset; minibridge trains text models only")
+    if args.dataset is not None and args.dataset not in DATASETS:
+        raise ConfigError(choice_message("--dataset", args.dataset, tuple(DATASETS)))
     if args.recipe and args.model:
         raise ConfigError("give --recipe NAME or --model NAME, not both")
     if args.model and args.mode is None:
@@ -132,14 +134,6 @@ def parse_run_recipe(argv: list[str]) -> argparse.Namespace:
     args.overrides = [f"{key}={vars(args)[key]}" for key in CONVENIENCE.values() if vars(args)[key] is not None]
     args.overrides += rest
     return args
-
-
-def check_dataset(name: str) -> None:
-    if name in DATASETS:
-        return
-    if name in VISION_DATASETS:
-        raise ConfigError(f"--dataset {name} is a vision-language dataset; minibridge trains text models only")
-    raise ConfigError(choice_message("--dataset", name, tuple(DATASETS)))
 
 
 def recipe_mode(name: str) -> str | None:

@@ -82,10 +82,8 @@ def resolve_key(key: str, keys: dict | None = None) -> tuple[tuple[str, ...], ob
     key = SECTION_ALIASES.get(key, key)
     if key in keys:
         return keys[key]
-    groups = {"model.config", "model.rope", "model.rope_local", "model.config.rope", "model.config.rope_local",
-              *SECTIONS}
-    if key in groups:
-        fields_of = sorted(k for k in keys if k.startswith(key + "."))[:6]
+    fields_of = sorted(k for k in keys if k.startswith(key + "."))[:6]
+    if fields_of:
         raise ConfigError(f"{key!r} is a group, not a value; set its fields, e.g. {', '.join(fields_of)}")
     familiar = FAMILIAR_NAMES.get(key.rsplit(".", 1)[-1])
     close = [familiar] if familiar else difflib.get_close_matches(key, list(keys), n=3, cutoff=0.6)
@@ -217,24 +215,23 @@ def apply_values(container: ConfigContainer, changes: list) -> ConfigContainer:
     new = copy.deepcopy(container)
     # `peft=...` first, so `peft.dim=8 peft=dora` keeps the 8 whatever the order.
     parsed.sort(key=lambda p: p[1] != ("peft",))
-    arch, rope = {}, {}
+    arch = {}  # ModelConfig fields, rope.theta and friends as {"rope": {"theta": ...}}
     for key, path, value in parsed:
         if path == ("peft",):
             new.peft = None if value == "none" else PeftConfig.default(value)
         elif path == ("mixed_precision",):
             new.mixed_precision = value
+        elif path[:2] == ("model", "config") and len(path) == 4:
+            arch.setdefault(path[2], {})[path[3]] = value
         elif path[:2] == ("model", "config"):
-            if len(path) == 4:  # rope.theta and friends
-                rope.setdefault(path[2], {})[path[3]] = value
-            else:
-                arch[path[2]] = value
+            arch[path[2]] = value
         else:
             section = getattr(new, path[0])
             if section is None:
                 raise ConfigError(f"{key}: peft is None (full training); add peft=lora or --peft_scheme lora first")
             setattr(section, path[1], value)
-    if arch or rope:
-        new.model.config = update_model_config(new.model.config, **arch, **rope)
+    if arch:
+        new.model.config = update_model_config(new.model.config, **arch)
     _follow(container, new, {path for _, path, _ in parsed})
     container.__dict__.update(new.__dict__)
     return container
