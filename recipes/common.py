@@ -1,10 +1,6 @@
-"""Recipes as a base and a difference: one base per mode (pretrain, finetune) holding Megatron Bridge's keyword
+"""Recipes as a base and a difference: one base per mode (PRETRAIN, FINETUNE) holding Megatron Bridge's keyword
 arguments and their defaults, a family's difference on top (llama.py, gemma.py), and each named recipe a few
-lines of changes:
-
-    @recipe(LLAMA3_PRETRAIN, hf_path="meta-llama/Meta-Llama-3-8B", **layout(1, cp=2))
-    def llama3_8b_pretrain_config(**kwargs):
-        \"\"\"Llama 3 8B pretraining, 8k context.\"\"\"
+lines of changes (`@recipe(PRETRAIN, hf_path=LLAMA3_8B, **layout(1, cp=2))` over a def and its docstring).
 
 A setting is a keyword argument of the recipe (`train_iters`, `global_batch_size`, ..., each passed once) or,
 written with a dot, a configuration key that only recipes set (`train.eval_iters`); `recipe.*` keys steer the
@@ -15,6 +11,7 @@ one ordered list of typed `section.key=value` changes, which `training.overrides
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Callable
 
@@ -71,14 +68,13 @@ DEBUG = {"model.make_vocab_size_divisible_by": 1, "dataset.num_workers": 0, "tra
 
 
 def debug_pretrain(arch: ModelConfig, name: str) -> dict:
-    """A debug pretraining recipe: `arch` with the vocabulary of `vocab_size`, else of `tokenizer`, else its own."""
+    """A debug pretraining recipe of `arch` (its vocabulary: architectures.debug_vocabulary)."""
     return {**DEBUG, "recipe.architecture": debug_vocabulary(arch), "name": name, "vocab_size": None, "lr": 1e-3,
             "min_lr": 1e-4}
 
 
 def debug_finetune(arch: ModelConfig, name: str, other_recipe: str) -> dict:
-    """A debug fine-tuning recipe: the architecture of `pretrained_checkpoint` when that is an HF folder or a Megatron
-    checkpoint of `arch`'s family (any size; another family: use `other_recipe`), else `arch`."""
+    """A debug fine-tuning recipe of `arch` or of its pretrained checkpoint (architectures.checkpoint_or)."""
     return {**DEBUG, "recipe.architecture": checkpoint_or(arch, other_recipe), "recipe.lr": (1e-4, 1e-3),
             "name": name, "packed_sequence": False}
 
@@ -94,8 +90,7 @@ def recipe(base, *changes: dict, **more) -> Callable[[Callable], Callable[..., C
         def made(**kwargs) -> ConfigContainer:
             return build(settings, kwargs, stub.__name__)
 
-        made.__name__ = made.__qualname__ = stub.__name__
-        made.__doc__, made.__module__, made.settings = stub.__doc__, stub.__module__, settings
+        functools.update_wrapper(made, stub).settings = settings
         made.arguments = tuple(key for key in settings if "." not in key)  # the keyword arguments it takes
         return made
 
@@ -157,8 +152,7 @@ def container(s: dict) -> ConfigContainer:
 
 def checkpoint_dir(dir: str | None, name: str) -> str:
     """{dir}/{name}/checkpoints as Megatron Bridge lays it out; without `dir`: $SAVE_DIR, else
-    ./nemo_experiments (Megatron Bridge's default). TensorBoard follows the run into <save>/tb_logs
-    (logger.tensorboard_dir="auto"), wherever checkpoint.save is moved."""
+    ./nemo_experiments (Megatron Bridge's default)."""
     base = dir or os.environ.get("SAVE_DIR") or os.path.join(os.getcwd(), "nemo_experiments")
     return os.path.join(base, name, "checkpoints")
 

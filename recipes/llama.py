@@ -68,11 +68,8 @@ def llama3_8b_low_precision_pretrain_config(
 ) -> ConfigContainer:
     """Llama 3 8B pretraining in FP8 current scaling / MXFP8 / NVFP4 (GPU only).
 
-    On CPU, validate() explains that the number format needs a GPU and stops.
-
-    Megatron Bridge requires `mixed_precision_recipe`; the default here lets `--recipe` use it alone.
-    Its NVFP4 variant also keeps the last 4 layers in bf16, which has no setting here yet.
-    """
+    validate() refuses these formats (minibridge has no FP8/FP4 training). Megatron Bridge requires
+    `mixed_precision_recipe`; the default here lets `--recipe` use it alone."""
     if mixed_precision_recipe not in LOW_PRECISION_RECIPES:
         raise ConfigError(f"mixed_precision_recipe={mixed_precision_recipe!r}: expected one of "
                           f"{', '.join(LOW_PRECISION_RECIPES)} (the ones Megatron Bridge has tested for this recipe)")

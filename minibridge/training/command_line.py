@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
-from typing import NamedTuple
+from collections import namedtuple
 
 from .config import ConfigError
 from .validation import choice_message
@@ -81,14 +81,8 @@ USAGE = PARSER.format_help().strip()
 FLAGS = [flag for action in PARSER._actions for flag in action.option_strings]
 
 
-class CliArgs(NamedTuple):
-    """The flags of the seed documents' command line (`parse_cli`)."""
-
-    recipe: str | None
-    pretrained_checkpoint: str | None
-    peft_scheme: str | None  # "lora", "dora", "none" (explicitly full training) or None (recipe default)
-    overrides: list[str]
-    list_recipes: bool
+# The flags of the seed documents' command line (`parse_cli`); peft_scheme "none" is explicitly full training.
+CliArgs = namedtuple("CliArgs", "recipe pretrained_checkpoint peft_scheme overrides list_recipes")
 
 
 def parse_cli(argv: list[str]) -> CliArgs:
