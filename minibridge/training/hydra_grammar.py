@@ -138,7 +138,6 @@ def _interpolate(preview: ConfigContainer, pending: dict, entries: dict, keys: d
     """`key=text` of each pending item, its `${...}` replaced by final values: those of `preview` (the
     configuration with every other change applied), or of another pending item (the last of a key wins)."""
     canonical = {resolve_key(entries[i][0], keys)[0]: i for i in sorted(entries)}  # the change deciding each field
-    resolved: dict[int, str] = {}
 
     def lookup(ref: str, where: str, chain: tuple[int, ...]) -> str:
         if ref.startswith("oc.env:"):
@@ -156,16 +155,13 @@ def _interpolate(preview: ConfigContainer, pending: dict, entries: dict, keys: d
             raise ConfigError(f"{where}: ${{{ref}}}: {err}") from None
 
     def resolve(index: int, chain: tuple[int, ...] = ()) -> str:
-        if index in resolved:
-            return resolved[index]
         key, raw = pending[index]
         where = f"{key}={raw}"
         if index in chain:
             cycle = " -> ".join(pending[i][0] for i in (*chain, index))
             raise ConfigError(f"{where}: the interpolations form a cycle ({cycle})")
         text = _INTERPOLATION.sub(lambda m: lookup(m.group(1).strip(), where, (*chain, index)), raw)
-        resolved[index] = text.replace("\\${", "${")
-        return resolved[index]
+        return text.replace("\\${", "${")
 
     return {index: f"{pending[index][0]}={resolve(index)}" for index in pending}
 

@@ -86,15 +86,11 @@ def resolve_key(key: str, keys: dict | None = None) -> tuple[tuple[str, ...], ob
     if fields_of:
         raise ConfigError(f"{key!r} is a group, not a value; set its fields, e.g. {', '.join(fields_of)}")
     familiar = FAMILIAR_NAMES.get(key.rsplit(".", 1)[-1])
-    close = [familiar] if familiar else difflib.get_close_matches(key, list(keys), n=3, cutoff=0.6)
     section = key.split(".")[0]
-    if not close and section in SECTIONS:  # a misspelt field in a right section: offer that section's fields
-        close = difflib.get_close_matches(key, [k for k in keys if k.startswith(section + ".")], n=3, cutoff=0.3)
-    if not close and section not in SECTIONS:  # a misspelt section: fix it, then look again
-        fixed = difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=0.5)
-        if fixed:
-            close = difflib.get_close_matches(fixed[0] + key[len(section):], list(keys), n=3, cutoff=0.3)
-            close = close or [k for k in keys if k.startswith(fixed[0] + ".")][:3]
+    fixed = (difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=0.5) or [""])[0]  # itself when valid
+    fields = [k for k in keys if fixed and k.startswith(fixed + ".")]  # not close: then that section's fields
+    close = ([familiar] if familiar else difflib.get_close_matches(key, list(keys), n=3, cutoff=0.6)
+             or difflib.get_close_matches(fixed + key[len(section):], fields, n=3, cutoff=0.3) or fields[:3])
     sections = ", ".join(dict.fromkeys([*SECTIONS, *TOP_LEVEL]))
     hint = f"closest valid keys: {', '.join(close)}" if close else f"valid sections: {sections}"
     raise ConfigError(f"unknown override key {key!r}; {hint}")
