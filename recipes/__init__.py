@@ -82,16 +82,13 @@ def recipe_config(name: str, pretrained_checkpoint: str | None = None,
             kwargs["pretrained_checkpoint"] = pretrained_checkpoint
         else:
             changes.append(("checkpoint.pretrained_checkpoint", pretrained_checkpoint))
-    if peft_scheme is None:
-        pass
-    elif "peft" in takes:
-        kwargs["peft"] = None if peft_scheme == "none" else peft_scheme
-    elif "peft_scheme" in takes:
-        kwargs["peft_scheme"] = peft_scheme  # 'none' is refused there: that recipe trains adapters
-    elif "pretrained_checkpoint" in takes and peft_scheme != "none":  # full fine-tuning and nothing else
+    choice = next((arg for arg in ("peft", "peft_scheme") if arg in takes), None)  # how fine-tuning takes it
+    if peft_scheme is not None and choice:
+        kwargs[choice] = peft_scheme  # peft="none": full training; peft_scheme="none" is refused (adapters only)
+    elif peft_scheme not in (None, "none") and "pretrained_checkpoint" in takes:  # full fine-tuning and nothing else
         raise ConfigError(f"--peft_scheme {peft_scheme} with {name}, which is full fine-tuning; use "
                           f"{name.replace('_sft_config', '_peft_config')} for adapters")
-    elif "pretrained_checkpoint" not in takes:
+    elif peft_scheme is not None and "pretrained_checkpoint" not in takes:
         changes += [("peft", peft_scheme), ("optimizer.use_distributed_optimizer", peft_scheme == "none")]
     return fn(**kwargs), changes
 

@@ -104,12 +104,12 @@ def tokenizer_vocab_size(folder: str) -> int:
     if not path.is_file():
         raise ConfigError(f"tokenizer={folder}: no tokenizer.json there; expected a Hugging Face tokenizer folder")
     data = parse_json(path.read_bytes(), str(path))
-    model = data.get("model") if isinstance(data, dict) else None
-    vocab = model.get("vocab") if isinstance(model, dict) else None
-    ids = list(vocab.values()) if isinstance(vocab, dict) else []
-    ids = list(range(len(vocab))) if isinstance(vocab, list) else ids
-    added = (data.get("added_tokens") or []) if isinstance(data, dict) else []
-    ids += [t.get("id") for t in added if isinstance(t, dict)]
+    try:  # a BPE dict or a Unigram list, then the added tokens
+        vocab = data["model"]["vocab"]
+        ids = [*(vocab.values() if isinstance(vocab, dict) else range(len(vocab))),
+               *(t["id"] for t in data.get("added_tokens") or [])]
+    except (KeyError, TypeError, AttributeError):
+        ids = []
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
         raise ConfigError(f"{path}: expected token ids (integers >= 0) under model.vocab (BPE dict or Unigram list) "
                           f"and added_tokens")

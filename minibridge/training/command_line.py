@@ -133,11 +133,8 @@ def parse_run_recipe(argv: list[str]) -> argparse.Namespace:
 def recipe_mode(name: str) -> str | None:
     """The mode a recipe name implies (Megatron Bridge's infer_recipe_mode): pretrain, sft, lora or None.
     Our `*_finetune_config` are LoRA by default, so they imply none and follow --mode."""
-    padded = f"_{name.lower().strip('_')}_"
-    for mode, parts in (("pretrain", ("_pretrain_",)), ("sft", ("_sft_",)), ("lora", ("_peft_", "_lora_", "_dora_"))):
-        if any(part in padded for part in parts):
-            return mode
-    return None
+    found = re.search(r"_(pretrain|sft|peft|lora|dora)_", f"_{name.lower().strip('_')}_")
+    return found and {"peft": "lora", "dora": "lora"}.get(found[1], found[1])
 
 
 def model_stem(name: str) -> str:
