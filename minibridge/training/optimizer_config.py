@@ -83,12 +83,6 @@ def validate_optimizer(o: OptimizerConfig, s: SchedulerConfig, decay_iters: int,
     `decay_source` in errors."""
     if not (o.lr > 0 and 0 <= o.min_lr <= o.lr):
         raise ConfigError(f"optimizer.lr={o.lr}, optimizer.min_lr={o.min_lr}: expected 0 <= min_lr <= lr and lr > 0")
-    for key in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(o, key) < 1:
-            raise ConfigError(f"optimizer.{key}={getattr(o, key)}: expected a value in [0, 1)")
-    for key in ("weight_decay", "adam_eps", "clip_grad"):
-        if getattr(o, key) < 0:
-            raise ConfigError(f"optimizer.{key}={getattr(o, key)}: expected a value >= 0")
     _validate_weight_decay(o, s)
     _validate_precision(o)
     if not 0 <= s.lr_warmup_init <= o.lr:
@@ -118,10 +112,6 @@ def _validate_weight_decay(o: OptimizerConfig, s: SchedulerConfig) -> None:
     if s.weight_decay_incr_style not in WEIGHT_DECAY_STYLES:
         raise ConfigError(f"scheduler.weight_decay_incr_style={s.weight_decay_incr_style!r}: expected one of "
                           f"{', '.join(WEIGHT_DECAY_STYLES)}")
-    for key in ("start_weight_decay", "end_weight_decay"):  # (numbers: validation.TYPED checked)
-        if (getattr(s, key) or 0) < 0:
-            raise ConfigError(f"scheduler.{key}={getattr(s, key)!r}: expected a number >= 0 (or null: "
-                              f"optimizer.weight_decay)")
     start, end = s.weight_decay_range(o)
     if end < start:
         raise ConfigError(f"scheduler.end_weight_decay={end} is below scheduler.start_weight_decay={start}: "

@@ -47,15 +47,18 @@ TYPED = {
         "model.virtual_pipeline_model_parallel_size?", "train.eval_interval?", "train.exit_interval?",
         "checkpoint.keep_last?", "scheduler.lr_decay_iters?", "ddp.bucket_size?"),
     "an integer >= 0": ("train.max_skipped_steps", "dataset.num_workers", "scheduler.lr_warmup_iters"),
-    "a finite number": ("optimizer.lr", "optimizer.min_lr", "optimizer.weight_decay", "optimizer.adam_beta1",
-                        "optimizer.adam_beta2", "optimizer.adam_eps", "optimizer.clip_grad", "scheduler.lr_warmup_init",
-                        "scheduler.start_weight_decay?", "scheduler.end_weight_decay?"),
-    "a positive number": ("train.exit_duration_in_mins?",),
+    "a finite number": ("optimizer.lr", "optimizer.min_lr", "scheduler.lr_warmup_init"),
+    "a number >= 0": ("optimizer.weight_decay", "optimizer.adam_eps", "optimizer.clip_grad",
+                      "scheduler.start_weight_decay?", "scheduler.end_weight_decay?"),
+    "a number in [0, 1)": ("optimizer.adam_beta1", "optimizer.adam_beta2", "peft.dropout"),
+    "a positive number": ("peft.alpha", "train.exit_duration_in_mins?"),
     "true or false": ("dist.use_torch_fsdp2", "dist.reshard_after_forward", "ddp.overlap_grad_reduce"),
 }
 _IS = {"a positive integer": lambda v: type(v) is int and v >= 1,
        "an integer >= 0": lambda v: type(v) is int and v >= 0,
        "a finite number": lambda v: type(v) in (int, float) and math.isfinite(v),
+       "a number >= 0": lambda v: type(v) in (int, float) and 0 <= v < math.inf,
+       "a number in [0, 1)": lambda v: type(v) in (int, float) and 0 <= v < 1,
        "a positive number": lambda v: type(v) in (int, float) and 0 < v < math.inf,
        "true or false": lambda v: type(v) is bool}
 
@@ -161,10 +164,6 @@ def _validate_hf(d: DatasetConfig) -> None:
 
 
 def _validate_peft(p: PeftConfig, ck: CheckpointConfig) -> None:
-    if p.alpha <= 0:
-        raise ConfigError(f"peft.alpha={p.alpha}: expected a positive number")
-    if not 0 <= p.dropout < 1:
-        raise ConfigError(f"peft.dropout={p.dropout}: expected a value in [0, 1)")
     if p.scheme == "dora" and p.dropout_position != "pre":
         raise ConfigError("peft.dropout_position='post' is not supported by DoRA (Megatron Bridge asserts 'pre')")
     if not p.target_modules:
