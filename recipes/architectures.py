@@ -116,26 +116,18 @@ def tokenizer_vocab_size(folder: str) -> int:
     return max(ids) + 1
 
 
-def debug_vocabulary(base: ModelConfig):
-    """A debug recipe's `recipe.architecture`: `base` with the vocabulary of its `vocab_size`, else of its
-    `tokenizer` (an HF folder), else its own."""
-
-    def choose(s: dict) -> ModelConfig:
-        vocab = s["vocab_size"] or (tokenizer_vocab_size(s["tokenizer"]) if s["tokenizer"] else base.vocab_size)
-        return dataclasses.replace(base, vocab_size=vocab)
-
-    return choose
+def debug_vocabulary(base: ModelConfig, s: dict) -> ModelConfig:
+    """A debug recipe's architecture: `base` with the vocabulary of its `vocab_size`, else of its `tokenizer` (an HF
+    folder), else its own."""
+    vocab = s["vocab_size"] or (tokenizer_vocab_size(s["tokenizer"]) if s["tokenizer"] else base.vocab_size)
+    return dataclasses.replace(base, vocab_size=vocab)
 
 
-def checkpoint_or(base: ModelConfig, other_recipe: str):
-    """A debug fine-tuning recipe's `recipe.architecture`: the pretrained checkpoint's when it is an HF folder or a
-    Megatron checkpoint of `base`'s family (any size), else `base`."""
-
-    def choose(s: dict) -> ModelConfig:
-        arch = checkpoint_architecture(s["pretrained_checkpoint"]) or base
-        if arch.family != base.family:
-            raise ConfigError(f"{s['recipe.name']}: {s['pretrained_checkpoint']} is a {arch.family} model; use "
-                              f"{other_recipe}")
-        return arch
-
-    return choose
+def checkpoint_or(base: ModelConfig, other_recipe: str, s: dict) -> ModelConfig:
+    """A debug fine-tuning recipe's architecture: the pretrained checkpoint's when it is an HF folder or a Megatron
+    checkpoint of `base`'s family (any size; another family: use `other_recipe`), else `base`."""
+    arch = checkpoint_architecture(s["pretrained_checkpoint"]) or base
+    if arch.family != base.family:
+        raise ConfigError(f"{s['recipe.name']}: {s['pretrained_checkpoint']} is a {arch.family} model; use "
+                          f"{other_recipe}")
+    return arch

@@ -69,14 +69,14 @@ DEBUG = {"model.make_vocab_size_divisible_by": 1, "dataset.num_workers": 0, "tra
 
 def debug_pretrain(arch: ModelConfig, name: str) -> dict:
     """A debug pretraining recipe of `arch` (its vocabulary: architectures.debug_vocabulary)."""
-    return {**DEBUG, "recipe.architecture": debug_vocabulary(arch), "name": name, "vocab_size": None, "lr": 1e-3,
-            "min_lr": 1e-4}
+    return {**DEBUG, "recipe.architecture": functools.partial(debug_vocabulary, arch), "name": name,
+            "vocab_size": None, "lr": 1e-3, "min_lr": 1e-4}
 
 
 def debug_finetune(arch: ModelConfig, name: str, other_recipe: str) -> dict:
     """A debug fine-tuning recipe of `arch` or of its pretrained checkpoint (architectures.checkpoint_or)."""
-    return {**DEBUG, "recipe.architecture": checkpoint_or(arch, other_recipe), "recipe.lr": (1e-4, 1e-3),
-            "name": name, "packed_sequence": False}
+    return {**DEBUG, "recipe.architecture": functools.partial(checkpoint_or, arch, other_recipe),
+            "recipe.lr": (1e-4, 1e-3), "name": name, "packed_sequence": False}
 
 
 def recipe(base, *changes: dict, **more) -> Callable[[Callable], Callable[..., ConfigContainer]]:
