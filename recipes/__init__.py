@@ -9,7 +9,6 @@ Recipes only build dataclasses: nothing is downloaded or allocated, so even the 
 from __future__ import annotations
 
 import difflib
-import inspect
 from typing import Callable
 
 from minibridge.training.config import ConfigContainer, ConfigError
@@ -34,11 +33,6 @@ def get_recipe(name: str) -> Callable[..., ConfigContainer]:
     raise ConfigError(f"unknown recipe {name!r}{hint}")
 
 
-def arguments(fn: Callable[..., ConfigContainer]) -> tuple[str, ...]:
-    """The keyword arguments recipe `fn` takes."""
-    return getattr(fn, "arguments", None) or tuple(inspect.signature(fn).parameters)
-
-
 def list_recipes() -> list[tuple[str, str]]:
     """(name, one line: what it trains, its parallel layout, and for an alias which recipe it is) for every
     recipe, in registry order; `python -m minibridge.train --list` prints them. ALIASES holds the same
@@ -49,7 +43,7 @@ def list_recipes() -> list[tuple[str, str]]:
         if name in ALIASES:
             target, argument = ALIASES[name]
             text = f"alias of {target}({argument}). {summary.split(':')[0]}. {layout_summary(fn())}"
-        elif "peft" in arguments(fn):
+        elif "peft" in getattr(fn, "arguments", ()):
             aliases = [a for a, (t, _) in ALIASES.items() if t == name]
             known = f" (also named {' / '.join(aliases)})" if aliases else ""
             text = f"{summary}{known}. LoRA: {layout_summary(fn())}; full: {layout_summary(fn(peft=None))}"
@@ -76,7 +70,8 @@ def recipe_config(name: str, pretrained_checkpoint: str | None = None,
     layout and lr of LoRA or full training) gets them so; for any other (pretraining: continued pretraining, or
     adapters on top of it) they are changes to apply with the overrides."""
     fn = get_recipe(name)
-    takes, kwargs, changes = arguments(fn), {}, []
+    # The keyword arguments of a @recipe; the hand-written low-precision one is pretraining and takes neither.
+    takes, kwargs, changes = getattr(fn, "arguments", ()), {}, []
     if pretrained_checkpoint is not None:
         if "pretrained_checkpoint" in takes:
             kwargs["pretrained_checkpoint"] = pretrained_checkpoint
