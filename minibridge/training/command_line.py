@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--recipe", metavar="NAME", help="a recipe function (--list shows them): llama32_1b_pretrain_config, ...")
     add("--model", metavar="NAME", help="a model stem, with --mode: llama32_1b --mode lora -> its fine-tuning recipe")
     add("--mode", help=f"{', '.join(MODES)} (sft: full fine-tuning); default: the recipe's own")
-    add("--peft_scheme", "--peft-scheme", metavar="SCHEME", help="lora, dora or none (full); the older --mode")
+    add("--peft_scheme", "--peft-scheme", metavar="SCHEME", type=str.lower,
+        help="lora, dora or none (full); the older --mode")
     add("--pretrained-checkpoint", "--pretrained_checkpoint", dest="pretrained_checkpoint", metavar="DIR",
         help="HF folder, minibridge or Megatron checkpoint to start from")
     add = parser.add_argument_group("data").add_argument
@@ -109,10 +110,8 @@ def parse_run_recipe(argv: list[str]) -> argparse.Namespace:
                               f"shows them)")
         if "=" not in arg and not arg.startswith("~"):
             raise ConfigError(f"unexpected argument {arg!r}: expected a --flag or a key=value override\n{USAGE}")
-    if args.peft_scheme is not None:
-        args.peft_scheme = args.peft_scheme.lower()
-        if args.peft_scheme not in ("lora", "dora", "none"):
-            raise ConfigError(choice_message("--peft_scheme", args.peft_scheme, ("lora", "dora", "none")))
+    if args.peft_scheme not in (None, "lora", "dora", "none"):
+        raise ConfigError(choice_message("--peft_scheme", args.peft_scheme, ("lora", "dora", "none")))
     if args.mode is not None and args.mode not in MODES:
         raise ConfigError(choice_message("--mode", args.mode, MODES))
     if args.dataset in VISION_DATASETS:

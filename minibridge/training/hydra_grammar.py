@@ -180,11 +180,9 @@ def read_yaml(path: str | os.PathLike) -> dict:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
+    if not isinstance(data, (dict, type(None))):
         raise ConfigError(f"{path}: expected a mapping of sections (model:, train:, ...), found {type(data).__name__}")
-    return data
+    return data or {}
 
 
 def yaml_items(base: ConfigContainer, data: dict, source: str = "config file") -> list[str]:

@@ -99,8 +99,7 @@ def validate_optimizer(o: OptimizerConfig, s: SchedulerConfig, decay_iters: int,
                           f"{decay_iters} (Megatron's scheduler asserts the same); lower the warmup or raise "
                           f"{decay_source}")
     if s.lr_decay_style == "WSD":
-        if isinstance(s.lr_wsd_decay_iters, bool) or not isinstance(s.lr_wsd_decay_iters, int) \
-                or s.lr_wsd_decay_iters < 1:
+        if s.lr_wsd_decay_iters is None:  # (its type: validation.TYPED)
             raise ConfigError(f"scheduler.lr_wsd_decay_iters={s.lr_wsd_decay_iters!r}: expected a positive integer")
         if s.lr_wsd_decay_iters > decay_iters - s.lr_warmup_iters:
             raise ConfigError(f"scheduler.lr_wsd_decay_iters={s.lr_wsd_decay_iters} is longer than the "

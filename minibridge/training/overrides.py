@@ -279,10 +279,9 @@ def update_model_config(config: ModelConfig, **changes) -> ModelConfig:
     elif "layer_types" not in changes and layers != config.num_layers:
         pattern = layer_pattern(config.layer_types)
         if pattern is None:
-            raise ConfigError(
-                f"model.num_layers={layers}: the current layer_types follow no sliding-window pattern, so they "
-                f"cannot be re-derived; set model.layer_types (a list of {FULL!r}/{SLIDING!r}) as well"
-            )
+            raise ConfigError(f"model.num_layers={layers}: the current layer_types follow no sliding-window pattern, "
+                              f"so they cannot be re-derived; set model.layer_types (a list of {FULL!r}/{SLIDING!r}) "
+                              f"as well")
         changes["layer_types"] = pattern_layer_types(pattern, layers)
     try:
         return dataclasses.replace(config, **changes)

@@ -45,7 +45,7 @@ TYPED = {
         "train.train_iters", "train.global_batch_size", "train.micro_batch_size", "train.eval_iters",
         "checkpoint.save_interval", "logger.log_interval", "dataset.seq_length", "peft.dim",
         "model.virtual_pipeline_model_parallel_size?", "train.eval_interval?", "train.exit_interval?",
-        "checkpoint.keep_last?", "scheduler.lr_decay_iters?", "ddp.bucket_size?"),
+        "checkpoint.keep_last?", "scheduler.lr_decay_iters?", "ddp.bucket_size?", "scheduler.lr_wsd_decay_iters?"),
     "an integer >= 0": ("train.max_skipped_steps", "dataset.num_workers", "scheduler.lr_warmup_iters"),
     "a finite number": ("optimizer.lr", "optimizer.min_lr", "scheduler.lr_warmup_init"),
     "a number >= 0": ("optimizer.weight_decay", "optimizer.adam_eps", "optimizer.clip_grad",
@@ -80,10 +80,9 @@ def validate(c) -> None:
     _check_types(c)
     _check_context_length(m)
     if t.global_batch_size % t.micro_batch_size:
-        raise ConfigError(
-            f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size="
-            f"{t.micro_batch_size}; the global batch is micro_batch_size * data_parallel_size * accumulation steps"
-        )
+        raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size="
+                          f"{t.micro_batch_size}; the global batch is micro_batch_size * data_parallel_size * "
+                          f"accumulation steps")
     if d.seq_length != m.seq_length:
         raise ConfigError(f"dataset.seq_length={d.seq_length} differs from model.seq_length={m.seq_length}; set one "
                           f"(an override of either sets both)")
@@ -93,10 +92,10 @@ def validate(c) -> None:
     fine_tuning = d.kind == "sft" or (d.kind == "hf" and not d.text_column)  # answers only carry the loss
     if m.context_parallel_size > 1 and fine_tuning and not m.calculate_per_token_loss:
         raise ConfigError(f"fine-tuning (dataset.kind={d.kind}) with model.context_parallel_size="
-                          f"{m.context_parallel_size} "
-                          f"needs model.calculate_per_token_loss=true (Megatron Bridge refuses it too): answers fall "
-                          f"unevenly over the cp ranks, so a mean over each rank's own tokens weighs them unevenly, "
-                          f"and a rank whose share holds no answer token has none to average")
+                          f"{m.context_parallel_size} needs model.calculate_per_token_loss=true (Megatron Bridge "
+                          f"refuses it too): answers fall unevenly over the cp ranks, so a mean over each rank's "
+                          f"own tokens weighs them unevenly, and a rank whose share holds no answer token has none "
+                          f"to average")
     if d.packing and m.context_parallel_size > 1:
         raise ConfigError(f"dataset.packing=true with model.context_parallel_size={m.context_parallel_size} is not "
                           f"supported yet; set one of them off")
@@ -119,10 +118,10 @@ def _check_context_length(m: ModelSettings) -> None:
     """Positions past max_position_embeddings were never trained (and RoPE scaling is tuned to it)."""
     limit = m.config.max_position_embeddings
     if limit is not None and m.seq_length > limit:
-        raise ConfigError(
-            f"model.seq_length={m.seq_length} exceeds the model's max_position_embeddings={limit}; to extend the "
-            f"context, raise model.max_position_embeddings together with a RoPE scaling (model.rope.rope_type="
-            f"linear with model.rope.factor={-(-m.seq_length // limit)}, or llama3 scaling), or lower model.seq_length")
+        raise ConfigError(f"model.seq_length={m.seq_length} exceeds the model's max_position_embeddings={limit}; to "
+                          f"extend the context, raise model.max_position_embeddings together with a RoPE scaling "
+                          f"(model.rope.rope_type=linear with model.rope.factor={-(-m.seq_length // limit)}, or llama3 "
+                          f"scaling), or lower model.seq_length")
 
 
 def _validate_optimizer(c: ConfigContainer) -> None:
