@@ -37,20 +37,19 @@ def list_recipes() -> list[tuple[str, str]]:
     """(name, one line: what it trains, its parallel layout, and for an alias which recipe it is) for every
     recipe, in registry order; `python -m minibridge.train --list` prints them. ALIASES holds the same
     relation as data."""
-    out = []
-    for name, fn in RECIPES.items():
-        summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split()).rstrip(".")  # the first paragraph
-        if name in ALIASES:
-            target, argument = ALIASES[name]
-            text = f"alias of {target}({argument}). {summary.split(':')[0]}. {layout_summary(fn())}"
-        elif "peft" in getattr(fn, "arguments", ()):
-            aliases = [a for a, (t, _) in ALIASES.items() if t == name]
-            known = f" (also named {' / '.join(aliases)})" if aliases else ""
-            text = f"{summary}{known}. LoRA: {layout_summary(fn())}; full: {layout_summary(fn(peft=None))}"
-        else:
-            text = f"{summary}. {layout_summary(fn())}"
-        out.append((name, text))
-    return out
+    return [(name, _line(name, fn)) for name, fn in RECIPES.items()]
+
+
+def _line(name: str, fn: Callable[..., ConfigContainer]) -> str:
+    summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split()).rstrip(".")  # the first paragraph
+    if name in ALIASES:
+        target, argument = ALIASES[name]
+        return f"alias of {target}({argument}). {summary.split(':')[0]}. {layout_summary(fn())}"
+    if "peft" in getattr(fn, "arguments", ()):
+        aliases = [a for a, (t, _) in ALIASES.items() if t == name]
+        known = f" (also named {' / '.join(aliases)})" if aliases else ""
+        return f"{summary}{known}. LoRA: {layout_summary(fn())}; full: {layout_summary(fn(peft=None))}"
+    return f"{summary}. {layout_summary(fn())}"
 
 
 def build_config(name: str, pretrained_checkpoint: str | None = None, peft_scheme: str | None = None,

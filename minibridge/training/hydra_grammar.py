@@ -34,12 +34,8 @@ _INTERPOLATION = re.compile(r"(?<!\\)\$\{([^${}]*)\}")
 
 def value_text(value) -> str:
     """A typed value as override text that parse_value reads back to the same value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return json.dumps(list(value))
+    if value is None or isinstance(value, (bool, list, tuple)):
+        return json.dumps(value)  # null, true / false, [..]
     if isinstance(value, PeftConfig):
         return value.scheme
     if dataclasses.is_dataclass(value):
@@ -61,11 +57,9 @@ def default_value(key: str, scheme: str | None):
     path, _ = resolve_key(key)
     if path == ("peft",):
         return "none"
-    if path == ("mixed_precision",):
-        return ConfigContainer.__dataclass_fields__["mixed_precision"].default
     if path[0] == "peft" and scheme not in (None, "none"):
         return getattr(PeftConfig.default(scheme), path[1])
-    owner, name = ModelConfig if path[:2] == ("model", "config") else SECTIONS[path[0]], path[-1]
+    owner, name = ModelConfig if path[:2] == ("model", "config") else SECTIONS.get(path[0], ConfigContainer), path[-1]
     if len(path) == 4 or owner is ModelConfig and name in ("rope", "rope_local"):
         raise ConfigError(f"~{key}: the RoPE settings have no default to reset to; set {key}=VALUE instead")
     field = owner.__dataclass_fields__.get(name)
