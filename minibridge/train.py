@@ -1,14 +1,6 @@
-"""Command line training, as Megatron Bridge's scripts/training/run_recipe.py:
-
-    torchrun --nproc-per-node=N -m minibridge.train --recipe NAME [--pretrained-checkpoint DIR]
-             [--mode pretrain|sft|lora|dora] [--dataset mock] [-tp 2 -gb 64 ...] [--config-file FILE.yaml]
-             [--dry-run] [--deterministic] train.global_batch_size=64 ~peft logger.log_dir='${checkpoint.save}/logs'
-    python -m minibridge.train --model llama32_1b --mode lora --pretrained-checkpoint DIR
-    python -m minibridge.train --list | --help
-
-The flags and the override grammar are in minibridge.training.command_line / hydra_grammar. A bad
-recipe, flag, override, file or layout stops the run with one line naming it and exit code 2
-(`minibridge.cli`), at startup or mid-run (a corrupt checkpoint, a diverging loss).
+"""Command line training, as Megatron Bridge's scripts/training/run_recipe.py (`--help` shows its flags, which
+minibridge.training.command_line parses, and the override grammar of hydra_grammar). A bad recipe, flag, override,
+file or layout stops the run with one line naming it and exit code 2 (`minibridge.cli`), at startup or mid-run.
 """
 
 from __future__ import annotations

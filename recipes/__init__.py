@@ -1,10 +1,7 @@
 """Named training recipes (functions returning a ConfigContainer), installed as `minibridge.recipes`.
 
-    from minibridge.recipes.llama import llama3_8b_pretrain_config
     cfg = llama3_8b_pretrain_config(name="run1", dir="/results", train_iters=1000, global_batch_size=64)
-
-    from minibridge.recipes import build_config          # what `python -m minibridge.train` does
-    cfg = build_config("llama3_debug_pretrain_config", overrides=["train.train_iters=5"])
+    cfg = build_config("llama3_debug_pretrain_config", overrides=["train.train_iters=5"])  # as the command line
 
 Recipes only build dataclasses: nothing is downloaded or allocated, so even the 405B ones build on a laptop.
 """
@@ -12,7 +9,6 @@ Recipes only build dataclasses: nothing is downloaded or allocated, so even the 
 from __future__ import annotations
 
 import difflib
-import inspect
 from typing import Callable
 
 from minibridge.training.config import ConfigContainer, ConfigError
@@ -37,29 +33,23 @@ def get_recipe(name: str) -> Callable[..., ConfigContainer]:
     raise ConfigError(f"unknown recipe {name!r}{hint}")
 
 
-def arguments(fn: Callable[..., ConfigContainer]) -> tuple[str, ...]:
-    """The keyword arguments recipe `fn` takes."""
-    return getattr(fn, "arguments", None) or tuple(inspect.signature(fn).parameters)
-
-
 def list_recipes() -> list[tuple[str, str]]:
     """(name, one line: what it trains, its parallel layout, and for an alias which recipe it is) for every
     recipe, in registry order; `python -m minibridge.train --list` prints them. ALIASES holds the same
     relation as data."""
-    out = []
-    for name, fn in RECIPES.items():
-        summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split()).rstrip(".")  # the first paragraph
-        if name in ALIASES:
-            target, argument = ALIASES[name]
-            text = f"alias of {target}({argument}). {summary.split(':')[0]}. {layout_summary(fn())}"
-        elif "peft" in arguments(fn):
-            aliases = [a for a, (t, _) in ALIASES.items() if t == name]
-            known = f" (also named {' / '.join(aliases)})" if aliases else ""
-            text = f"{summary}{known}. LoRA: {layout_summary(fn())}; full: {layout_summary(fn(peft=None))}"
-        else:
-            text = f"{summary}. {layout_summary(fn())}"
-        out.append((name, text))
-    return out
+    return [(name, _line(name, fn)) for name, fn in RECIPES.items()]
+
+
+def _line(name: str, fn: Callable[..., ConfigContainer]) -> str:
+    summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split()).rstrip(".")  # the first paragraph
+    if name in ALIASES:
+        target, argument = ALIASES[name]
+        return f"alias of {target}({argument}). {summary.split(':')[0]}. {layout_summary(fn())}"
+    if "peft" in getattr(fn, "arguments", ()):
+        aliases = [a for a, (t, _) in ALIASES.items() if t == name]
+        known = f" (also named {' / '.join(aliases)})" if aliases else ""
+        return f"{summary}{known}. LoRA: {layout_summary(fn())}; full: {layout_summary(fn(peft=None))}"
+    return f"{summary}. {layout_summary(fn())}"
 
 
 def build_config(name: str, pretrained_checkpoint: str | None = None, peft_scheme: str | None = None,
@@ -79,22 +69,20 @@ def recipe_config(name: str, pretrained_checkpoint: str | None = None,
     layout and lr of LoRA or full training) gets them so; for any other (pretraining: continued pretraining, or
     adapters on top of it) they are changes to apply with the overrides."""
     fn = get_recipe(name)
-    takes, kwargs, changes = arguments(fn), {}, []
+    # The keyword arguments of a @recipe; the hand-written low-precision one is pretraining and takes neither.
+    takes, kwargs, changes = getattr(fn, "arguments", ()), {}, []
     if pretrained_checkpoint is not None:
         if "pretrained_checkpoint" in takes:
             kwargs["pretrained_checkpoint"] = pretrained_checkpoint
         else:
             changes.append(("checkpoint.pretrained_checkpoint", pretrained_checkpoint))
-    if peft_scheme is None:
-        pass
-    elif "peft" in takes:
-        kwargs["peft"] = None if peft_scheme == "none" else peft_scheme
-    elif "peft_scheme" in takes:
-        kwargs["peft_scheme"] = peft_scheme  # 'none' is refused there: that recipe trains adapters
-    elif "pretrained_checkpoint" in takes and peft_scheme != "none":  # full fine-tuning and nothing else
+    choice = next((arg for arg in ("peft", "peft_scheme") if arg in takes), None)  # how fine-tuning takes it
+    if peft_scheme is not None and choice:
+        kwargs[choice] = peft_scheme  # peft="none": full training; peft_scheme="none" is refused (adapters only)
+    elif peft_scheme not in (None, "none") and "pretrained_checkpoint" in takes:  # full fine-tuning and nothing else
         raise ConfigError(f"--peft_scheme {peft_scheme} with {name}, which is full fine-tuning; use "
                           f"{name.replace('_sft_config', '_peft_config')} for adapters")
-    elif "pretrained_checkpoint" not in takes:
+    elif peft_scheme is not None and "pretrained_checkpoint" not in takes:
         changes += [("peft", peft_scheme), ("optimizer.use_distributed_optimizer", peft_scheme == "none")]
     return fn(**kwargs), changes
 

@@ -91,9 +91,8 @@ def finetune_architecture(builtin: ModelConfig, pretrained_checkpoint: str | Non
     if found is None:
         return builtin
     shape = ("family", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
-    if any(getattr(found, k) != getattr(builtin, k) for k in shape):
-        have = {k: getattr(found, k) for k in shape}
-        want = {k: getattr(builtin, k) for k in shape}
+    have, want = ({k: getattr(model, k) for k in shape} for model in (found, builtin))
+    if have != want:
         raise ConfigError(f"{recipe}: pretrained checkpoint {pretrained_checkpoint} is {have}, but this recipe is for "
                           f"{want}; pick the recipe of that model size")
     return found
@@ -105,38 +104,30 @@ def tokenizer_vocab_size(folder: str) -> int:
     if not path.is_file():
         raise ConfigError(f"tokenizer={folder}: no tokenizer.json there; expected a Hugging Face tokenizer folder")
     data = parse_json(path.read_bytes(), str(path))
-    model = data.get("model") if isinstance(data, dict) else None
-    vocab = model.get("vocab") if isinstance(model, dict) else None
-    ids = list(vocab.values()) if isinstance(vocab, dict) else []
-    ids = list(range(len(vocab))) if isinstance(vocab, list) else ids
-    added = (data.get("added_tokens") or []) if isinstance(data, dict) else []
-    ids += [t.get("id") for t in added if isinstance(t, dict)]
+    try:  # a BPE dict or a Unigram list, then the added tokens
+        vocab = data["model"]["vocab"]
+        ids = [*(vocab.values() if isinstance(vocab, dict) else range(len(vocab))),
+               *(t["id"] for t in data.get("added_tokens") or [])]
+    except (KeyError, TypeError, AttributeError):
+        ids = []
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
         raise ConfigError(f"{path}: expected token ids (integers >= 0) under model.vocab (BPE dict or Unigram list) "
                           f"and added_tokens")
     return max(ids) + 1
 
 
-def debug_vocabulary(base: ModelConfig):
-    """A debug recipe's `recipe.architecture`: `base` with the vocabulary of its `vocab_size`, else of its
-    `tokenizer` (an HF folder), else its own."""
-
-    def choose(s: dict) -> ModelConfig:
-        vocab = s["vocab_size"] or (tokenizer_vocab_size(s["tokenizer"]) if s["tokenizer"] else base.vocab_size)
-        return dataclasses.replace(base, vocab_size=vocab)
-
-    return choose
+def debug_vocabulary(base: ModelConfig, s: dict) -> ModelConfig:
+    """A debug recipe's architecture: `base` with the vocabulary of its `vocab_size`, else of its `tokenizer` (an HF
+    folder), else its own."""
+    vocab = s["vocab_size"] or (tokenizer_vocab_size(s["tokenizer"]) if s["tokenizer"] else base.vocab_size)
+    return dataclasses.replace(base, vocab_size=vocab)
 
 
-def checkpoint_or(base: ModelConfig, other_recipe: str):
-    """A debug fine-tuning recipe's `recipe.architecture`: the pretrained checkpoint's when it is an HF folder or a
-    Megatron checkpoint of `base`'s family (any size), else `base`."""
-
-    def choose(s: dict) -> ModelConfig:
-        arch = checkpoint_architecture(s["pretrained_checkpoint"]) or base
-        if arch.family != base.family:
-            raise ConfigError(f"{s['recipe.name']}: {s['pretrained_checkpoint']} is a {arch.family} model; use "
-                              f"{other_recipe}")
-        return arch
-
-    return choose
+def checkpoint_or(base: ModelConfig, other_recipe: str, s: dict) -> ModelConfig:
+    """A debug fine-tuning recipe's architecture: the pretrained checkpoint's when it is an HF folder or a Megatron
+    checkpoint of `base`'s family (any size; another family: use `other_recipe`), else `base`."""
+    arch = checkpoint_architecture(s["pretrained_checkpoint"]) or base
+    if arch.family != base.family:
+        raise ConfigError(f"{s['recipe.name']}: {s['pretrained_checkpoint']} is a {arch.family} model; use "
+                          f"{other_recipe}")
+    return arch

@@ -1,10 +1,6 @@
-"""Recipes as a base and a difference: one base per mode (pretrain, finetune) holding Megatron Bridge's keyword
+"""Recipes as a base and a difference: one base per mode (PRETRAIN, FINETUNE) holding Megatron Bridge's keyword
 arguments and their defaults, a family's difference on top (llama.py, gemma.py), and each named recipe a few
-lines of changes:
-
-    @recipe(LLAMA3_PRETRAIN, hf_path="meta-llama/Meta-Llama-3-8B", **layout(1, cp=2))
-    def llama3_8b_pretrain_config(**kwargs):
-        \"\"\"Llama 3 8B pretraining, 8k context.\"\"\"
+lines of changes (`@recipe(PRETRAIN, hf_path=LLAMA3_8B, **layout(1, cp=2))` over a def and its docstring).
 
 A setting is a keyword argument of the recipe (`train_iters`, `global_batch_size`, ..., each passed once) or,
 written with a dot, a configuration key that only recipes set (`train.eval_iters`); `recipe.*` keys steer the
@@ -15,6 +11,7 @@ one ordered list of typed `section.key=value` changes, which `training.overrides
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Callable
 
@@ -71,16 +68,15 @@ DEBUG = {"model.make_vocab_size_divisible_by": 1, "dataset.num_workers": 0, "tra
 
 
 def debug_pretrain(arch: ModelConfig, name: str) -> dict:
-    """A debug pretraining recipe: `arch` with the vocabulary of `vocab_size`, else of `tokenizer`, else its own."""
-    return {**DEBUG, "recipe.architecture": debug_vocabulary(arch), "name": name, "vocab_size": None, "lr": 1e-3,
-            "min_lr": 1e-4}
+    """A debug pretraining recipe of `arch` (its vocabulary: architectures.debug_vocabulary)."""
+    return {**DEBUG, "recipe.architecture": functools.partial(debug_vocabulary, arch), "name": name,
+            "vocab_size": None, "lr": 1e-3, "min_lr": 1e-4}
 
 
 def debug_finetune(arch: ModelConfig, name: str, other_recipe: str) -> dict:
-    """A debug fine-tuning recipe: the architecture of `pretrained_checkpoint` when that is an HF folder or a Megatron
-    checkpoint of `arch`'s family (any size; another family: use `other_recipe`), else `arch`."""
-    return {**DEBUG, "recipe.architecture": checkpoint_or(arch, other_recipe), "recipe.lr": (1e-4, 1e-3),
-            "name": name, "packed_sequence": False}
+    """A debug fine-tuning recipe of `arch` or of its pretrained checkpoint (architectures.checkpoint_or)."""
+    return {**DEBUG, "recipe.architecture": functools.partial(checkpoint_or, arch, other_recipe),
+            "recipe.lr": (1e-4, 1e-3), "name": name, "packed_sequence": False}
 
 
 def recipe(base, *changes: dict, **more) -> Callable[[Callable], Callable[..., ConfigContainer]]:
@@ -94,8 +90,7 @@ def recipe(base, *changes: dict, **more) -> Callable[[Callable], Callable[..., C
         def made(**kwargs) -> ConfigContainer:
             return build(settings, kwargs, stub.__name__)
 
-        made.__name__ = made.__qualname__ = stub.__name__
-        made.__doc__, made.__module__, made.settings = stub.__doc__, stub.__module__, settings
+        functools.update_wrapper(made, stub).settings = settings
         made.arguments = tuple(key for key in settings if "." not in key)  # the keyword arguments it takes
         return made
 
@@ -109,11 +104,10 @@ def build(settings: dict, kwargs: dict, name: str) -> ConfigContainer:
         raise TypeError(f"{name}() got an unexpected keyword argument {unknown[0]!r}")
     s = {**settings, **kwargs, "recipe.name": name}
     if "peft" in s:  # fine-tuning: full or adapter training, each with its layout and learning rate
-        full = is_full_sft(s["peft"])
-        s = {**s, **s["recipe.full" if full else "recipe.lora"], **kwargs}
+        peft = peft_config(s["peft"], **s["recipe.peft"])  # (the changes apply to a scheme's name only)
+        s = {**s, **s["recipe.lora" if peft else "recipe.full"], **kwargs, "peft": peft}
         if s["finetune_lr"] is None:
-            s["finetune_lr"] = s["recipe.lr"][0 if full else 1]
-        s["peft"] = peft_config(s["peft"], **s["recipe.peft"])  # (the changes apply to a scheme's name only)
+            s["finetune_lr"] = s["recipe.lr"][0 if peft is None else 1]
     return container(s)
 
 
@@ -158,8 +152,7 @@ def container(s: dict) -> ConfigContainer:
 
 def checkpoint_dir(dir: str | None, name: str) -> str:
     """{dir}/{name}/checkpoints as Megatron Bridge lays it out; without `dir`: $SAVE_DIR, else
-    ./nemo_experiments (Megatron Bridge's default). TensorBoard follows the run into <save>/tb_logs
-    (logger.tensorboard_dir="auto"), wherever checkpoint.save is moved."""
+    ./nemo_experiments (Megatron Bridge's default)."""
     base = dir or os.environ.get("SAVE_DIR") or os.path.join(os.getcwd(), "nemo_experiments")
     return os.path.join(base, name, "checkpoints")
 
@@ -204,10 +197,6 @@ def peft_config(peft, **changes) -> PeftConfig | None:
     return PeftConfig.default(peft, **changes)
 
 
-def is_full_sft(peft) -> bool:
-    return peft is None or (isinstance(peft, str) and peft.lower() == "none")
-
-
 def summary(c: ConfigContainer) -> str:
     """One line: TP/PP/VP/CP/SP, sequence length and global batch."""
     m = c.model
@@ -222,25 +211,25 @@ def aliases(finetune: Callable[..., ConfigContainer]) -> tuple[Callable[..., Con
     stem = finetune.__name__.removesuffix("_finetune_config")
     sft, peft, takes = f"{stem}_sft_config", f"{stem}_peft_config", tuple(k for k in finetune.arguments if k != "peft")
 
-    def sft_config(**kwargs) -> ConfigContainer:
+    def full(**kwargs) -> ConfigContainer:
         if "peft" in kwargs or "peft_scheme" in kwargs:
             raise ConfigError(f"{sft} is full fine-tuning and takes no peft / peft_scheme; for adapters use "
                               f"{peft}(peft_scheme='lora')")
         return finetune(**kwargs, peft=None)
 
-    def peft_config(peft_scheme="lora", **kwargs) -> ConfigContainer:
+    def adapters(peft_scheme="lora", **kwargs) -> ConfigContainer:
         if "peft" in kwargs:
             raise ConfigError(f"{peft} takes peft_scheme= ('lora', 'dora' or a PeftConfig), not peft=")
-        if is_full_sft(peft_scheme):
+        if peft_config(peft_scheme) is None:
             raise ConfigError(f"{peft}(peft_scheme={peft_scheme!r}): expected 'lora', 'dora' or a PeftConfig; "
                               f"for full fine-tuning use {sft}")
         return finetune(**kwargs, peft=peft_scheme)
 
     first = (finetune.__doc__ or "").strip().splitlines()[0].split(":")[0]
     for made, name, argument, trains, arguments in (
-            (sft_config, sft, "peft=None", "full (all weights)", takes),
-            (peft_config, peft, "peft=peft_scheme", "LoRA (default) or DoRA adapters", (*takes, "peft_scheme"))):
+            (full, sft, "peft=None", "full (all weights)", takes),
+            (adapters, peft, "peft=peft_scheme", "LoRA (default) or DoRA adapters", (*takes, "peft_scheme"))):
         made.__name__ = made.__qualname__ = name
         made.__doc__ = f"{first}, {trains}: {finetune.__name__}({argument}) under its Megatron Bridge 0.6 name."
         made.arguments, made.alias_of = arguments, (finetune.__name__, argument)
-    return sft_config, peft_config
+    return full, adapters

@@ -1,12 +1,7 @@
 """Gemma 3 recipes, with the names, keyword arguments and defaults of Megatron Bridge's
 `megatron/bridge/recipes/gemma/gemma3.py` (`_gemma3_common` / `_gemma3_finetune_common`) and the table of its
-docs/models/llm/gemma3.md: TP=PP=CP=1. Pretraining: 32k sequences, global batch 512, lr 3e-4 -> 3e-5 after 2000
-warmup. Finetuning: packed sequences of 4096 (2048 unpacked), global batch 32, 100 iterations, lr 1e-4 (LoRA/DoRA
-dim 8 alpha 16) or 5e-6 (full), 10 warmup, save every 100; Adam eps 1e-8, weight decay 0.033 (the scheduler's).
-
-Without `data_paths` finetuning trains on SQuAD, as Megatron Bridge's (recipes/common.py). The debug recipes
-at the end are CPU-sized and keep Gemma's features: sliding windows (5 local : 1 global), MQA-style GQA,
-q/k norms, tied embeddings.
+docs/models/llm/gemma3.md: TP=PP=CP=1. The debug recipes at the end are CPU-sized and keep Gemma's features:
+sliding windows (5 local : 1 global), MQA-style GQA, q/k norms, tied embeddings.
 """
 
 from __future__ import annotations
@@ -39,9 +34,7 @@ def gemma3_1b_pretrain_config(**kwargs) -> ConfigContainer:
 
 @recipe(GEMMA3_FINETUNE, ZERO1_WITH_ADAPTERS, hf_path=GEMMA3_1B)
 def gemma3_1b_finetune_config(**kwargs) -> ConfigContainer:
-    """Gemma 3 1B finetuning: LoRA (default), DoRA or full (peft=None).
-
-    Adapters: dim 8, alpha 16 (Megatron Bridge's Gemma values)."""
+    """Gemma 3 1B finetuning: LoRA (default), DoRA or full (peft=None)."""
 
 
 gemma3_1b_sft_config, gemma3_1b_peft_config = aliases(gemma3_1b_finetune_config)

@@ -1,18 +1,8 @@
 """Llama 3 / 3.1 / 3.2 recipes, with the names, keyword arguments, defaults and parallel layouts of
 Megatron Bridge's `megatron/bridge/recipes/llama/llama3.py` (`_llama3_common` / `_llama3_finetune_common`) and
-the tables of its docs/models/llm/llama3.md; `python -m minibridge.train --list` prints each recipe's layout.
-
-Pretraining (the code's defaults; the docs are silent): 1,168,251 iterations, global batch 512, micro 1,
-lr 3e-4 -> 3e-5 cosine after 2000 warmup, Adam (0.9, 0.95) eps 1e-8, weight decay 0.033 (the scheduler's
-constant start/end_weight_decay over the optimizer's 0.1), clip 1.0, eval every 2000, checkpoint every 500,
-bf16_mixed. Finetuning: 1000 iterations, packed sequences of 4096 (405B: 2048), global batch 8 (405B: 32 LoRA,
-16 full), lr 1e-4 (LoRA/DoRA) or 5e-6 (full), 50 warmup, beta2 0.98, save every 50; packed_sequence=False
-gives 2048-token rows and global batch 128. Each `<model>_finetune_config` is also named `<model>_sft_config`
-(full) and `<model>_peft_config` (adapters), Megatron Bridge 0.6's names (common.aliases).
-
-A finetune recipe without `data_paths` trains on SQuAD, as Megatron Bridge's (dataset.kind=hf, preset squad: the
-hub, the HF cache, or dataset.hf_path=LOCAL_COPY); mock tokens only with dataset.kind=mock. The debug recipes at
-the end are CPU-sized.
+the tables of its docs/models/llm/llama3.md; the defaults are common.PRETRAIN / FINETUNE (Adam beta2 0.98 when
+fine-tuning), `python -m minibridge.train --list` prints each recipe's layout. Each `<model>_finetune_config` is
+also named `<model>_sft_config` (full) and `<model>_peft_config` (adapters), Megatron Bridge 0.6's names.
 """
 
 from __future__ import annotations
@@ -78,11 +68,8 @@ def llama3_8b_low_precision_pretrain_config(
 ) -> ConfigContainer:
     """Llama 3 8B pretraining in FP8 current scaling / MXFP8 / NVFP4 (GPU only).
 
-    On CPU, validate() explains that the number format needs a GPU and stops.
-
-    Megatron Bridge requires `mixed_precision_recipe`; the default here lets `--recipe` use it alone.
-    Its NVFP4 variant also keeps the last 4 layers in bf16, which has no setting here yet.
-    """
+    validate() refuses these formats (minibridge has no FP8/FP4 training). Megatron Bridge requires
+    `mixed_precision_recipe`; the default here lets `--recipe` use it alone."""
     if mixed_precision_recipe not in LOW_PRECISION_RECIPES:
         raise ConfigError(f"mixed_precision_recipe={mixed_precision_recipe!r}: expected one of "
                           f"{', '.join(LOW_PRECISION_RECIPES)} (the ones Megatron Bridge has tested for this recipe)")
@@ -137,6 +124,7 @@ def llama31_405b_pretrain_deterministic_config(**kwargs) -> ConfigContainer:
 # ---------------------------------------------------------------------------------------------------
 
 _8B_ADAPTERS = {"recipe.full": layout(2), "recipe.peft": dict(dim=8, alpha=16)}  # Megatron Bridge's values for 8B
+# 70B: LoRA fits one 8-GPU node.
 _70B_ADAPTERS = {"recipe.lora": layout(8), "recipe.full": layout(8, 4), "recipe.peft": dict(dim=16, alpha=32)}
 
 
@@ -158,9 +146,7 @@ llama32_3b_sft_config, llama32_3b_peft_config = aliases(llama32_3b_finetune_conf
 
 @recipe(LLAMA3_FINETUNE, _8B_ADAPTERS, hf_path=LLAMA3_8B)
 def llama3_8b_finetune_config(**kwargs) -> ConfigContainer:
-    """Llama 3 8B finetuning: LoRA (default), DoRA or full (peft=None).
-
-    Adapters: dim 8, alpha 16 (Megatron Bridge's values for 8B)."""
+    """Llama 3 8B finetuning: LoRA (default), DoRA or full (peft=None)."""
 
 
 llama3_8b_sft_config, llama3_8b_peft_config = aliases(llama3_8b_finetune_config)
@@ -168,9 +154,7 @@ llama3_8b_sft_config, llama3_8b_peft_config = aliases(llama3_8b_finetune_config)
 
 @recipe(LLAMA3_FINETUNE, _8B_ADAPTERS, hf_path=LLAMA31_8B)
 def llama31_8b_finetune_config(**kwargs) -> ConfigContainer:
-    """Llama 3.1 8B finetuning: LoRA (default), DoRA or full (peft=None).
-
-    Adapters: dim 8, alpha 16 (Megatron Bridge's values for 8B)."""
+    """Llama 3.1 8B finetuning: LoRA (default), DoRA or full (peft=None)."""
 
 
 llama31_8b_sft_config, llama31_8b_peft_config = aliases(llama31_8b_finetune_config)
@@ -178,9 +162,7 @@ llama31_8b_sft_config, llama31_8b_peft_config = aliases(llama31_8b_finetune_conf
 
 @recipe(LLAMA3_FINETUNE, _70B_ADAPTERS, hf_path=LLAMA3_70B)
 def llama3_70b_finetune_config(**kwargs) -> ConfigContainer:
-    """Llama 3 70B finetuning: LoRA (default), DoRA or full (peft=None).
-
-    Adapters: dim 16, alpha 32; LoRA fits one 8-GPU node."""
+    """Llama 3 70B finetuning: LoRA (default), DoRA or full (peft=None)."""
 
 
 llama3_70b_sft_config, llama3_70b_peft_config = aliases(llama3_70b_finetune_config)
@@ -188,9 +170,7 @@ llama3_70b_sft_config, llama3_70b_peft_config = aliases(llama3_70b_finetune_conf
 
 @recipe(LLAMA3_FINETUNE, _70B_ADAPTERS, hf_path=LLAMA31_70B)
 def llama31_70b_finetune_config(**kwargs) -> ConfigContainer:
-    """Llama 3.1 70B finetuning: LoRA (default), DoRA or full (peft=None).
-
-    Adapters: dim 16, alpha 32; LoRA fits one 8-GPU node."""
+    """Llama 3.1 70B finetuning: LoRA (default), DoRA or full (peft=None)."""
 
 
 llama31_70b_sft_config, llama31_70b_peft_config = aliases(llama31_70b_finetune_config)
@@ -201,9 +181,7 @@ llama31_70b_sft_config, llama31_70b_peft_config = aliases(llama31_70b_finetune_c
                    "recipe.peft": dict(dim=16, alpha=32, target_modules=["linear_qkv"])},
         hf_path=LLAMA31_405B, seq_length=2048, **PIPELINE_SPLIT)
 def llama31_405b_finetune_config(**kwargs) -> ConfigContainer:
-    """Llama 3.1 405B finetuning: LoRA (default), DoRA or full (peft=None).
-
-    Adapters on linear_qkv only, dim 16, alpha 32; global batch 32 (LoRA) or 16 (full), seq 2048."""
+    """Llama 3.1 405B finetuning: LoRA (default), DoRA or full (peft=None)."""
 
 
 llama31_405b_sft_config, llama31_405b_peft_config = aliases(llama31_405b_finetune_config)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
-from typing import NamedTuple
+from collections import namedtuple
 
 from .config import ConfigError
 from .validation import choice_message
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--recipe", metavar="NAME", help="a recipe function (--list shows them): llama32_1b_pretrain_config, ...")
     add("--model", metavar="NAME", help="a model stem, with --mode: llama32_1b --mode lora -> its fine-tuning recipe")
     add("--mode", help=f"{', '.join(MODES)} (sft: full fine-tuning); default: the recipe's own")
-    add("--peft_scheme", "--peft-scheme", metavar="SCHEME", help="lora, dora or none (full); the older --mode")
+    add("--peft_scheme", "--peft-scheme", metavar="SCHEME", type=str.lower,
+        help="lora, dora or none (full); the older --mode")
     add("--pretrained-checkpoint", "--pretrained_checkpoint", dest="pretrained_checkpoint", metavar="DIR",
         help="HF folder, minibridge or Megatron checkpoint to start from")
     add = parser.add_argument_group("data").add_argument
@@ -81,14 +82,8 @@ USAGE = PARSER.format_help().strip()
 FLAGS = [flag for action in PARSER._actions for flag in action.option_strings]
 
 
-class CliArgs(NamedTuple):
-    """The flags of the seed documents' command line (`parse_cli`)."""
-
-    recipe: str | None
-    pretrained_checkpoint: str | None
-    peft_scheme: str | None  # "lora", "dora", "none" (explicitly full training) or None (recipe default)
-    overrides: list[str]
-    list_recipes: bool
+# The flags of the seed documents' command line (`parse_cli`); peft_scheme "none" is explicitly full training.
+CliArgs = namedtuple("CliArgs", "recipe pretrained_checkpoint peft_scheme overrides list_recipes")
 
 
 def parse_cli(argv: list[str]) -> CliArgs:
@@ -115,14 +110,14 @@ def parse_run_recipe(argv: list[str]) -> argparse.Namespace:
                               f"shows them)")
         if "=" not in arg and not arg.startswith("~"):
             raise ConfigError(f"unexpected argument {arg!r}: expected a --flag or a key=value override\n{USAGE}")
-    if args.peft_scheme is not None:
-        args.peft_scheme = args.peft_scheme.lower()
-        if args.peft_scheme not in ("lora", "dora", "none"):
-            raise ConfigError(choice_message("--peft_scheme", args.peft_scheme, ("lora", "dora", "none")))
+    if args.peft_scheme not in (None, "lora", "dora", "none"):
+        raise ConfigError(choice_message("--peft_scheme", args.peft_scheme, ("lora", "dora", "none")))
     if args.mode is not None and args.mode not in MODES:
         raise ConfigError(choice_message("--mode", args.mode, MODES))
-    if args.dataset is not None:
-        check_dataset(args.dataset)
+    if args.dataset in VISION_DATASETS:
+        raise ConfigError(f"--dataset {args.dataset} is a vision-language dataset; minibridge trains text models only")
+    if args.dataset is not None and args.dataset not in DATASETS:
+        raise ConfigError(choice_message("--dataset", args.dataset, tuple(DATASETS)))
     if args.recipe and args.model:
         raise ConfigError("give --recipe NAME or --model NAME, not both")
     if args.model and args.mode is None:
@@ -134,25 +129,11 @@ def parse_run_recipe(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def check_dataset(name: str) -> None:
-    if name in DATASETS:
-        return
-    if name in VISION_DATASETS:
-        raise ConfigError(f"--dataset {name} is a vision-language dataset; minibridge trains text models only")
-    raise ConfigError(choice_message("--dataset", name, tuple(DATASETS)))
-
-
 def recipe_mode(name: str) -> str | None:
     """The mode a recipe name implies (Megatron Bridge's infer_recipe_mode): pretrain, sft, lora or None.
     Our `*_finetune_config` are LoRA by default, so they imply none and follow --mode."""
-    padded = f"_{name.lower().strip('_')}_"
-    if "_pretrain_" in padded:
-        return "pretrain"
-    if "_sft_" in padded:
-        return "sft"
-    if "_peft_" in padded or "_lora_" in padded or "_dora_" in padded:
-        return "lora"
-    return None
+    found = re.search(r"_(pretrain|sft|peft|lora|dora)_", f"_{name.lower().strip('_')}_")
+    return found and {"peft": "lora", "dora": "lora"}.get(found[1], found[1])
 
 
 def model_stem(name: str) -> str:
@@ -164,35 +145,27 @@ def choose_recipe(args: argparse.Namespace, names) -> tuple[str, str | None]:
 
     --mode sft|lora|dora maps a model to its fine-tuning recipe: `<model>_sft_config` / `<model>_peft_config`
     when they exist, else `<model>_finetune_config` with peft none / lora / dora."""
-    names = set(names)
-    mode, scheme = args.mode, args.peft_scheme
+    mode, recipe = args.mode, args.recipe
     wanted = {"sft": "none", "lora": "lora", "dora": "dora"}.get(mode)
-    if wanted and scheme and scheme != wanted:
-        raise ConfigError(f"--mode {mode} and --peft_scheme {scheme} disagree; give one of them")
-    if mode is None:
-        return args.recipe, scheme
-    recipe = args.recipe
-    implied = recipe_mode(recipe) if recipe else None
-    if recipe and mode == "pretrain":
-        if implied == "pretrain":
-            return recipe, scheme
-        if implied in ("sft", "lora"):
-            raise ConfigError(f"--mode pretrain is incompatible with recipe {recipe!r} (a fine-tuning recipe)")
-        if recipe.endswith("_finetune_config"):
+    if wanted and args.peft_scheme and args.peft_scheme != wanted:
+        raise ConfigError(f"--mode {mode} and --peft_scheme {args.peft_scheme} disagree; give one of them")
+    scheme, implied = args.peft_scheme or wanted, recipe_mode(recipe) if recipe else None
+    stem, tuned = model_stem(recipe) if recipe else args.model, "sft" if mode == "sft" else "peft"
+    if mode is None or recipe and implied == mode == "pretrain":
+        return recipe, scheme
+    if recipe and implied != "pretrain":  # a fine-tuning recipe: the mode picks full or adapters (lora or dora)
+        if mode == "pretrain":
             raise ConfigError(f"--mode pretrain is incompatible with recipe {recipe!r} (a fine-tuning recipe); use "
-                              f"{model_stem(recipe)}_pretrain_config")
-    elif recipe and implied in ("sft", "lora") and (implied == "sft") != (mode == "sft"):
-        other = f"{model_stem(recipe)}_{'sft' if mode == 'sft' else 'peft'}_config"
-        raise ConfigError(f"--mode {mode} is incompatible with recipe {recipe!r} (Megatron Bridge refuses it too); "
-                          f"use {other} or --model {model_stem(recipe)}")
-    elif recipe and implied != "pretrain":
-        return recipe, wanted  # a fine-tuning recipe: the mode picks full or adapters (lora or dora)
-    stem = model_stem(recipe) if recipe else args.model
-    candidates = ([f"{stem}_pretrain_config"] if mode == "pretrain" else
-                  [f"{stem}_{'sft' if mode == 'sft' else 'peft'}_config", f"{stem}_finetune_config"])
+                              f"{stem}_pretrain_config")
+        if implied and (implied == "sft") != (mode == "sft"):
+            raise ConfigError(f"--mode {mode} is incompatible with recipe {recipe!r} (Megatron Bridge refuses it "
+                              f"too); use {stem}_{tuned}_config or --model {stem}")
+        return recipe, scheme
+    candidates = [f"{stem}_pretrain_config"] if mode == "pretrain" else [f"{stem}_{tuned}_config",
+                                                                         f"{stem}_finetune_config"]
     for name in candidates:
         if name in names:
-            return name, None if mode == "pretrain" else wanted
+            return name, scheme
     close = difflib.get_close_matches(candidates[-1], sorted(names), n=2, cutoff=0.5)
     hint = f"; did you mean {' or '.join(close)}?" if close else "; --list shows the recipes"
     raise ConfigError(f"--mode {mode} for model {stem!r}: no recipe {' or '.join(candidates)}{hint}")

@@ -1,17 +1,4 @@
-"""Training configuration: one dataclass per concern, grouped like Megatron Bridge's ConfigContainer.
-
-    ConfigContainer
-      model            ModelSettings: the architecture (ModelConfig) + parallel layout + seq_length
-      train            TrainingConfig: iterations, batch sizes, eval cadence, seed
-      optimizer        OptimizerConfig: Adam hyper-parameters, clipping, ZeRO-1   (optimizer_config.py)
-      scheduler        SchedulerConfig: lr warmup / decay, weight-decay schedule  (optimizer_config.py)
-      ddp              DistributedDataParallelConfig: overlapped gradient reduction, bucket size (optimizer_config.py)
-      dataset          DatasetConfig: mock / indexed / jsonl / sft / Hugging Face data, tokenizer, packing
-      checkpoint       CheckpointConfig: save / load / pretrained weights / HF export
-      logger           LoggerConfig: log cadence, tensorboard, wandb
-      peft             PeftConfig or None (full training)
-      dist             DistributedInitConfig: use_torch_fsdp2 (FSDP2 over the dp ranks)
-      mixed_precision  a Megatron Bridge recipe name: "bf16_mixed", "fp32", ...
+"""Training configuration: one dataclass per concern, grouped like Megatron Bridge's ConfigContainer (below).
 
 Field names are Megatron Bridge's so its users' overrides (`train.global_batch_size=64`) work unchanged.
 `validate()` checks what can be checked without knowing the world size (that happens at launch).
@@ -174,17 +161,20 @@ SECTIONS = {
 
 @dataclass
 class ConfigContainer:
-    model: ModelSettings
-    train: TrainingConfig = field(default_factory=TrainingConfig)
+    model: ModelSettings  # the architecture (ModelConfig) + parallel layout + seq_length
+    train: TrainingConfig = field(default_factory=TrainingConfig)  # iterations, batch sizes, eval cadence, seed
+    # Adam hyper-parameters, clipping, ZeRO-1; lr warmup / decay, weight-decay schedule (optimizer_config.py)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # overlapped gradient reduction, bucket size (optimizer_config.py)
     ddp: DistributedDataParallelConfig = field(default_factory=DistributedDataParallelConfig)
+    # mock / indexed / jsonl / sft / Hugging Face data, tokenizer, packing
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    peft: PeftConfig | None = None
-    mixed_precision: str = "bf16_mixed"
-    dist: DistributedInitConfig = field(default_factory=DistributedInitConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # save / load / pretrained / HF export
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # log cadence, tensorboard, wandb
+    peft: PeftConfig | None = None  # None: full training
+    mixed_precision: str = "bf16_mixed"  # a Megatron Bridge recipe name: "bf16_mixed", "fp32", ...
+    dist: DistributedInitConfig = field(default_factory=DistributedInitConfig)  # use_torch_fsdp2 (FSDP2 over dp)
 
     @property
     def lr_decay_iters(self) -> int:

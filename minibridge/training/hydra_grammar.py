@@ -34,12 +34,8 @@ _INTERPOLATION = re.compile(r"(?<!\\)\$\{([^${}]*)\}")
 
 def value_text(value) -> str:
     """A typed value as override text that parse_value reads back to the same value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return json.dumps(list(value))
+    if value is None or isinstance(value, (bool, list, tuple)):
+        return json.dumps(value)  # null, true / false, [..]
     if isinstance(value, PeftConfig):
         return value.scheme
     if dataclasses.is_dataclass(value):
@@ -61,13 +57,10 @@ def default_value(key: str, scheme: str | None):
     path, _ = resolve_key(key)
     if path == ("peft",):
         return "none"
-    if path == ("mixed_precision",):
-        return ConfigContainer.__dataclass_fields__["mixed_precision"].default
     if path[0] == "peft" and scheme not in (None, "none"):
         return getattr(PeftConfig.default(scheme), path[1])
-    owner = ModelConfig if path[:2] == ("model", "config") else SECTIONS[path[0]]
-    name = path[2] if owner is ModelConfig else path[1]
-    if len(path) == 4 or owner is ModelConfig and path[2] in ("rope", "rope_local"):
+    owner, name = ModelConfig if path[:2] == ("model", "config") else SECTIONS.get(path[0], ConfigContainer), path[-1]
+    if len(path) == 4 or owner is ModelConfig and name in ("rope", "rope_local"):
         raise ConfigError(f"~{key}: the RoPE settings have no default to reset to; set {key}=VALUE instead")
     field = owner.__dataclass_fields__.get(name)
     if field is None or (field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING):
@@ -106,6 +99,7 @@ def hydra_changes(base: ConfigContainer, items) -> list[tuple[str, object]]:
                 done[index] = _delete(text, [done[i] for i in sorted(done)], base, keys)
             elif _INTERPOLATION.search(text.partition("=")[2]):
                 key, _, raw = text.lstrip("+").partition("=")
+                resolve_key(key.strip(), keys)  # an unknown key fails here, not inside an interpolation
                 pending[index] = key.strip(), raw
             else:
                 done[index] = parse_item(text.replace("\\${", "${"), keys)
@@ -126,26 +120,18 @@ def configure(base: ConfigContainer, items) -> ConfigContainer:
 
 
 def _env(spec: str, where: str) -> str:
-    name, _, default = spec.partition(",")
-    value = os.environ.get(name.strip())
+    name, comma, default = (part.strip() for part in spec.partition(","))
+    value = os.environ.get(name, default if comma else None)
     if value is None:
-        if not _:
-            raise ConfigError(f"{where}: environment variable {name.strip()!r} is not set (give a default: "
-                              f"${{oc.env:{name.strip()},VALUE}})")
-        return default.strip()
+        raise ConfigError(f"{where}: environment variable {name!r} is not set (give a default: "
+                          f"${{oc.env:{name},VALUE}})")
     return value
 
 
 def _interpolate(preview: ConfigContainer, pending: dict, entries: dict, keys: dict) -> dict[int, str]:
     """`key=text` of each pending item, its `${...}` replaced by final values: those of `preview` (the
     configuration with every other change applied), or of another pending item (the last of a key wins)."""
-    canonical = {}
-    for index in sorted(entries):
-        try:
-            canonical[resolve_key(entries[index][0], keys)[0]] = index  # the change that decides each field
-        except ConfigError:
-            pass  # reported when the item is parsed
-    resolved: dict[int, str] = {}
+    canonical = {resolve_key(entries[i][0], keys)[0]: i for i in sorted(entries)}  # the change deciding each field
 
     def lookup(ref: str, where: str, chain: tuple[int, ...]) -> str:
         if ref.startswith("oc.env:"):
@@ -163,16 +149,13 @@ def _interpolate(preview: ConfigContainer, pending: dict, entries: dict, keys: d
             raise ConfigError(f"{where}: ${{{ref}}}: {err}") from None
 
     def resolve(index: int, chain: tuple[int, ...] = ()) -> str:
-        if index in resolved:
-            return resolved[index]
         key, raw = pending[index]
         where = f"{key}={raw}"
         if index in chain:
             cycle = " -> ".join(pending[i][0] for i in (*chain, index))
             raise ConfigError(f"{where}: the interpolations form a cycle ({cycle})")
         text = _INTERPOLATION.sub(lambda m: lookup(m.group(1).strip(), where, (*chain, index)), raw)
-        resolved[index] = text.replace("\\${", "${")
-        return resolved[index]
+        return text.replace("\\${", "${")
 
     return {index: f"{pending[index][0]}={resolve(index)}" for index in pending}
 
@@ -191,11 +174,9 @@ def read_yaml(path: str | os.PathLike) -> dict:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
+    if not isinstance(data, (dict, type(None))):
         raise ConfigError(f"{path}: expected a mapping of sections (model:, train:, ...), found {type(data).__name__}")
-    return data
+    return data or {}
 
 
 def yaml_items(base: ConfigContainer, data: dict, source: str = "config file") -> list[str]:
@@ -208,18 +189,17 @@ def yaml_items(base: ConfigContainer, data: dict, source: str = "config file") -
             key = f"{prefix}{name}"
             if not isinstance(name, str):
                 raise ConfigError(f"{source}: key {name!r} under {prefix or 'the top level'}: expected a name")
-            current = have.get(name) if isinstance(have, dict) else None
+            current = have.get(name)
             if isinstance(value, dict):
                 if key == "peft" and current is None:  # adapters on a recipe without any: choose the scheme first
                     items.append(f"peft={value.get('scheme', 'lora')}")
                     current = {}
                 walk(value, key + ".", current if isinstance(current, dict) else {})
-            elif value != current or not isinstance(have, dict) or name not in have:
-                if value is None and isinstance(current, dict):
-                    if key != "peft":
-                        raise ConfigError(f"{source}: {key}: null cannot replace the group {key}")
-                    items.append("peft=none")
-                    continue
+            elif value is None and isinstance(current, dict):
+                if key != "peft":
+                    raise ConfigError(f"{source}: {key}: null cannot replace the group {key}")
+                items.append("peft=none")
+            elif value != current or name not in have:
                 items.append(f"{key}={value_text(value)}")
 
     walk(data, "", ours)

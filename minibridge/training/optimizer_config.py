@@ -1,15 +1,11 @@
-"""The optimizer, scheduler and ddp sections of the training configuration, and their checks.
-
-Field names and defaults are Megatron Bridge's (megatron/bridge/training/config.py, whose SchedulerConfig
-extends Megatron-LM's), so `optimizer.adam_eps=1e-8 scheduler.end_weight_decay=0.1` work as there; import them
-from `minibridge.training.config`. Weight decay is scheduled as Megatron's OptimizerParamScheduler does it: at
-every step the scheduler overwrites the optimizer's `weight_decay` with a value going from start_weight_decay to
-end_weight_decay (training.scheduler.WeightDecaySchedule): Megatron Bridge's recipes decay with their 0.033.
+"""The optimizer, scheduler and ddp sections of the training configuration (import them from
+`minibridge.training.config`), and their checks. Field names and defaults are Megatron Bridge's (its
+SchedulerConfig extends Megatron-LM's). Weight decay is scheduled as Megatron's OptimizerParamScheduler does:
+each step sets the optimizer's `weight_decay` from start_weight_decay to end_weight_decay (training.scheduler).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -83,27 +79,12 @@ class SchedulerConfig:
 
 
 def validate_optimizer(o: OptimizerConfig, s: SchedulerConfig, decay_iters: int, decay_source: str) -> None:
-    """Checks of the two sections; `decay_iters` is the lr decay length, named `decay_source` in errors."""
-    for section, obj, keys in (("optimizer", o, ("lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps",
-                                                 "clip_grad")),
-                               ("scheduler", s, ("lr_warmup_init", "start_weight_decay", "end_weight_decay"))):
-        for key in keys:
-            value = getattr(obj, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value)):
-                raise ConfigError(f"{section}.{key}={value!r}: expected a finite number")
+    """Checks of the two sections (their types: validation.TYPED); `decay_iters` is the lr decay length, named
+    `decay_source` in errors."""
     if not (o.lr > 0 and 0 <= o.min_lr <= o.lr):
         raise ConfigError(f"optimizer.lr={o.lr}, optimizer.min_lr={o.min_lr}: expected 0 <= min_lr <= lr and lr > 0")
-    for key in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(o, key) < 1:
-            raise ConfigError(f"optimizer.{key}={getattr(o, key)}: expected a value in [0, 1)")
-    for key in ("weight_decay", "adam_eps", "clip_grad"):
-        if getattr(o, key) < 0:
-            raise ConfigError(f"optimizer.{key}={getattr(o, key)}: expected a value >= 0")
     _validate_weight_decay(o, s)
     _validate_precision(o)
-    if s.lr_warmup_iters < 0:
-        raise ConfigError(f"scheduler.lr_warmup_iters={s.lr_warmup_iters}: expected >= 0")
     if not 0 <= s.lr_warmup_init <= o.lr:
         raise ConfigError(f"scheduler.lr_warmup_init={s.lr_warmup_init}: expected 0 <= lr_warmup_init <= "
                           f"optimizer.lr={o.lr} (warmup rises from it to lr)")
@@ -118,8 +99,7 @@ def validate_optimizer(o: OptimizerConfig, s: SchedulerConfig, decay_iters: int,
                           f"{decay_iters} (Megatron's scheduler asserts the same); lower the warmup or raise "
                           f"{decay_source}")
     if s.lr_decay_style == "WSD":
-        if isinstance(s.lr_wsd_decay_iters, bool) or not isinstance(s.lr_wsd_decay_iters, int) \
-                or s.lr_wsd_decay_iters < 1:
+        if s.lr_wsd_decay_iters is None:  # (its type: validation.TYPED)
             raise ConfigError(f"scheduler.lr_wsd_decay_iters={s.lr_wsd_decay_iters!r}: expected a positive integer")
         if s.lr_wsd_decay_iters > decay_iters - s.lr_warmup_iters:
             raise ConfigError(f"scheduler.lr_wsd_decay_iters={s.lr_wsd_decay_iters} is longer than the "
@@ -131,10 +111,6 @@ def _validate_weight_decay(o: OptimizerConfig, s: SchedulerConfig) -> None:
     if s.weight_decay_incr_style not in WEIGHT_DECAY_STYLES:
         raise ConfigError(f"scheduler.weight_decay_incr_style={s.weight_decay_incr_style!r}: expected one of "
                           f"{', '.join(WEIGHT_DECAY_STYLES)}")
-    for key in ("start_weight_decay", "end_weight_decay"):  # (numbers: validate_optimizer checked)
-        if (getattr(s, key) or 0) < 0:
-            raise ConfigError(f"scheduler.{key}={getattr(s, key)!r}: expected a number >= 0 (or null: "
-                              f"optimizer.weight_decay)")
     start, end = s.weight_decay_range(o)
     if end < start:
         raise ConfigError(f"scheduler.end_weight_decay={end} is below scheduler.start_weight_decay={start}: "

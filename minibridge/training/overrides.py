@@ -3,12 +3,10 @@
     apply_overrides(cfg, ["train.global_batch_size=64", "optimizer.lr=3e-4", "model.num_layers=4",
                           "dataset.data_paths=[a.jsonl,b.jsonl]", "mixed_precision=bf16_mixed", "peft=dora"])
 
-Values are parsed from the dataclass field types: int (also 1e3, 1_000), float (3e-4), bool
-(true/false/1/0/yes/no), str, none/null for optional fields, lists (JSON `["a","b"]`, `[a,b]` or `a,b`)
-and Literal choices. `model.<field>` goes to the layout settings when ModelSettings has that field, else to
-the architecture (ModelConfig, also under Megatron's names such as num_attention_heads or ffn_hidden_size).
-Every override is parsed before any is applied; errors are one ConfigError naming each bad key, its
-value, the expected type and the closest valid keys.
+Values are parsed by the field's type (parse_value). `model.<field>` goes to the layout settings when
+ModelSettings has that field, else to the architecture (ModelConfig, also under Megatron's names such as
+num_attention_heads). Every override is parsed before any is applied; errors are one ConfigError naming each bad
+key, its value, the expected type and the closest valid keys.
 """
 
 from __future__ import annotations
@@ -84,21 +82,15 @@ def resolve_key(key: str, keys: dict | None = None) -> tuple[tuple[str, ...], ob
     key = SECTION_ALIASES.get(key, key)
     if key in keys:
         return keys[key]
-    groups = {"model.config", "model.rope", "model.rope_local", "model.config.rope", "model.config.rope_local",
-              *SECTIONS}
-    if key in groups:
-        fields_of = sorted(k for k in keys if k.startswith(key + "."))[:6]
+    fields_of = sorted(k for k in keys if k.startswith(key + "."))[:6]
+    if fields_of:
         raise ConfigError(f"{key!r} is a group, not a value; set its fields, e.g. {', '.join(fields_of)}")
     familiar = FAMILIAR_NAMES.get(key.rsplit(".", 1)[-1])
-    close = [familiar] if familiar else difflib.get_close_matches(key, list(keys), n=3, cutoff=0.6)
     section = key.split(".")[0]
-    if not close and section in SECTIONS:  # a misspelt field in a right section: offer that section's fields
-        close = difflib.get_close_matches(key, [k for k in keys if k.startswith(section + ".")], n=3, cutoff=0.3)
-    if not close and section not in SECTIONS:  # a misspelt section: fix it, then look again
-        fixed = difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=0.5)
-        if fixed:
-            close = difflib.get_close_matches(fixed[0] + key[len(section):], list(keys), n=3, cutoff=0.3)
-            close = close or [k for k in keys if k.startswith(fixed[0] + ".")][:3]
+    fixed = (difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=0.5) or [""])[0]  # itself when valid
+    fields = [k for k in keys if fixed and k.startswith(fixed + ".")]  # not close: then that section's fields
+    close = ([familiar] if familiar else difflib.get_close_matches(key, list(keys), n=3, cutoff=0.6)
+             or difflib.get_close_matches(fixed + key[len(section):], fields, n=3, cutoff=0.3) or fields[:3])
     sections = ", ".join(dict.fromkeys([*SECTIONS, *TOP_LEVEL]))
     hint = f"closest valid keys: {', '.join(close)}" if close else f"valid sections: {sections}"
     raise ConfigError(f"unknown override key {key!r}; {hint}")
@@ -219,24 +211,23 @@ def apply_values(container: ConfigContainer, changes: list) -> ConfigContainer:
     new = copy.deepcopy(container)
     # `peft=...` first, so `peft.dim=8 peft=dora` keeps the 8 whatever the order.
     parsed.sort(key=lambda p: p[1] != ("peft",))
-    arch, rope = {}, {}
+    arch = {}  # ModelConfig fields, rope.theta and friends as {"rope": {"theta": ...}}
     for key, path, value in parsed:
         if path == ("peft",):
             new.peft = None if value == "none" else PeftConfig.default(value)
         elif path == ("mixed_precision",):
             new.mixed_precision = value
+        elif path[:2] == ("model", "config") and len(path) == 4:
+            arch.setdefault(path[2], {})[path[3]] = value
         elif path[:2] == ("model", "config"):
-            if len(path) == 4:  # rope.theta and friends
-                rope.setdefault(path[2], {})[path[3]] = value
-            else:
-                arch[path[2]] = value
+            arch[path[2]] = value
         else:
             section = getattr(new, path[0])
             if section is None:
                 raise ConfigError(f"{key}: peft is None (full training); add peft=lora or --peft_scheme lora first")
             setattr(section, path[1], value)
-    if arch or rope:
-        new.model.config = update_model_config(new.model.config, **arch, **rope)
+    if arch:
+        new.model.config = update_model_config(new.model.config, **arch)
     _follow(container, new, {path for _, path, _ in parsed})
     container.__dict__.update(new.__dict__)
     return container
@@ -288,10 +279,9 @@ def update_model_config(config: ModelConfig, **changes) -> ModelConfig:
     elif "layer_types" not in changes and layers != config.num_layers:
         pattern = layer_pattern(config.layer_types)
         if pattern is None:
-            raise ConfigError(
-                f"model.num_layers={layers}: the current layer_types follow no sliding-window pattern, so they "
-                f"cannot be re-derived; set model.layer_types (a list of {FULL!r}/{SLIDING!r}) as well"
-            )
+            raise ConfigError(f"model.num_layers={layers}: the current layer_types follow no sliding-window pattern, "
+                              f"so they cannot be re-derived; set model.layer_types (a list of {FULL!r}/{SLIDING!r}) "
+                              f"as well")
         changes["layer_types"] = pattern_layer_types(pattern, layers)
     try:
         return dataclasses.replace(config, **changes)

@@ -1,7 +1,5 @@
-"""`ConfigContainer.validate()`: the cross-checks of a training configuration that need no world size (that
-happens at launch), each raising a ConfigError that names the keys involved, and the tables of allowed
-values they check against. It reads the sections by attribute and imports nothing from config.py, which
-calls it.
+"""`ConfigContainer.validate()`: the checks of a training configuration that need no world size (that happens at
+launch), each raising a ConfigError that names the keys involved. It imports nothing from config.py, which calls it.
 """
 
 from __future__ import annotations
@@ -37,62 +35,67 @@ PRECISIONS = MIXED_PRECISION + tuple(LOW_PRECISION)
 PEFT_TARGETS = DEFAULT_TARGETS + tuple(MEGATRON_NAMES)
 
 
-# Settings that are positive integers, checked first (layout arithmetic divides by them); model.X of the architecture.
-POSITIVE = (
-    "model.tensor_model_parallel_size", "model.pipeline_model_parallel_size", "model.context_parallel_size",
-    "model.seq_length", "model.make_vocab_size_divisible_by", "model.vocab_size", "model.hidden_size",
-    "model.intermediate_size", "model.num_layers", "model.num_heads", "model.num_kv_heads", "model.head_dim",
-    "train.train_iters", "train.global_batch_size", "train.micro_batch_size", "train.eval_iters",
-    "checkpoint.save_interval", "logger.log_interval", "dataset.seq_length", "peft.dim",
-)
-POSITIVE_OR_NONE = ("model.virtual_pipeline_model_parallel_size", "train.eval_interval", "train.exit_interval",
-                    "checkpoint.keep_last", "scheduler.lr_decay_iters", "ddp.bucket_size")
+# Settings of a type, checked first (the later checks compute with them); model.X of the architecture too.
+# A key ending in `?` may also be null.
+TYPED = {
+    "a positive integer": (
+        "model.tensor_model_parallel_size", "model.pipeline_model_parallel_size", "model.context_parallel_size",
+        "model.seq_length", "model.make_vocab_size_divisible_by", "model.vocab_size", "model.hidden_size",
+        "model.intermediate_size", "model.num_layers", "model.num_heads", "model.num_kv_heads", "model.head_dim",
+        "train.train_iters", "train.global_batch_size", "train.micro_batch_size", "train.eval_iters",
+        "checkpoint.save_interval", "logger.log_interval", "dataset.seq_length", "peft.dim",
+        "model.virtual_pipeline_model_parallel_size?", "train.eval_interval?", "train.exit_interval?",
+        "checkpoint.keep_last?", "scheduler.lr_decay_iters?", "ddp.bucket_size?", "scheduler.lr_wsd_decay_iters?"),
+    "an integer >= 0": ("train.max_skipped_steps", "dataset.num_workers", "scheduler.lr_warmup_iters"),
+    "a finite number": ("optimizer.lr", "optimizer.min_lr", "scheduler.lr_warmup_init"),
+    "a number >= 0": ("optimizer.weight_decay", "optimizer.adam_eps", "optimizer.clip_grad",
+                      "scheduler.start_weight_decay?", "scheduler.end_weight_decay?"),
+    "a number in [0, 1)": ("optimizer.adam_beta1", "optimizer.adam_beta2", "peft.dropout"),
+    "a positive number": ("peft.alpha", "train.exit_duration_in_mins?"),
+    "true or false": ("dist.use_torch_fsdp2", "dist.reshard_after_forward", "ddp.overlap_grad_reduce"),
+}
+_IS = {"a positive integer": lambda v: type(v) is int and v >= 1,
+       "an integer >= 0": lambda v: type(v) is int and v >= 0,
+       "a finite number": lambda v: type(v) in (int, float) and math.isfinite(v),
+       "a number >= 0": lambda v: type(v) in (int, float) and 0 <= v < math.inf,
+       "a number in [0, 1)": lambda v: type(v) in (int, float) and 0 <= v < 1,
+       "a positive number": lambda v: type(v) in (int, float) and 0 < v < math.inf,
+       "true or false": lambda v: type(v) is bool}
 
 
-def _check_positive(c) -> None:
-    for key in POSITIVE + POSITIVE_OR_NONE:
-        section, name = key.split(".")
-        owner = getattr(c, section)  # None: the peft section of full training
-        owner = owner.config if section == "model" and not hasattr(owner, name) else owner
-        value = None if owner is None else getattr(owner, name)
-        if value is None and (owner is None or key in POSITIVE_OR_NONE):
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key}={value!r}: expected a positive integer")
+def _check_types(c) -> None:
+    for kind, keys in TYPED.items():
+        for key in keys:
+            section, name = key.rstrip("?").split(".")
+            owner = getattr(c, section)  # None: the peft section of full training
+            owner = owner.config if section == "model" and not hasattr(owner, name) else owner
+            value = None if owner is None else getattr(owner, name)
+            if not (value is None and (owner is None or key.endswith("?")) or _IS[kind](value)):
+                raise ConfigError(f"{key.rstrip('?')}={value!r}: expected {kind}")
 
 
 def validate(c) -> None:
     """Every check of a ConfigContainer `c`."""
     m, t, d, ck = c.model, c.train, c.dataset, c.checkpoint
-    _check_positive(c)
-    minutes = t.exit_duration_in_mins
-    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))
-                                or not 0 < minutes < math.inf):
-        raise ConfigError(f"train.exit_duration_in_mins={minutes!r}: expected a positive number of minutes (or null)")
-    if isinstance(t.max_skipped_steps, bool) or not isinstance(t.max_skipped_steps, int) or t.max_skipped_steps < 0:
-        raise ConfigError(f"train.max_skipped_steps={t.max_skipped_steps!r}: expected an integer >= 0")
+    _check_types(c)
     _check_context_length(m)
     if t.global_batch_size % t.micro_batch_size:
-        raise ConfigError(
-            f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size="
-            f"{t.micro_batch_size}; the global batch is micro_batch_size * data_parallel_size * accumulation steps"
-        )
+        raise ConfigError(f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size="
+                          f"{t.micro_batch_size}; the global batch is micro_batch_size * data_parallel_size * "
+                          f"accumulation steps")
     if d.seq_length != m.seq_length:
         raise ConfigError(f"dataset.seq_length={d.seq_length} differs from model.seq_length={m.seq_length}; set one "
                           f"(an override of either sets both)")
     m.validate_layout()  # the layout against the model and seq_length (a LayoutError is a ConfigError)
-    for key in ("use_torch_fsdp2", "reshard_after_forward"):
-        if not isinstance(getattr(c.dist, key), bool):
-            raise ConfigError(f"dist.{key}={getattr(c.dist, key)!r}: expected true or false")
     _validate_optimizer(c)
     _validate_data(d, ck)
     fine_tuning = d.kind == "sft" or (d.kind == "hf" and not d.text_column)  # answers only carry the loss
     if m.context_parallel_size > 1 and fine_tuning and not m.calculate_per_token_loss:
         raise ConfigError(f"fine-tuning (dataset.kind={d.kind}) with model.context_parallel_size="
-                          f"{m.context_parallel_size} "
-                          f"needs model.calculate_per_token_loss=true (Megatron Bridge refuses it too): answers fall "
-                          f"unevenly over the cp ranks, so a mean over each rank's own tokens weighs them unevenly, "
-                          f"and a rank whose share holds no answer token has none to average")
+                          f"{m.context_parallel_size} needs model.calculate_per_token_loss=true (Megatron Bridge "
+                          f"refuses it too): answers fall unevenly over the cp ranks, so a mean over each rank's "
+                          f"own tokens weighs them unevenly, and a rank whose share holds no answer token has none "
+                          f"to average")
     if d.packing and m.context_parallel_size > 1:
         raise ConfigError(f"dataset.packing=true with model.context_parallel_size={m.context_parallel_size} is not "
                           f"supported yet; set one of them off")
@@ -115,10 +118,10 @@ def _check_context_length(m: ModelSettings) -> None:
     """Positions past max_position_embeddings were never trained (and RoPE scaling is tuned to it)."""
     limit = m.config.max_position_embeddings
     if limit is not None and m.seq_length > limit:
-        raise ConfigError(
-            f"model.seq_length={m.seq_length} exceeds the model's max_position_embeddings={limit}; to extend the "
-            f"context, raise model.max_position_embeddings together with a RoPE scaling (model.rope.rope_type="
-            f"linear with model.rope.factor={-(-m.seq_length // limit)}, or llama3 scaling), or lower model.seq_length")
+        raise ConfigError(f"model.seq_length={m.seq_length} exceeds the model's max_position_embeddings={limit}; to "
+                          f"extend the context, raise model.max_position_embeddings together with a RoPE scaling "
+                          f"(model.rope.rope_type=linear with model.rope.factor={-(-m.seq_length // limit)}, or llama3 "
+                          f"scaling), or lower model.seq_length")
 
 
 def _validate_optimizer(c: ConfigContainer) -> None:
@@ -129,13 +132,9 @@ def _validate_optimizer(c: ConfigContainer) -> None:
         raise ConfigError(f"optimizer.main_grads_dtype={c.optimizer.main_grads_dtype!r} with "
                           f"dist.use_torch_fsdp2=true: FSDP2 reduces gradients into its fp32 parameter shards; "
                           f"set main_grads_dtype=fp32")
-    if not isinstance(c.ddp.overlap_grad_reduce, bool):
-        raise ConfigError(f"ddp.overlap_grad_reduce={c.ddp.overlap_grad_reduce!r}: expected true or false")
 
 
 def _validate_data(d: DatasetConfig, ck: CheckpointConfig) -> None:
-    if d.num_workers < 0:
-        raise ConfigError(f"dataset.num_workers={d.num_workers}: expected >= 0")
     _validate_hf(d) if d.kind == "hf" else None
     if d.kind not in ("mock", "hf") and not d.data_paths:
         raise ConfigError(f"dataset.kind={d.kind!r} needs dataset.data_paths (a list of files or prefixes); "
@@ -164,10 +163,6 @@ def _validate_hf(d: DatasetConfig) -> None:
 
 
 def _validate_peft(p: PeftConfig, ck: CheckpointConfig) -> None:
-    if p.alpha <= 0:
-        raise ConfigError(f"peft.alpha={p.alpha}: expected a positive number")
-    if not 0 <= p.dropout < 1:
-        raise ConfigError(f"peft.dropout={p.dropout}: expected a value in [0, 1)")
     if p.scheme == "dora" and p.dropout_position != "pre":
         raise ConfigError("peft.dropout_position='post' is not supported by DoRA (Megatron Bridge asserts 'pre')")
     if not p.target_modules:
