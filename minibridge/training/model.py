@@ -15,7 +15,7 @@ import torch
 from ..bridge.hf_folder import HFFolder
 from ..loading.checkpoints import load_pretrained
 from ..loading.fresh import initialize_fresh
-from ..loading.hf import check_hf_folder, hf_folder_config, hf_mapping, load_hf_folder
+from ..loading.hf import build_hf_model, hf_folder_config, hf_mapping
 from ..models import ModelChunks
 from ..parallel.fsdp import FsdpSettings
 from ..parallel.parallelize import build_model
@@ -42,14 +42,12 @@ def build_trained_model(c: ConfigContainer, dims, dtype: torch.dtype) -> ModelCh
         attach_peft, scheme=p.scheme, rank=p.dim, alpha=p.alpha, dropout=p.dropout, targets=p.target_modules,
         exclude=p.exclude_modules, dropout_position=p.dropout_position, init=p.lora_A_init_method, seed=c.train.seed,
         hf_name=mapping.hf_module_name)
-    if folder is not None:  # names, shapes and dtypes against the files, before allocating
-        check_hf_folder(build_model(config, dims, meta=True), folder, mapping)
-    chunks = build_model(config, dims, torch.float32 if fsdp is not None else dtype,  # FSDP2: fp32 shards
-                         recompute=c.model.recompute_granularity, compile=c.model.compile, fsdp=fsdp,
-                         adapters=adapters)
-    if folder is not None:
-        load_hf_folder(chunks, folder, mapping, progress=dims.rank == 0)
-    elif source:
+    options = dict(recompute=c.model.recompute_granularity, compile=c.model.compile, fsdp=fsdp, adapters=adapters)
+    dtype = torch.float32 if fsdp is not None else dtype  # FSDP2: fp32 shards, `dtype` compute
+    if folder is not None:  # names, shapes and dtypes checked against the files before allocating
+        return build_hf_model(config, folder, dims, dtype, progress=dims.rank == 0, mapping=mapping, **options)
+    chunks = build_model(config, dims, dtype, **options)
+    if source:
         with adapters_hidden(chunks):  # the base model's weights; the adapters start fresh
             load_pretrained(chunks, source)  # ours, or Megatron's (Megatron Bridge, Megatron-LM)
     else:
