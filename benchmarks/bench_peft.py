@@ -84,9 +84,9 @@ def child(side: str, dtype_name: str, layers: int, seq: int, steps: int) -> dict
         vocab = cfg.vocab_size
     model.train()
     ids = torch.randint(0, vocab, (1, seq))
-    best, loss = best_training_step(step_fn, optimizer, ids, steps)
-    return {"step_s": best, "tokens_per_sec": seq / best, "peak_gb": _rss_gb() - base, "loss": float(loss),
-            "trainable": int(trainable), "total": int(total)}
+    timing = best_training_step(step_fn, optimizer, ids, steps)
+    return {"step_s": timing.seconds, "tokens_per_sec": seq / timing.seconds, "peak_gb": _rss_gb() - base,
+            "loss": timing.loss, "trainable": int(trainable), "total": int(total)}
 
 
 def run_side(side: str, dtype: str, layers: int, seq: int, steps: int) -> dict | str:

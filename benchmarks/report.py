@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -94,21 +95,32 @@ def train_step(step_fn, optimizer, ids, mark=None) -> torch.Tensor:
     return loss
 
 
-def timed_step(step_fn, optimizer, ids) -> tuple[float, float]:
-    """(seconds, loss) of one forward + backward + optimizer step, on the device of `ids`."""
-    synchronize(ids.device)
-    start = time.perf_counter()
-    loss = train_step(step_fn, optimizer, ids)
-    synchronize(ids.device)
-    seconds = time.perf_counter() - start
-    return seconds, float(loss.detach())
+class StepTiming(NamedTuple):
+    seconds: float  # forward + backward + optimizer step
+    loss: float
+    optimizer_seconds: float  # of it, `optimizer.step()` and `zero_grad()` (~0 where backward stepped already)
 
 
-def best_training_step(step_fn, optimizer, ids, steps: int) -> tuple[float, float]:
-    """(best seconds, last loss) over `steps` forward + backward + optimizer steps after one warm-up
-    step (allocator, optimizer state); the best, since other processes only ever slow a step down."""
+def timed_step(step_fn, optimizer, ids) -> StepTiming:
+    """One forward + backward + optimizer step, timed, on the device of `ids`."""
+    starts = {}
+
+    def mark(phase):
+        synchronize(ids.device)
+        starts[phase] = time.perf_counter()
+
+    loss = train_step(step_fn, optimizer, ids, mark=mark)
+    synchronize(ids.device)
+    end = time.perf_counter()
+    return StepTiming(end - starts["forward"], float(loss.detach()), end - starts["optimizer"])
+
+
+def best_training_step(step_fn, optimizer, ids, steps: int) -> StepTiming:
+    """The fastest of `steps` forward + backward + optimizer steps after one warm-up step (allocator,
+    optimizer state), with the last step's loss; the fastest, since other processes only ever slow a
+    step down."""
     runs = [timed_step(step_fn, optimizer, ids) for _ in range(steps + 1)]  # the first one warms up
-    return min(t for t, _ in runs[1:]) if len(runs) > 1 else runs[0][0], runs[-1][1]
+    return min(runs[1:] or runs, key=lambda run: run.seconds)._replace(loss=runs[-1].loss)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,9 +1,11 @@
 """bench_train_step.py's CUDA path (`--device cuda`, gpu_check's training-step stage) as far as a CPU can
 check it: the device reaches both models and their inputs, the memory statistic is chosen per device,
 sides measured one after the other in one process each get a row (a failing side too), and the
-arguments refuse what only a CPU run means."""
+arguments refuse what only a CPU run means. Also the step's timing (its optimizer share) and the speed
+ratio's ceiling."""
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_train_step as bench  # noqa: E402
+from report import best_training_step, timed_step  # noqa: E402
 
 
 @pytest.mark.parametrize("side", bench.SIDES)
@@ -80,3 +83,35 @@ def test_cuda_arguments(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_train_step.py", "--device", "cuda"])
     with pytest.raises(SystemExit, match="is_available"):
         bench.main()
+
+
+class SlowOptimizer:
+    """An optimizer whose step takes a known time (and changes nothing)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def step(self):
+        time.sleep(self.seconds)
+
+    def zero_grad(self):
+        pass
+
+
+def test_a_timed_step_gives_its_optimizer_share_and_the_best_step_keeps_the_last_loss():
+    weight = torch.ones(4, requires_grad=True)
+    losses = iter([3.0, 2.0, 1.0])
+    step_fn = lambda ids: (weight * next(losses)).sum()  # noqa: E731
+    timing = timed_step(step_fn, SlowOptimizer(0.05), torch.zeros(1, 4))
+    assert 0.05 <= timing.optimizer_seconds <= timing.seconds and timing.loss == 12.0
+    best = best_training_step(step_fn, SlowOptimizer(0.0), torch.zeros(1, 4), steps=1)
+    assert best.loss == 4.0 and best.optimizer_seconds < 0.05  # losses 8 (warm-up), then 4
+
+
+def test_the_speed_ceiling_is_transformers_step_over_its_products_at_the_peak_plus_its_optimizer():
+    hf = {"step_s": 21.3, "optimizer_s": 1.3, "seq": 2048}
+    # issue 33's machine: 3.136 GFLOP a token at 429.4 GFLOP/s is 14.96 s of products, + 1.3 s: 1.31x
+    assert bench.speed_ceiling("research", hf, 3.136e9, 429.4e9) == "1.31x"
+    assert bench.speed_ceiling("research", {**hf, "optimizer_s": 0.0}, 3.136e9, 429.4e9) == "1.42x"
+    assert bench.speed_ceiling("trainer", hf, 3.136e9, 429.4e9) == "-"  # the two sides' optimizers differ
+    assert bench.speed_ceiling("research", hf, 3.136e9, None) == "-"  # a GPU without a datasheet rate
