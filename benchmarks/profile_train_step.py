@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_train_step import CASES, SIDES, build, case_config  # noqa: E402
+from train_step_sides import CASES, SIDES, build, case_config  # noqa: E402
 from report import machine_line, pick_dtype, write_report  # noqa: E402
 
 # first matching pattern names the part of a forward + backward (aten op names, lower case); the
